@@ -1,0 +1,183 @@
+"""The caching policy: for one GET, decide 304, hit or miss, and say why.
+
+:class:`CacheController` has no transport in it.  It talks to Orthanc
+through an :class:`Origin` (implemented in :mod:`.orthanc_adapter`, faked in
+unit tests) and to the disk through a :class:`~.store.Store`.  Every reply
+names its outcome and the reason for it, which the adapter logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
+
+from .keys import cache_key, entity_tag, normalized_query
+from .negotiation import NotAcceptable, Unsupported, representation_of
+from .routes import Answer, Route
+from .settings import Settings
+from .store import Entry, Store
+from .validators import Validators, caching_headers, evaluate_preconditions, parse_if_none_match
+
+@dataclass(frozen=True)
+class Request:
+    """A GET on a cached route, as Orthanc hands it to the plugin."""
+
+    route: Route
+    groups: Tuple[str, ...]
+    uri: str
+    arguments: Mapping[str, str]
+    headers: Mapping[str, str]
+
+    @property
+    def resource_id(self) -> str:
+        return self.groups[0]
+
+
+@dataclass(frozen=True)
+class Version:
+    """State of a resource: an opaque token and when it last changed."""
+
+    token: str
+    modified: Optional[datetime]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A 200 answer computed by Orthanc."""
+
+    content_type: str
+    body: bytes
+    headers: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """What to send back; ``outcome`` is HIT, MISS, REVALIDATED, BYPASS or PASS."""
+
+    status: int
+    outcome: str
+    reason: str
+    content_type: Optional[str] = None
+    body: bytes = b""
+    headers: Dict[str, str] = field(default_factory=dict)
+
+
+class Origin(Protocol):
+    """Orthanc, as seen by the controller."""
+
+    def version(self, request: Request) -> Optional[Version]:
+        """The state of the request's resource; None when Orthanc does not know it."""
+
+    def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
+        """Orthanc's 200 answer in ``representation``; None when Orthanc answers an error."""
+
+    def plain_answer(self, request: Request, reason: str) -> Reply:
+        """Orthanc's own answer to ``request``, when the cache has nothing to add."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class CacheController:
+    """Serves GETs of cached routes from the store, Orthanc and validators."""
+
+    def __init__(self, settings: Settings, store: Store, origin: Origin, salt: str = "",
+                 vary: Tuple[str, ...] = (), clock: Callable[[], datetime] = _utcnow):
+        self.settings = settings
+        self.store = store
+        self.origin = origin
+        #: What else shapes every answer (Orthanc's version...); see keys.entity_tag.
+        self.salt = salt
+        self._vary = vary
+        self._clock = clock
+
+    def serve(self, request: Request) -> Reply:
+        """Answer one GET; never raises for a store failure."""
+        version = self.origin.version(request)
+        if version is None:
+            return self.origin.plain_answer(request, "unknown resource")
+        try:
+            representation = representation_of(request.route, request.headers)
+        except (NotAcceptable, Unsupported) as refusal:
+            return self.origin.plain_answer(request, str(refusal))
+
+        query = normalized_query(request.arguments)
+        key = cache_key(request.uri, query, representation)
+        validators = Validators(entity_tag(self.salt, key, version.token), version.modified)
+        now = self._clock()
+        headers = self._headers(request, validators, now)
+
+        stored = self.store.get(key)
+        current = stored if stored is not None and stored.version == version.token else None
+        precondition = evaluate_preconditions(request.headers, validators, now)
+        if precondition.not_modified and (current is not None or self._etag_sent(request, validators)):
+            return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
+        if current is not None and current.body is not None:
+            return Reply(200, "HIT", "stored at this version", current.content_type, current.body,
+                         dict(current.headers, **headers))
+
+        fetched = self.origin.fetch(request, query, representation)
+        if fetched is None:
+            return self.origin.plain_answer(request, "Orthanc answered an error")
+        stored_now = self._keep(request.route, key, version, fetched)
+        if precondition.not_modified:
+            return Reply(304, "REVALIDATED", precondition.reason + " (checked with Orthanc)",
+                         headers=headers)
+        outcome = "MISS" if self.store.available else "BYPASS"
+        reason = ("outdated version" if stored is not None else "not stored") + \
+            ("" if self.store.available else ", store unavailable") + \
+            ("" if stored_now else ", not kept: " + self._why_not_kept(request.route, fetched))
+        return Reply(200, outcome, reason, fetched.content_type, fetched.body,
+                     dict(fetched.headers, **headers))
+
+    def warm(self, request: Request) -> bool:
+        """Compute and store ``request``'s answer unless stored at the current version.
+
+        Returns True when an answer was stored.
+        """
+        version = self.origin.version(request)
+        if version is None:
+            return False
+        key = cache_key(request.uri, normalized_query(request.arguments), "")
+        stored = self.store.get(key)
+        if stored is not None and stored.version == version.token and stored.body is not None:
+            return False
+        fetched = self.origin.fetch(request, normalized_query(request.arguments), "")
+        return fetched is not None and self._keep(request.route, key, version, fetched)
+
+    @staticmethod
+    def _etag_sent(request: Request, validators: Validators) -> bool:
+        """True when the client holds our very entity-tag (not ``*``).
+
+        We only ever send that tag with a 200 for this key and version, so
+        the representation exists and a 304 is safe without asking Orthanc.
+        """
+        condition = parse_if_none_match(request.headers.get("if-none-match", ""))
+        return condition is not None and not condition.any and condition.matches(validators.etag)
+
+    def _headers(self, request: Request, validators: Validators, now: datetime) -> Dict[str, str]:
+        headers = caching_headers(validators, self.settings.cache_control, now)
+        vary = self._vary + request.route.vary
+        if vary:
+            headers["Vary"] = ", ".join(vary)
+        return headers
+
+    def _storable(self, route: Route, fetched: Fetched) -> bool:
+        return ((route.answer is Answer.JSON or self.settings.store_binary)
+                and len(fetched.body) <= self.settings.maximum_entry_size_bytes)
+
+    def _why_not_kept(self, route: Route, fetched: Fetched) -> str:
+        if len(fetched.body) > self.settings.maximum_entry_size_bytes:
+            return "larger than MaximumEntrySize"
+        if route.answer is Answer.BINARY and not self.settings.store_binary:
+            return "binary (StoreBinary is off)"
+        return "store unavailable"
+
+    def _keep(self, route: Route, key: str, version: Version, fetched: Fetched) -> bool:
+        """Store the answer, or only its validators when the body may not be kept."""
+        body = fetched.body if self._storable(route, fetched) else None
+        written = self.store.set(key, Entry(version.token, fetched.content_type, body,
+                                            fetched.headers))
+        return written and body is not None

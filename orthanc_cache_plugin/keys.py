@@ -1,0 +1,51 @@
+"""Cache keys and entity-tags.
+
+A key names one representation of one route: the normalized URI, the
+normalized query string and the representation picked from the request
+headers (``image/jpeg`` for a preview asked with ``Accept: image/jpeg``).
+It deliberately leaves the resource version out: an entry is *replaced* when
+the resource changes, so outdated versions never pile up, and a lookup is a
+single indexed read whatever the number of entries.
+
+The entity-tag is derived from the key and the version, so a 304 can be
+decided before any body is read or computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+from urllib.parse import quote
+
+
+def normalized_query(arguments: Mapping[str, str]) -> str:
+    """The GET arguments as a canonical query string (sorted by name).
+
+    Orthanc hands the arguments over still percent-encoded and keeps the last
+    value of a repeated name, exactly as its own routes read them, so the
+    result is also what is forwarded to Orthanc.  Characters that would
+    break the query's structure are escaped.
+    """
+    return "&".join(
+        "%s=%s" % (quote(name, safe="%:/@!$'()*+,;?"), quote(value, safe="%:/@!$'()*+,;?="))
+        for name, value in sorted(arguments.items()))
+
+
+def cache_key(uri: str, query: str, representation: str) -> str:
+    """Key of one representation of a route (version not included)."""
+    return "%s?%s#%s" % (uri, query, representation)
+
+
+def entity_tag(salt: str, key: str, version: str) -> str:
+    """A weak entity-tag for ``key`` at ``version``, e.g. ``W/"3f2a..."``.
+
+    Weak because Orthanc gzips answers for clients that accept it, so the
+    bytes differ between codings while the content is the same (nginx weakens
+    its ETags for the same reason).
+
+    ``salt`` holds what else shapes every answer (Orthanc's version, the
+    plugin's storage format), so an upgrade never revalidates old copies.
+    """
+    digest = hashlib.blake2b("\0".join((salt, key, version)).encode("utf-8"),
+                             digest_size=16).hexdigest()
+    return 'W/"%s"' % digest

@@ -1,0 +1,221 @@
+"""The thin layer between Orthanc's Python plugin and the cache.
+
+The only module that imports ``orthanc``: it registers one REST callback per
+route of :data:`.routes.ROUTES`, turns Orthanc's callback arguments into a
+:class:`.controller.Request`, sends the controller's :class:`.controller.Reply`
+back, forwards other methods, and runs warm-up on Orthanc's change events.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Callable, Mapping, Optional, Union
+
+import orthanc
+
+from . import __version__
+from .controller import CacheController, Fetched, Reply, Request, Version
+from .negotiation import JPEG, PAM, jpeg_quality, pam_image
+from .plain_answers import PlainOrthanc
+from .routes import ROUTES, Level, Route
+from .settings import Settings, SettingsError, load_settings
+from .store import FORMAT, Store
+from .validators import parse_orthanc_timestamp
+from .warmup import WarmUp
+
+_LOG_PREFIX = "cache plugin: "
+
+
+def _info(message: str) -> None:
+    orthanc.LogInfo(_LOG_PREFIX + message)
+
+
+def _warn(message: str) -> None:
+    orthanc.LogWarning(_LOG_PREFIX + message)
+
+
+def _get(uri: str) -> Union[bytes, int]:
+    """Orthanc's built-in answer to a GET: the body, or the error code."""
+    try:
+        return orthanc.RestApiGet(uri)
+    except orthanc.OrthancException as error:
+        return error.args[0] if error.args and isinstance(error.args[0], int) else -1
+
+
+def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> Optional[bytes]:
+    """Orthanc's JPEG or PAM answer, rebuilt from its PNG answer (byte-identical)."""
+    image = orthanc.UncompressImage(png, orthanc.ImageFormat.PNG)
+    pixel_format = image.GetImagePixelFormat()
+    width, height = image.GetImageWidth(), image.GetImageHeight()
+    buffer = image.GetImageBuffer()
+    if representation == JPEG:
+        quality = jpeg_quality(arguments)
+        if quality is None:
+            return None
+        return orthanc.CompressJpegImage(pixel_format, width, height, image.GetImagePitch(),
+                                         buffer, quality)
+    channels, sample_bytes = {
+        orthanc.PixelFormat.GRAYSCALE8: (1, 1),
+        orthanc.PixelFormat.GRAYSCALE16: (1, 2),
+        orthanc.PixelFormat.SIGNED_GRAYSCALE16: (1, 2),
+        orthanc.PixelFormat.RGB24: (3, 1),
+    }[pixel_format]
+    return pam_image(channels, width, height, sample_bytes, buffer)
+
+
+class OrthancOrigin:
+    """Orthanc's own REST API, seen through ``orthanc.RestApiGet``."""
+
+    def __init__(self, describe_errors: bool):
+        self.plain = PlainOrthanc(_get, describe_errors)
+
+    def version(self, request: Request) -> Optional[Version]:
+        level = request.route.level
+        raw = _get("/%s/%s/metadata/%s" % (level.value, request.resource_id,
+                                           level.version_metadata))
+        if not isinstance(raw, bytes):
+            return None
+        token = raw.decode("ascii", "replace")
+        return Version(token, parse_orthanc_timestamp(token))
+
+    def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
+        body = _get(request.uri + "?" + query if query else request.uri)
+        if not isinstance(body, bytes):
+            return None
+        if representation in (JPEG, PAM):
+            if representation == JPEG and request.groups[-1] in ("image-uint16", "image-int16"):
+                return None  # Orthanc has no JPEG of 16-bit images
+            body = _reencode(body, representation, request.arguments)
+            if body is None:
+                return None
+        return Fetched(self.plain.content_type(request, representation), body,
+                       self.plain.extra_headers(request, representation))
+
+    def plain_answer(self, request: Request, reason: str) -> Reply:
+        return self.plain.answer(request, reason)
+
+
+def send(output: Any, reply: Reply) -> None:
+    """Write ``reply`` with Orthanc's RestOutput (headers first, as it requires)."""
+    for name, value in reply.headers.items():
+        if name not in ("Location", "Allow"):
+            output.SetHttpHeader(name, value)
+    if reply.status == 200:
+        output.AnswerBuffer(reply.body, reply.content_type)
+    elif reply.status == 301:
+        output.Redirect(reply.headers["Location"])
+    elif reply.status == 405:
+        output.SendMethodNotAllowed(reply.headers["Allow"])
+    elif reply.body:
+        output.SendHttpStatus(reply.status, reply.body.decode("utf-8"), len(reply.body))
+    else:
+        output.SendHttpStatusCode(reply.status)
+
+
+def _post(uri: str, body: bytes) -> Union[bytes, int]:
+    try:
+        return orthanc.RestApiPost(uri, body)
+    except orthanc.OrthancException as error:
+        return error.args[0] if error.args and isinstance(error.args[0], int) else -1
+
+
+class CachePlugin:
+    """Everything registered with Orthanc, built once by :func:`enable`."""
+
+    def __init__(self, settings: Settings, configuration: Mapping[str, Any]):
+        self.settings = settings
+        self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
+                           warn=_warn)
+        self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True))
+        vary = ("Accept-Encoding",) if configuration.get("HttpCompressionEnabled", True) else ()
+        self.controller = CacheController(settings, self.store, self.origin, vary=vary)
+        self._salt_lock = threading.Lock()
+        self.warm_up = WarmUp(self.controller, settings.warm_up_queue_size, _info, _warn) \
+            if settings.warm_up else None
+
+    def _ensure_salt(self) -> None:
+        # Orthanc refuses REST calls while plugins load, so the version that
+        # salts entity-tags is read once it runs.
+        if self.controller.salt:
+            return
+        with self._salt_lock:
+            if not self.controller.salt:
+                system = json.loads(orthanc.RestApiGet("/system"))
+                self.controller.salt = "orthanc %s, plugin %s, format %d" % (
+                    system.get("Version"), __version__, FORMAT)
+
+    def handler(self, route: Route) -> Callable[..., None]:
+        """The REST callback of one route."""
+
+        def on_request(output: Any, uri: str, **call: Any) -> None:
+            request = Request(route, tuple(call["groups"]), uri, call.get("get") or {},
+                              call.get("headers") or {})
+            if call["method"] != "GET":
+                reply = self.forward(request, call["method"], call.get("body") or b"")
+            else:
+                try:
+                    self._ensure_salt()
+                    reply = self.controller.serve(request)
+                except Exception as error:  # the cache must never turn an answer into a 500
+                    _warn("%s while serving %s: %s; answered without the cache"
+                          % (type(error).__name__, uri, error))
+                    reply = self.origin.plain_answer(request, "cache error")
+                    reply.outcome = "BYPASS"
+            _info("%s %s %s: %s" % (reply.outcome, call["method"], uri, reply.reason))
+            send(output, reply)
+
+        return on_request
+
+    def forward(self, request: Request, method: str, body: bytes) -> Reply:
+        """Hand a POST, PUT or DELETE to Orthanc's own route, as if the plugin were absent."""
+        if method not in request.route.other_methods:
+            allowed = ",".join(("GET",) + request.route.other_methods)
+            return Reply(405, "PASS", method + " not allowed", headers={"Allow": allowed})
+        result = _post(request.uri, body)
+        if not isinstance(result, bytes):
+            return self.origin.plain.error(request, result, method)
+        if result[:4] == b"PK\x03\x04":  # a synchronous archive
+            return Reply(200, "PASS", "forwarded " + method, "application/zip", result,
+                         self.origin.plain.extra_headers(request, ""))
+        return Reply(200, "PASS", "forwarded " + method, "application/json", result)
+
+    def on_change(self, change_type: int, level: int, resource_id: str) -> None:
+        """Queue warm-up of stable resources; stop the worker with Orthanc."""
+        if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+            self._ensure_salt()
+        elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            if self.warm_up is not None:
+                self.warm_up.stop()
+            self.store.close()
+        elif self.warm_up is not None and change_type in _STABLE_LEVELS:
+            self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
+
+
+_STABLE_LEVELS = {
+    orthanc.ChangeType.STABLE_PATIENT: Level.PATIENT,
+    orthanc.ChangeType.STABLE_STUDY: Level.STUDY,
+    orthanc.ChangeType.STABLE_SERIES: Level.SERIES,
+}
+
+
+def enable(overrides: Mapping[str, Any]) -> bool:
+    """Read the settings and register everything (see ``enable_cache_plugin``)."""
+    configuration = json.loads(orthanc.GetConfiguration())
+    try:
+        settings = load_settings(configuration, overrides)
+    except SettingsError as error:
+        orthanc.LogError(_LOG_PREFIX + "not started, invalid settings: %s" % error)
+        return False
+    if not settings.enable:
+        orthanc.LogWarning(_LOG_PREFIX + "disabled by the setting Enable")
+        return False
+    plugin = CachePlugin(settings, configuration)
+    for route in ROUTES:
+        if orthanc.CheckVersionAdvanced(*route.since):
+            orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
+    orthanc.RegisterOnChangeCallback(plugin.on_change)
+    orthanc.LogWarning(_LOG_PREFIX + "version %s active, store in %s (%s)" % (
+        __version__, settings.directory,
+        "available" if plugin.store.available else "unavailable: requests go to Orthanc"))
+    return True

@@ -1,0 +1,214 @@
+"""What plain Orthanc answers, rebuilt from what a Python plugin can see.
+
+Inside the plugin, ``orthanc.RestApiGet`` returns the body of a 200 and
+nothing else: no content type, no Content-Disposition, and for a failure
+only an error code, which is 17 ("Unknown resource") for every answer that
+has no JSON body (404, 415, redirects).  This module rebuilds the rest, rule
+by rule, as observed on Orthanc 1.10.1 (``docs/fidelity.md``), so that the
+plugin answers every request, failures included, as Orthanc would.
+
+It is pure: Orthanc is reached through a ``get(uri)`` callable that returns
+the body, or the error code as an ``int``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Dict, Optional, Union
+
+from .controller import Reply, Request
+from .keys import normalized_query
+from .negotiation import (BAD_ACCEPT, DICOM, JPEG, NotAcceptable, Unsupported, jpeg_quality,
+                          negotiate_image, parse_unsigned, representation_of)
+from .routes import Answer, Negotiation
+
+Get = Callable[[str], Union[bytes, int]]
+
+JSON_TYPE = "application/json; charset=utf-8"
+_BINARY_TYPES = {
+    "archive": "application/zip", "media": "application/zip", "pdf": "application/pdf",
+    "matlab": "text/plain", "numpy": "application/octet-stream", "raw": "application/octet-stream",
+    "raw.gz": "application/gzip",
+}
+#: Transfer syntaxes whose raw frames Orthanc labels with an image type.
+_RAW_FRAME_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+}
+
+_HTTP_REASONS = {400: "Bad Request", 404: "Not Found", 415: "Unsupported Media Type",
+                 500: "Internal Server Error"}
+#: Orthanc error codes met on the cached routes: HTTP status and description.
+_ORTHANC_ERRORS = {
+    -1: (500, "Internal error"),
+    2: (500, "Not implemented yet"),
+    3: (400, "Parameter out of range"),
+    8: (400, "Bad request"),
+    12: (400, "Badly formatted URI"),
+    15: (400, "Bad file format"),
+    17: (404, "Unknown resource"),
+}
+UNKNOWN_RESOURCE = 17
+_PARAMETER_OUT_OF_RANGE = 3
+_INTERNAL_ERROR = -1
+
+
+def _json_string(text: str) -> str:
+    # jsoncpp escapes like json.dumps(ensure_ascii=True), but leaves DEL raw.
+    return json.dumps(text, ensure_ascii=True).replace("\\u007f", "\x7f")
+
+
+def error_body(code: int, uri: str, method: str = "GET", details: Optional[str] = None) -> str:
+    """Orthanc's JSON error body, byte for byte (HttpDescribeErrors on)."""
+    status, description = _ORTHANC_ERRORS.get(code, (500, "Internal error"))
+    fields = [] if details is None else [("Details", _json_string(details))]
+    fields += [
+        ("HttpError", _json_string(_HTTP_REASONS.get(status, "Internal Server Error"))),
+        ("HttpStatus", str(status)),
+        ("Message", _json_string(description)),
+        ("Method", _json_string(method)),
+        ("OrthancError", _json_string(description)),
+        ("OrthancStatus", str(code)),
+        ("Uri", _json_string(uri)),
+    ]
+    return "{\n" + ",\n".join("\t%s : %s" % (_json_string(name), value)
+                              for name, value in fields) + "\n}\n"
+
+
+def _status_only(status: int, reason: str, headers: Optional[Dict[str, str]] = None) -> Reply:
+    return Reply(status, "PASS", reason, headers=headers or {})
+
+
+class PlainOrthanc:
+    """Answers a request exactly as Orthanc alone would, when the cache steps aside."""
+
+    def __init__(self, get: Get, describe_errors: bool):
+        self._get = get
+        self._describe_errors = describe_errors
+
+    # Labels of successful answers -------------------------------------------------
+
+    def content_type(self, request: Request, representation: str) -> str:
+        """The Content-Type Orthanc gives a 200 of ``request``."""
+        route = request.route
+        if route.answer is Answer.JSON:
+            return JSON_TYPE
+        if representation:
+            return representation
+        kind = request.groups[-1] if route.name == "frame-data" else route.name
+        if kind == "raw":
+            syntax = self._get("/instances/%s/metadata/TransferSyntax" % request.resource_id)
+            if isinstance(syntax, bytes):
+                return _RAW_FRAME_TYPES.get(syntax.decode("ascii", "replace"),
+                                            _BINARY_TYPES["raw"])
+        return _BINARY_TYPES[kind]
+
+    def extra_headers(self, request: Request, representation: str) -> Dict[str, str]:
+        """Headers other than Content-Type that Orthanc adds to a 200 of ``request``."""
+        name = request.route.name
+        if name in ("archive", "media"):
+            return {"Content-Disposition": 'filename="%s.zip"' % request.resource_id}
+        if name == "file" and representation == DICOM:
+            info = self._get("/instances/%s/attachments/dicom/info" % request.resource_id)
+            if isinstance(info, bytes):
+                return {"Content-Disposition": 'filename="%s.dcm"' % json.loads(info)["Uuid"]}
+        return {}
+
+    # Failures ---------------------------------------------------------------------
+
+    def error(self, request: Request, code: int, method: str = "GET",
+              details: Optional[str] = None) -> Reply:
+        """Orthanc's answer to a request that raised the error ``code``."""
+        status = _ORTHANC_ERRORS.get(code, (500, ""))[0]
+        body = error_body(code, request.uri, method, details) if self._describe_errors else ""
+        return Reply(status, "PASS", "Orthanc error %d" % code, body=body.encode("utf-8"))
+
+    def answer(self, request: Request, reason: str) -> Reply:
+        """Orthanc's answer to ``request`` (a 200 only when the cache may not keep it)."""
+        if request.route.negotiation is Negotiation.IMAGE:
+            return self._image_failure(request)
+        if request.route.name == "frame-data":
+            refused = self._frame_data_refusal(request)
+            if refused is not None:
+                return refused
+        query = normalized_query(request.arguments)
+        result = self._get(request.uri + ("?" + query if query else ""))
+        if isinstance(result, bytes):
+            try:
+                representation = representation_of(request.route, request.headers)
+            except Unsupported as unsupported:
+                return _status_only(406, str(unsupported))
+            return Reply(200, "PASS", reason, self.content_type(request, representation), result,
+                         self.extra_headers(request, representation))
+        if result != UNKNOWN_RESOURCE:
+            return self.error(request, result, details=self._details(request, result))
+        if request.route.name == "pdf" and isinstance(
+                self._get("/instances/%s" % request.resource_id), bytes):
+            return _status_only(404, "instance holds no PDF")
+        return self.error(request, UNKNOWN_RESOURCE)
+
+    def _frame_data_refusal(self, request: Request) -> Optional[Reply]:
+        frame, kind = request.groups[1], request.groups[2]
+        if kind == "numpy":
+            if parse_unsigned(frame.strip()) is None or frame.strip().startswith("-"):
+                return self.error(request, _PARAMETER_OUT_OF_RANGE, details='Expected an unsigned integer for the "frame" argument')
+        elif parse_unsigned(frame) is None:
+            return _status_only(404, "frame number not parsed")
+        return None
+
+    def _details(self, request: Request, code: int) -> Optional[str]:
+        if code == _INTERNAL_ERROR and request.route.level.value == "instances":
+            if request.route.name == "header":
+                return "Unable to read the DICOM file of instance %s" % request.resource_id
+            return "Unable to read attachment dicom of instance %s" % request.resource_id
+        if code == _PARAMETER_OUT_OF_RANGE and request.route.name in ("archive", "media") \
+                and "transcode" in request.arguments:
+            return "Unknown transfer syntax: %s" % request.arguments["transcode"]
+        return None
+
+    def _unsupported_image(self, request: Request, reason: str) -> Reply:
+        # Orthanc redirects to its "unsupported" picture when asked to.
+        if "returnUnsupportedImage" in request.arguments:
+            depth = request.uri.strip("/").count("/")
+            location = "../" * depth + "app/images/unsupported.png"
+            return _status_only(301, reason, {"Location": location})
+        return _status_only(415, reason)
+
+    def _image_failure(self, request: Request) -> Reply:
+        """Replay Orthanc's checks of image routes in its order; the first failing decides."""
+        is_frame = request.route.name == "frame-image"
+        frame = parse_unsigned(request.groups[1]) if is_frame else 0
+        if frame is None:
+            return _status_only(404, "frame number not parsed")
+        instance = "/instances/%s" % request.resource_id
+        if not isinstance(self._get(request.uri), bytes):
+            if not isinstance(self._get(instance), bytes):
+                other_level = any(isinstance(self._get("/%s/%s" % (level, request.resource_id)), bytes)
+                                  for level in ("patients", "studies", "series"))
+                return self._unsupported_image(request, "not an instance") if other_level \
+                    else _status_only(404, "unknown instance")
+            frames = self._get(instance + "/frames")
+            if isinstance(frames, bytes) and frame >= len(json.loads(frames)):
+                return _status_only(404, "no such frame")
+            return self._unsupported_image(request, "image cannot be decoded")
+        kind = request.groups[2] if is_frame else request.route.name
+        if kind == "rendered":
+            without_quality = {k: v for k, v in request.arguments.items() if k != "quality"}
+            if not isinstance(self._get(request.uri + "?" + normalized_query(without_quality)), bytes):
+                smooth = request.arguments.get("smooth")
+                if smooth is not None and smooth not in ("true", "false", "1", "0"):
+                    return self._unsupported_image(request, "bad smooth argument")
+                return _status_only(404, "bad rendering argument")
+        if jpeg_quality(request.arguments) is None:
+            return self._unsupported_image(request, "bad quality argument")
+        try:
+            chosen = negotiate_image(request.headers.get("accept"))
+        except NotAcceptable as refusal:
+            if refusal.status == BAD_ACCEPT:
+                return self._unsupported_image(request, str(refusal))
+            return _status_only(404, str(refusal))
+        if chosen == JPEG and kind in ("image-uint16", "image-int16"):
+            return _status_only(404, "no JPEG of 16-bit images")
+        return self._unsupported_image(request, "image cannot be encoded")
+

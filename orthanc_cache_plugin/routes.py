@@ -1,0 +1,140 @@
+"""The cached routes, as data: one table, read by registration, keys and warm-up.
+
+Each :class:`Route` says which URIs it covers, which resource it belongs to
+(whose state versions its answers), what kind of answer it gives, and which
+request header, if any, changes that answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Dict, Optional, Pattern, Tuple
+
+
+class Level(Enum):
+    """A level of Orthanc's resource tree, named as in its REST API."""
+
+    PATIENT = "patients"
+    STUDY = "studies"
+    SERIES = "series"
+    INSTANCE = "instances"
+
+    @property
+    def version_metadata(self) -> str:
+        """The metadata that Orthanc updates when something is stored below the resource."""
+        return "ReceptionDate" if self is Level.INSTANCE else "LastUpdate"
+
+
+class Answer(Enum):
+    """What kind of body a route answers; JSON is always stored server-side."""
+
+    JSON = "json"
+    BINARY = "binary"
+
+
+class Negotiation(Enum):
+    """Which request header selects the representation of a route."""
+
+    NONE = "none"
+    IMAGE = "image"            # Accept: image/png (default), image/jpeg, PAM
+    DICOM_FILE = "dicom-file"  # Accept: application/dicom (default) or application/dicom+json
+
+
+@dataclass(frozen=True)
+class Route:
+    """One cached route, e.g. ``/studies/{id}/shared-tags``.
+
+    ``suffix`` is a regular expression for what follows ``/{level}/{id}``;
+    its groups (a frame number, an image kind) are passed to Orthanc unchanged.
+    ``warm_variants`` are the query strings computed at warm-up; empty when
+    the route is not warmed.  ``since`` is the first Orthanc version that has
+    the route: on older ones it is not registered, so Orthanc answers alone.
+    ``other_methods`` are the methods besides GET that Orthanc accepts there;
+    the plugin forwards them untouched.
+    """
+
+    name: str
+    level: Level
+    suffix: str
+    answer: Answer
+    negotiation: Negotiation = Negotiation.NONE
+    warm_variants: Tuple[str, ...] = ()
+    since: Tuple[int, int, int] = (0, 0, 0)
+    other_methods: Tuple[str, ...] = ()
+
+    @property
+    def pattern(self) -> str:
+        """The regular expression registered with Orthanc."""
+        return "/%s/([^/]+)%s" % (self.level.value, self.suffix)
+
+    @property
+    def vary(self) -> Tuple[str, ...]:
+        """Request headers that select the representation (for the Vary header)."""
+        return () if self.negotiation is Negotiation.NONE else ("Accept",)
+
+    @property
+    def regex(self) -> Pattern[str]:
+        return _compiled(self.pattern)
+
+
+_COMPILED: Dict[str, Pattern[str]] = {}
+
+
+def _compiled(pattern: str) -> Pattern[str]:
+    if pattern not in _COMPILED:
+        _COMPILED[pattern] = re.compile(pattern + "$")
+    return _COMPILED[pattern]
+
+
+_TAG_VARIANTS = ("", "short", "simplify")
+_PARENT_LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES)
+
+
+def _parent_routes(level: Level) -> Tuple[Route, ...]:
+    return (
+        Route("archive", level, "/archive", Answer.BINARY, other_methods=("POST",)),
+        Route("attachments", level, "/attachments", Answer.JSON, warm_variants=("",)),
+        Route("instances-tags", level, "/instances-tags", Answer.JSON, warm_variants=_TAG_VARIANTS),
+        Route("media", level, "/media", Answer.BINARY, other_methods=("POST",)),
+        Route("shared-tags", level, "/shared-tags", Answer.JSON, warm_variants=_TAG_VARIANTS),
+    )
+
+
+_INSTANCE = Level.INSTANCE
+_IMAGE_KINDS = "preview|image-uint8|image-uint16|image-int16|rendered"
+_FRAME_DATA_KINDS = r"matlab|raw|raw\.gz|numpy"
+
+#: Every cached route; the patterns do not overlap.  ``/instances/{id}/raw``,
+#: listed by the original specification, is not an Orthanc route (raw frames
+#: are ``frames/{n}/raw``), so it is left to Orthanc.
+ROUTES: Tuple[Route, ...] = tuple(
+    route for level in _PARENT_LEVELS for route in _parent_routes(level)
+) + (
+    Route("file", _INSTANCE, "/file", Answer.BINARY, Negotiation.DICOM_FILE),
+    Route("frames", _INSTANCE, "/frames", Answer.JSON),
+    Route("frame-image", _INSTANCE, "/frames/([^/]+)/(%s)" % _IMAGE_KINDS, Answer.BINARY,
+          Negotiation.IMAGE),
+    Route("frame-data", _INSTANCE, "/frames/([^/]+)/(%s)" % _FRAME_DATA_KINDS, Answer.BINARY),
+    Route("header", _INSTANCE, "/header", Answer.JSON),
+    Route("metadata", _INSTANCE, "/metadata", Answer.JSON),
+    Route("pdf", _INSTANCE, "/pdf", Answer.BINARY, since=(1, 12, 0)),
+    Route("preview", _INSTANCE, "/preview", Answer.BINARY, Negotiation.IMAGE),
+    Route("simplified-tags", _INSTANCE, "/simplified-tags", Answer.JSON),
+    Route("tags", _INSTANCE, "/tags", Answer.JSON),
+)
+
+
+def routes_of(level: Level) -> Tuple[Route, ...]:
+    """The routes of one level, in table order."""
+    return tuple(route for route in ROUTES if route.level is level)
+
+
+def match(uri: str) -> Optional[Tuple[Route, Tuple[str, ...]]]:
+    """The route covering ``uri`` and its groups (resource id first), if any."""
+    for route in ROUTES:
+        found = route.regex.match(uri)
+        if found:
+            return route, found.groups()
+    return None

@@ -1,0 +1,135 @@
+"""The plugin's settings: defaults, the ``CachePlugin`` section, validation.
+
+Settings come from the ``CachePlugin`` section of Orthanc's configuration;
+keyword arguments of :func:`orthanc_cache_plugin.enable_cache_plugin`
+override them.  Every setting is described once, in :data:`SETTINGS`, which
+the documentation and its drift test read too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+SECTION = "CachePlugin"
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration entry: its name in Orthanc's file, type, default, meaning."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    minimum: Optional[int] = None
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("Enable", bool, True,
+            "Turn the plugin on. When false, no route is registered and Orthanc answers alone."),
+    Setting("Directory", str, "/var/lib/orthanc/cache",
+            "Folder of the server-side store (created when missing). Give every Orthanc "
+            "process its own folder."),
+    Setting("MaximumSize", int, 1024,
+            "Size limit of the server-side store in MB; least-recently-used entries are "
+            "evicted beyond it.", minimum=1),
+    Setting("Expiration", int, 604800,
+            "Seconds after which a stored entry expires (7 days).", minimum=1),
+    Setting("CacheControl", str, "max-age=604800, s-maxage=604800, public",
+            "Cache-Control header sent with every cached route's 200 and 304. Expires is "
+            "Date plus its max-age."),
+    Setting("StoreBinary", bool, False,
+            "Also keep binary answers (file, preview, frames, archive, media, pdf) in the "
+            "server-side store. JSON answers are always stored."),
+    Setting("MaximumEntrySize", int, 64,
+            "Largest answer in MB kept in the server-side store; larger answers are served "
+            "but not stored.", minimum=1),
+    Setting("WarmUp", bool, True,
+            "Compute and store the JSON routes of a patient, study or series when Orthanc "
+            "reports it stable."),
+    Setting("WarmUpQueueSize", int, 1000,
+            "Most resources waiting for warm-up; beyond it, new ones are skipped (and "
+            "computed on their first request instead).", minimum=1),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective settings, in Python names (``MaximumSize`` is ``maximum_size``)."""
+
+    enable: bool
+    directory: str
+    maximum_size: int
+    expiration: int
+    cache_control: str
+    store_binary: bool
+    maximum_entry_size: int
+    warm_up: bool
+    warm_up_queue_size: int
+
+    @property
+    def maximum_size_bytes(self) -> int:
+        return self.maximum_size * 1024 * 1024
+
+    @property
+    def maximum_entry_size_bytes(self) -> int:
+        return self.maximum_entry_size * 1024 * 1024
+
+    def as_configuration(self) -> Dict[str, Any]:
+        """The settings under their configuration-file names."""
+        return {setting.name: getattr(self, _snake(setting.name)) for setting in SETTINGS}
+
+
+assert [f.name for f in fields(Settings)] == [_snake(s.name) for s in SETTINGS]
+
+
+def _check(setting: Setting, value: Any, origin: str) -> Any:
+    # bool is a subclass of int in Python: refuse True where a number is expected.
+    if setting.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise SettingsError("%s: %s must be an integer, got %r" % (origin, setting.name, value))
+    if setting.type is not int and not isinstance(value, setting.type):
+        raise SettingsError("%s: %s must be a %s, got %r"
+                            % (origin, setting.name, setting.type.__name__, value))
+    if setting.minimum is not None and value < setting.minimum:
+        raise SettingsError("%s: %s must be at least %d, got %r"
+                            % (origin, setting.name, setting.minimum, value))
+    if setting.type is str and not value.strip():
+        raise SettingsError("%s: %s must not be empty" % (origin, setting.name))
+    return value
+
+
+def load_settings(configuration: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+    """Merge defaults, the ``CachePlugin`` section and keyword overrides.
+
+    ``configuration`` is Orthanc's whole configuration (a parsed JSON object);
+    ``overrides`` uses either Python names (``maximum_size``) or the file's
+    names (``MaximumSize``).  Unknown names and wrong types raise
+    :class:`SettingsError` with a message meant for Orthanc's log.
+    """
+    section = configuration.get(SECTION, {})
+    if not isinstance(section, dict):
+        raise SettingsError("the %s section of the configuration must be a JSON object" % SECTION)
+    values = {setting.name: setting.default for setting in SETTINGS}
+    for name, value in section.items():
+        if name not in _BY_NAME:
+            raise SettingsError("unknown setting %s.%s (known: %s)"
+                                % (SECTION, name, ", ".join(sorted(_BY_NAME))))
+        values[name] = _check(_BY_NAME[name], value, "configuration " + SECTION)
+    by_snake = {_snake(name): name for name in _BY_NAME}
+    for name, value in overrides.items():
+        file_name = by_snake.get(name, name)
+        if file_name not in _BY_NAME:
+            raise SettingsError("unknown keyword argument %s of enable_cache_plugin()" % name)
+        values[file_name] = _check(_BY_NAME[file_name], value, "enable_cache_plugin()")
+    return Settings(**{_snake(name): value for name, value in values.items()})

@@ -1,0 +1,169 @@
+"""The server-side store: stored answers on disk, behind get / set / delete.
+
+:class:`Entry` is one stored answer (or only its validators) with the
+version of the resource it was computed from.  :class:`Store` keeps entries in
+one ``diskcache.Cache`` (SQLite index plus files, size-limited, LRU
+eviction, per-entry expiry) and turns every failure of the disk into "no
+entry": the caller then asks Orthanc, so a broken store slows the API down but
+never breaks it.  A warning is logged once per failure episode, and the
+store reopens itself a little later.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+import diskcache
+
+#: Bumped when the stored layout or the answers' derivation changes, so that
+#: entries written by an older plugin are never read back.
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored answer: the resource ``version`` it belongs to, its content
+    type and extra headers, and its body (None when only its existence and
+    validators are kept, e.g. binaries with StoreBinary off)."""
+
+    version: str
+    content_type: str
+    body: Optional[bytes]
+    headers: Dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """Serialize as one JSON line then the raw body: no pickle on disk."""
+        meta = {"format": FORMAT, "version": self.version, "type": self.content_type,
+                "headers": self.headers, "has_body": self.body is not None}
+        return json.dumps(meta, sort_keys=True).encode() + b"\n" + (self.body or b"")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Optional["Entry"]:
+        """The entry in ``raw``, or None when it is not one this version wrote."""
+        meta_line, separator, body = raw.partition(b"\n")
+        if not separator:
+            return None
+        try:
+            meta = json.loads(meta_line)
+            if meta.get("format") != FORMAT:
+                return None
+            return cls(meta["version"], meta["type"], body if meta["has_body"] else None,
+                       dict(meta["headers"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Store:
+    """Failure-tolerant, size-limited store of :class:`Entry` objects.
+
+    Opened once per process; every method is safe to call from several
+    threads (diskcache opens one SQLite connection per thread).
+    """
+
+    #: Seconds between attempts to reopen a store that failed.
+    RETRY_DELAY = 5.0
+
+    def __init__(self, directory: str, size_limit: int, expiration: int,
+                 warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+        self.directory = directory
+        self._size_limit = size_limit
+        self._expiration = expiration
+        self._warn = warn
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: Optional[diskcache.Cache] = None
+        self._failed_at: Optional[float] = None
+        self.failures = 0
+        self._open()
+
+    @property
+    def available(self) -> bool:
+        """False while the store is failing (requests then bypass it)."""
+        return self._cache is not None
+
+    def _open(self) -> None:
+        try:
+            self._cache = diskcache.Cache(
+                self.directory, size_limit=self._size_limit,
+                eviction_policy="least-recently-used", statistics=False)
+            if self._failed_at is not None:
+                self._warn("cache store in %s works again" % self.directory)
+            self._failed_at = None
+        except Exception as error:  # sqlite3, OSError, anything from the disk
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            first = self._failed_at is None
+            self._failed_at = self._clock()
+            self.failures += 1
+            broken, self._cache = self._cache, None
+        if broken is not None:
+            try:
+                broken.close()
+            except Exception:
+                pass
+        if first:
+            self._warn("cache store in %s failed (%s: %s); requests go to Orthanc until it "
+                       "works again" % (self.directory, type(error).__name__, error))
+
+    def _usable(self) -> Optional[diskcache.Cache]:
+        if self._cache is None and self._failed_at is not None:
+            if self._clock() - self._failed_at >= self.RETRY_DELAY:
+                with self._lock:
+                    retry = self._cache is None
+                if retry:
+                    self._open()
+        return self._cache
+
+    def _call(self, action: Callable[[diskcache.Cache], Any], default: Any = None) -> Any:
+        cache = self._usable()
+        if cache is None:
+            return default
+        try:
+            return action(cache)
+        except Exception as error:
+            self._fail(error)
+            return default
+
+    def get(self, key: str) -> Optional[Entry]:
+        """The entry stored under ``key``; None if absent, unreadable or the store fails."""
+        raw = self._call(lambda cache: cache.get(key))
+        if raw is None:
+            return None
+        entry = Entry.decode(raw) if isinstance(raw, bytes) else None
+        if entry is None:  # written by another plugin version, or damaged
+            self.delete(key)
+        return entry
+
+    def set(self, key: str, entry: Entry) -> bool:
+        """Store ``entry`` under ``key`` (replacing any older version); False on failure."""
+        return bool(self._call(
+            lambda cache: cache.set(key, entry.encode(), expire=self._expiration), False))
+
+    def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        self._call(lambda cache: cache.delete(key))
+
+    def clear(self) -> int:
+        """Forget everything; returns how many entries were removed."""
+        return int(self._call(lambda cache: cache.clear(), 0))
+
+    def count(self) -> int:
+        """Number of entries (kept by diskcache, not counted)."""
+        return int(self._call(lambda cache: len(cache), 0))
+
+    def volume(self) -> int:
+        """Bytes used on disk."""
+        return int(self._call(lambda cache: cache.volume(), 0))
+
+    def close(self) -> None:
+        """Release the files; later calls reopen nothing."""
+        with self._lock:
+            cache, self._cache, self._failed_at = self._cache, None, None
+        if cache is not None:
+            cache.close()

@@ -1,0 +1,58 @@
+"""Shared pytest fixtures: repository paths and real Orthanc servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from support.orthanc_server import OrthancServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: starts real Orthanc processes")
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Everything under tests/integration/ is marked ``integration``."""
+    integration_dir = REPO_ROOT / "tests" / "integration"
+    for item in items:
+        if integration_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """Root of the git checkout."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def example_script(repo_root: Path) -> Path:
+    """``<repo>/example.py``, the Orthanc Python script that loads the plugin package."""
+    script = repo_root / "example.py"
+    if not script.is_file():
+        pytest.fail(f"{script} is missing")
+    return script
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
+    """Call ``orthanc_factory(python_script=None, config=None, env=None, start=True)``
+    to get an :class:`OrthancServer` in its own folder under ``tmp_path``;
+    every server is stopped at teardown."""
+    servers: List[OrthancServer] = []
+
+    def create(start: bool = True, **kwargs: Any) -> OrthancServer:
+        server = OrthancServer(tmp_path / f"orthanc-{len(servers)}", **kwargs)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield create
+    for server in servers:
+        server.stop()

@@ -1,0 +1,293 @@
+"""Start and drive a real Orthanc process for integration tests.
+
+Each :class:`OrthancServer` owns a working directory holding its JSON
+configuration (``orthanc.json``), its storage/index (``storage/``) and the
+combined stdout+stderr of the process (``orthanc.log``). Orthanc runs HTTP only
+on a free 127.0.0.1 port, optionally with the Python plugin loaded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Union
+
+import requests
+
+ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
+PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so")
+
+_PORT_IN_USE = "TCP port of the HTTP server is privileged or already in use"
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_running: Set["OrthancServer"] = set()
+
+
+class OrthancStartError(RuntimeError):
+    """Orthanc exited or did not answer ``GET /system`` in time."""
+
+
+class StopResult(NamedTuple):
+    """Outcome of :meth:`OrthancServer.stop`."""
+
+    returncode: Optional[int]  # negative: killed by that signal; None: was not running
+    seconds: float
+    killed: bool  # SIGKILL was needed
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (on all interfaces: Orthanc binds 0.0.0.0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Child pre-exec hook: have Linux SIGKILL Orthanc if the test process dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class OrthancServer:
+    """A real Orthanc process, configured from sane defaults plus ``config`` (shallow merge)."""
+
+    def __init__(
+        self,
+        workdir: Union[str, Path],
+        python_script: Optional[Union[str, Path]] = None,
+        config: Optional[Dict[str, Any]] = None,
+        env: Optional[Dict[str, str]] = None,
+        log_flags: Sequence[str] = ("--verbose",),
+    ) -> None:
+        """Prepare (not start) a server.
+
+        ``env`` extends the inherited environment (e.g. ``{"TZ": "UTC"}``);
+        ``log_flags`` are Orthanc's log options (e.g. ``("--trace",)``).
+        """
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "orthanc.json"
+        self.log_path = self.workdir / "orthanc.log"
+        self.storage_dir = self.workdir / "storage"
+        self.python_script = Path(python_script).resolve() if python_script else None
+        self.log_flags = tuple(log_flags)
+        self._port_pinned = bool(config and "HttpPort" in config)
+        self.config: Dict[str, Any] = {
+            "Name": "harness-" + uuid.uuid4().hex[:12],
+            "HttpPort": free_port(),
+            "StorageDirectory": str(self.storage_dir),
+            "IndexDirectory": str(self.storage_dir),
+            "DicomServerEnabled": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpThreadsCount": 16,
+            "WebDavEnabled": False,
+            "SaveJobs": False,
+            "Plugins": [PYTHON_PLUGIN] if self.python_script else [],
+        }
+        if self.python_script:
+            self.config["PythonScript"] = str(self.python_script)
+        self.config.update(config or {})
+        # The plugin embeds the system Python: don't leak the test runner's paths into it.
+        self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.update(env or {})
+        self.session = requests.Session()
+        self.session.trust_env = False  # never route 127.0.0.1 through an HTTP proxy
+        self.process: Optional[subprocess.Popen] = None
+        self._log_offset = 0  # where the current run starts in orthanc.log
+
+    # -- properties -------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """HTTP port."""
+        return int(self.config["HttpPort"])
+
+    @property
+    def url(self) -> str:
+        """Base URL, without trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Process id of the current (or last) Orthanc process."""
+        return self.process.pid if self.process else None
+
+    @property
+    def is_running(self) -> bool:
+        """True while the Orthanc process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self, timeout: float = 30) -> "OrthancServer":
+        """Launch Orthanc and wait until ``GET /system`` answers 200 with our ``Name``."""
+        if self.is_running:
+            raise RuntimeError("Orthanc is already running")
+        attempts = 1 if self._port_pinned else 3  # another process may grab our free port
+        for attempt in range(1, attempts + 1):
+            self._launch()
+            try:
+                self._wait_ready(timeout)
+                break
+            except OrthancStartError:
+                self.kill()
+                if attempt == attempts or _PORT_IN_USE not in self._current_log():
+                    raise
+                self.config["HttpPort"] = free_port()
+        return self
+
+    def stop(self, timeout: float = 10) -> StopResult:
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
+        self.session.close()  # drop keep-alive connections first
+        if self.process is None:
+            return StopResult(None, 0.0, False)
+        began = time.monotonic()
+        killed = False
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                killed = True
+        _running.discard(self)
+        return StopResult(self.process.returncode, time.monotonic() - began, killed)
+
+    def kill(self) -> Optional[int]:
+        """SIGKILL immediately (simulates a crash); returns the exit code."""
+        self.session.close()
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        _running.discard(self)
+        return self.process.returncode
+
+    def restart(self, timeout: float = 30) -> StopResult:
+        """Stop gracefully and start again on the same port and storage."""
+        result = self.stop()
+        self.start(timeout)
+        return result
+
+    def __enter__(self) -> "OrthancServer":
+        if not self.is_running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- logs -------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Everything Orthanc (and the Python script) printed, across restarts."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the log."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> "re.Match[str]":
+        """Wait until the log of the current run matches the regex ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self._current_log())
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{pattern!r} not in Orthanc log:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    # -- HTTP -------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """HTTP request to ``url + path`` (no status check; default timeout 30 s)."""
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """``GET url + path``."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        """``POST url + path``."""
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        """``PUT url + path``."""
+        return self.request("PUT", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        """``DELETE url + path``."""
+        return self.request("DELETE", path, **kwargs)
+
+    def upload(self, dicom: bytes) -> Dict[str, Any]:
+        """``POST /instances``; returns Orthanc's JSON answer (``ID``, ``ParentStudy``, ``Status``...)."""
+        response = self.post("/instances", data=dicom, headers={"Content-Type": "application/dicom"})
+        response.raise_for_status()
+        return response.json()
+
+    # -- internals --------------------------------------------------------
+
+    def _launch(self) -> None:
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
+        with self.log_path.open("ab") as log:
+            log.write(f"===== harness: starting {ORTHANC_BINARY} on port {self.port} =====\n".encode())
+            log.flush()
+            self._log_offset = log.tell()
+            self.process = subprocess.Popen(
+                [ORTHANC_BINARY, *self.log_flags, str(self.config_path)],
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        _running.add(self)
+
+    def _current_log(self) -> str:
+        """Log of the current (or last) run only."""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode("utf-8", errors="replace")
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise OrthancStartError(
+                    f"Orthanc exited with code {self.process.returncode} during start-up:\n{self.log_tail()}"
+                )
+            try:
+                response = self.session.get(self.url + "/system", timeout=1)
+                if response.status_code == 200 and response.json().get("Name") == self.config["Name"]:
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise OrthancStartError(f"Orthanc not ready after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last resort: never leave an Orthanc process behind."""
+    for server in list(_running):
+        server.kill()
