@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -56,3 +56,24 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
     yield create
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def cached_orthanc(orthanc_factory: Callable[..., OrthancServer], example_script: Path,
+                   tmp_path: Path) -> Callable[..., OrthancServer]:
+    """Call ``cached_orthanc(settings=None, config=None, **server_kwargs)`` for an
+    Orthanc running the plugin through example.py, its store in ``tmp_path``;
+    ``settings`` is merged into the ``CachePlugin`` section."""
+    count = [0]
+
+    def create(settings: Optional[Dict[str, Any]] = None, config: Optional[Dict[str, Any]] = None,
+               **kwargs: Any) -> OrthancServer:
+        count[0] += 1
+        section = {"Directory": str(tmp_path / ("cache-%d" % count[0]))}
+        section.update(settings or {})
+        merged = {"CachePlugin": section}
+        merged.update(config or {})
+        kwargs.setdefault("python_script", example_script)
+        return orthanc_factory(config=merged, **kwargs)
+
+    return create

@@ -1,0 +1,237 @@
+"""The cache's own behaviour inside a real Orthanc: validators, 304s, store, warm-up."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any, Callable, Dict, List
+
+import pytest
+
+from support.dicom_factory import make_instance, make_study
+from support.orthanc_server import OrthancServer
+
+NO_GZIP = {"Accept-Encoding": "identity"}
+SPEC_CACHE_CONTROL = "max-age=604800, s-maxage=604800, public"
+ENTITY_TAG = re.compile(r'^(W/)?"[\x21\x23-\x7e]*"$')
+
+
+def upload_study(server: OrthancServer, seed: str = "caching", series: int = 2,
+                 instances: int = 3) -> List[Dict[str, Any]]:
+    return [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances, seed=seed)]
+
+
+def get(server: OrthancServer, path: str, **headers: str):
+    return server.get(path, headers=dict(NO_GZIP, **headers))
+
+
+def decisions(server: OrthancServer, path: str) -> List[str]:
+    """Outcomes the plugin logged for GETs of ``path``, oldest first."""
+    pattern = re.compile(r"cache plugin: (\w[\w-]*) GET %s: " % re.escape(path))
+    return pattern.findall(server.log_text())
+
+
+def http_date(moment: datetime) -> str:
+    return format_datetime(moment.astimezone(timezone.utc), usegmt=True)
+
+
+def parse_http_date(text: str) -> datetime:
+    return datetime.strptime(text, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def server(cached_orthanc: Callable[..., OrthancServer]) -> OrthancServer:
+    return cached_orthanc()
+
+
+def test_a_200_carries_every_validator(server: OrthancServer) -> None:
+    study = upload_study(server)[0]["ParentStudy"]
+    answer = get(server, "/studies/%s/shared-tags" % study)
+    assert answer.status_code == 200
+    headers = answer.headers
+    assert ENTITY_TAG.match(headers["ETag"])
+    assert headers["Cache-Control"] == SPEC_CACHE_CONTROL
+    date = parse_http_date(headers["Date"])
+    assert abs((date - datetime.now(timezone.utc)).total_seconds()) < 5
+    assert parse_http_date(headers["Expires"]) == date + timedelta(seconds=604800)
+    last_update = server.get("/studies/%s/metadata/LastUpdate" % study).text
+    expected = datetime.strptime(last_update, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    assert parse_http_date(headers["Last-Modified"]) == expected
+    assert "Accept-Encoding" in headers["Vary"]
+
+
+def test_second_get_is_a_hit_with_the_same_body_and_etag(server: OrthancServer) -> None:
+    study = upload_study(server)[0]["ParentStudy"]
+    path = "/studies/%s/instances-tags" % study
+    first, second = get(server, path), get(server, path)
+    assert first.content == second.content and first.headers["ETag"] == second.headers["ETag"]
+    assert decisions(server, path) == ["MISS", "HIT"]
+
+
+def test_if_none_match_rules(server: OrthancServer) -> None:
+    study = upload_study(server)[0]["ParentStudy"]
+    path = "/studies/%s/shared-tags" % study
+    first = get(server, path)
+    etag = first.headers["ETag"]
+    opaque = etag[2:] if etag.startswith("W/") else etag
+    for value in (etag, opaque, '"other", %s' % etag, 'W/"a,b", %s, "c"' % opaque, "*"):
+        answer = get(server, path, **{"If-None-Match": value})
+        assert answer.status_code == 304, value
+        assert answer.content == b""
+        for name in ("ETag", "Cache-Control", "Expires", "Last-Modified", "Date"):
+            assert name in answer.headers, (value, name)
+        assert answer.headers["ETag"] == etag
+        assert answer.headers["Last-Modified"] == first.headers["Last-Modified"]
+    for value in ('"other"', "W/\"nope\"", "not-an-etag", '"unterminated'):
+        answer = get(server, path, **{"If-None-Match": value})
+        assert answer.status_code == 200 and answer.content == first.content, value
+
+
+def test_if_modified_since_in_the_three_date_formats(server: OrthancServer) -> None:
+    study = upload_study(server)[0]["ParentStudy"]
+    path = "/studies/%s/shared-tags" % study
+    first = get(server, path)
+    modified = parse_http_date(first.headers["Last-Modified"])
+    formats = (
+        lambda moment: http_date(moment),
+        lambda moment: moment.strftime("%A, %d-%b-%y %H:%M:%S GMT"),
+        lambda moment: moment.strftime("%a %b ") + ("%2d" % moment.day) + moment.strftime(" %H:%M:%S %Y"),
+    )
+    for render in formats:
+        assert get(server, path, **{"If-Modified-Since": render(modified)}).status_code == 304
+        earlier = get(server, path, **{"If-Modified-Since": render(modified - timedelta(seconds=1))})
+        assert earlier.status_code == 200 and earlier.content == first.content
+    for invalid in ("yesterday", "Mon, 32 Feb 2023 10:00:00 GMT", ""):
+        assert get(server, path, **{"If-Modified-Since": invalid}).status_code == 200
+    # If-None-Match wins over a matching If-Modified-Since.
+    both = get(server, path, **{"If-None-Match": '"other"',
+                                "If-Modified-Since": http_date(modified)})
+    assert both.status_code == 200
+
+
+def test_no_304_for_what_orthanc_does_not_have(server: OrthancServer) -> None:
+    upload_study(server)
+    for path in ("/studies/unknown/shared-tags", "/instances/unknown/preview"):
+        answer = get(server, path, **{"If-None-Match": "*",
+                                      "If-Modified-Since": http_date(datetime.now(timezone.utc))})
+        assert answer.status_code == 404
+        assert "ETag" not in answer.headers
+
+
+def test_binary_routes_are_validated_but_not_stored_by_default(server: OrthancServer) -> None:
+    instance = upload_study(server)[0]["ID"]
+    path = "/instances/%s/preview" % instance
+    first, second = get(server, path), get(server, path)
+    assert first.headers["Content-Type"] == "image/png" and first.content == second.content
+    assert decisions(server, path) == ["MISS", "MISS"]
+    assert get(server, path, **{"If-None-Match": first.headers["ETag"]}).status_code == 304
+    assert "Accept" in first.headers["Vary"]
+
+
+def test_store_binary_keeps_each_representation_apart(cached_orthanc: Callable[..., OrthancServer]) -> None:
+    server = cached_orthanc({"StoreBinary": True})
+    instance = upload_study(server)[0]["ID"]
+    path = "/instances/%s/preview" % instance
+    png = [get(server, path) for _ in range(2)]
+    jpeg = [get(server, path, Accept="image/jpeg") for _ in range(2)]
+    assert decisions(server, path) == ["MISS", "HIT", "MISS", "HIT"]
+    assert [answer.headers["Content-Type"] for answer in png + jpeg] == ["image/png"] * 2 + ["image/jpeg"] * 2
+    assert png[0].content == png[1].content and jpeg[0].content == jpeg[1].content
+    assert png[0].headers["ETag"] != jpeg[0].headers["ETag"]
+    assert get(server, path, Accept="image/jpeg", **{"If-None-Match": png[0].headers["ETag"]}).status_code == 200
+
+
+def test_a_new_instance_replaces_the_stored_answer(server: OrthancServer) -> None:
+    instances = upload_study(server, series=1, instances=2)
+    series = instances[0]["ParentSeries"]
+    path = "/series/%s/instances-tags" % series
+    before = get(server, path)
+    assert len(before.json()) == 2
+    time.sleep(1.1)  # LastUpdate has a resolution of one second
+    server.upload(make_instance("PAT-caching", study_uid=None, seed="caching", instance_number=3))
+    after = get(server, path, **{"If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200 and len(after.json()) == 3
+    assert after.headers["ETag"] != before.headers["ETag"]
+    assert decisions(server, path) == ["MISS", "MISS"]
+
+
+def test_warm_up_stores_answers_before_the_first_request(cached_orthanc: Callable[..., OrthancServer]) -> None:
+    server = cached_orthanc(config={"StableAge": 1})
+    study = upload_study(server)[0]["ParentStudy"]
+    server.wait_for_log(r"warm-up of studies %s: \d+ answers stored" % study, timeout=20)
+    for variant in ("", "?short", "?simplify"):
+        get(server, "/studies/%s/shared-tags%s" % (study, variant))
+    assert decisions(server, "/studies/%s/shared-tags" % study) == ["HIT"] * 3
+    get(server, "/studies/%s/attachments" % study)
+    assert decisions(server, "/studies/%s/attachments" % study) == ["HIT"]
+
+
+def test_the_store_survives_a_restart(server: OrthancServer) -> None:
+    study = upload_study(server)[0]["ParentStudy"]
+    path = "/studies/%s/shared-tags" % study
+    first = get(server, path)
+    server.restart()
+    again = get(server, path)
+    assert again.content == first.content and again.headers["ETag"] == first.headers["ETag"]
+    assert decisions(server, path)[-1] == "HIT"
+
+
+def test_an_unusable_cache_directory_leaves_the_api_working(
+        cached_orthanc: Callable[..., OrthancServer], tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    server = cached_orthanc({"Directory": str(blocker / "cache")})
+    study = upload_study(server)[0]["ParentStudy"]
+    path = "/studies/%s/shared-tags" % study
+    answers = [get(server, path) for _ in range(3)]
+    assert all(answer.status_code == 200 for answer in answers)
+    assert answers[0].content == answers[2].content and answers[0].json()
+    assert decisions(server, path) == ["BYPASS"] * 3
+    log = server.log_text()
+    assert log.count("cache store in %s failed" % (blocker / "cache")) == 1
+
+
+@pytest.mark.parametrize("section", [
+    {"MaximumSize": "big"}, {"Expiration": 0}, {"StoreBinary": "yes"}, {"NoSuchSetting": 1},
+])
+def test_invalid_settings_leave_orthanc_serving_without_the_cache(
+        cached_orthanc: Callable[..., OrthancServer], section: Dict[str, Any]) -> None:
+    server = cached_orthanc(section)
+    study = upload_study(server)[0]["ParentStudy"]
+    answer = get(server, "/studies/%s/shared-tags" % study)
+    assert answer.status_code == 200 and "ETag" not in answer.headers
+    name = next(iter(section))
+    assert re.search(r"cache plugin: not started, invalid settings: .*%s" % name, server.log_text())
+
+
+def test_enable_false_registers_nothing(cached_orthanc: Callable[..., OrthancServer]) -> None:
+    server = cached_orthanc({"Enable": False})
+    study = upload_study(server)[0]["ParentStudy"]
+    assert "ETag" not in get(server, "/studies/%s/shared-tags" % study).headers
+
+
+def test_keyword_arguments_override_the_configuration(
+        cached_orthanc: Callable[..., OrthancServer], tmp_path, repo_root) -> None:
+    script = tmp_path / "startup.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, %r)\n"
+        "from orthanc_cache_plugin import enable_cache_plugin\n"
+        "enable_cache_plugin(cache_control='private, max-age=60')\n" % str(repo_root))
+    server = cached_orthanc({"CacheControl": "public, max-age=5"}, python_script=script)
+    study = upload_study(server)[0]["ParentStudy"]
+    answer = get(server, "/studies/%s/shared-tags" % study)
+    assert answer.headers["Cache-Control"] == "private, max-age=60"
+    assert parse_http_date(answer.headers["Expires"]) == \
+        parse_http_date(answer.headers["Date"]) + timedelta(seconds=60)
+
+
+def test_last_modified_is_utc_whatever_orthancs_time_zone(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
+    server = cached_orthanc(env={"TZ": "Pacific/Kiritimati"})  # UTC+14
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    study = upload_study(server)[0]["ParentStudy"]
+    after = datetime.now(timezone.utc)
+    modified = parse_http_date(get(server, "/studies/%s/shared-tags" % study).headers["Last-Modified"])
+    assert before - timedelta(seconds=1) <= modified <= after
