@@ -235,3 +235,29 @@ def test_last_modified_is_utc_whatever_orthancs_time_zone(
     after = datetime.now(timezone.utc)
     modified = parse_http_date(get(server, "/studies/%s/shared-tags" % study).headers["Last-Modified"])
     assert before - timedelta(seconds=1) <= modified <= after
+
+
+def test_a_corrupt_cache_database_leaves_the_api_working(
+        cached_orthanc: Callable[..., OrthancServer], tmp_path) -> None:
+    directory = tmp_path / "corrupt-cache"
+    directory.mkdir()
+    (directory / "cache.db").write_bytes(b"this is not an SQLite database" * 100)
+    server = cached_orthanc({"Directory": str(directory)})
+    study = upload_study(server)[0]["ParentStudy"]
+    path = "/studies/%s/shared-tags" % study
+    answers = [get(server, path) for _ in range(2)]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json() and "ETag" in answers[0].headers
+    assert decisions(server, path) == ["BYPASS", "BYPASS"]
+    assert server.log_text().count("cache store in %s failed" % directory) == 1
+
+
+def test_orthanc_stops_promptly_with_warm_up_pending(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
+    server = cached_orthanc(config={"StableAge": 1})
+    for seed in ("stop-a", "stop-b", "stop-c"):
+        upload_study(server, seed=seed, series=3, instances=3)
+    time.sleep(1.5)  # the stable events are being processed
+    result = server.stop()
+    assert result.returncode == 0 and not result.killed
+    assert result.seconds < 8
