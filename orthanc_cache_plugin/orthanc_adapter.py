@@ -17,7 +17,7 @@ import orthanc
 from . import __version__
 from .controller import CacheController, Fetched, Reply, Request, Version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
-from .plain_answers import PlainOrthanc
+from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
 from .store import FORMAT, Store
@@ -178,7 +178,7 @@ class CachePlugin:
         if result[:4] == b"PK\x03\x04":  # a synchronous archive
             return Reply(200, "PASS", "forwarded " + method, "application/zip", result,
                          self.origin.plain.extra_headers(request, ""))
-        return Reply(200, "PASS", "forwarded " + method, "application/json", result)
+        return Reply(200, "PASS", "forwarded " + method, JSON_TYPE, result)
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Queue warm-up of stable resources; stop the worker with Orthanc."""

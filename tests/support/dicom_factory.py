@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, gene
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MULTIFRAME_GRAYSCALE_WORD_SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7.3"
+MULTIFRAME_TRUE_COLOR_SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7.4"
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 _PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
@@ -137,16 +138,20 @@ def make_instance(
     frames: int = 1,
     rows: int = 32,
     columns: int = 32,
+    rgb: bool = False,
     seed: Optional[str] = None,
 ) -> bytes:
-    """One 16-bit MONOCHROME2 image; multi-frame when ``frames > 1``.
+    """One 16-bit MONOCHROME2 image, or 8-bit RGB with ``rgb``; multi-frame when ``frames > 1``.
 
     Missing UIDs are generated (from ``seed`` if given).
     """
     study_uid = study_uid or make_uid(seed, "study")
     series_uid = series_uid or make_uid(seed, "series", series_number)
     sop_uid = sop_uid or make_uid(seed, "series", series_number, "instance", instance_number)
-    sop_class = CT_IMAGE_STORAGE if frames == 1 else MULTIFRAME_GRAYSCALE_WORD_SC_STORAGE
+    if rgb:
+        sop_class = MULTIFRAME_TRUE_COLOR_SC_STORAGE
+    else:
+        sop_class = CT_IMAGE_STORAGE if frames == 1 else MULTIFRAME_GRAYSCALE_WORD_SC_STORAGE
 
     ds = _base_dataset(
         sop_class, sop_uid, patient_id, patient_name, study_uid, series_uid, modality,
@@ -175,6 +180,16 @@ def make_instance(
         ds.NumberOfFrames = frames
     ds.PixelData = pixel_bytes(instance_number, rows, columns, frames)
     ds["PixelData"].VR = "OW"
+    if rgb:
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        del ds.RescaleIntercept, ds.RescaleSlope, ds.WindowCenter, ds.WindowWidth
+        # Three 8-bit samples per pixel, taken from the 16-bit gradient.
+        ds.PixelData = pixel_bytes(instance_number, rows, columns * 3, frames)[::2]
+        ds["PixelData"].VR = "OB"
     return _encode(ds)
 
 
