@@ -261,3 +261,14 @@ def test_orthanc_stops_promptly_with_warm_up_pending(
     result = server.stop()
     assert result.returncode == 0 and not result.killed
     assert result.seconds < 8
+
+
+def test_error_bodies_follow_http_describe_errors(
+        cached_orthanc: Callable[..., OrthancServer],
+        orthanc_factory: Callable[..., OrthancServer]) -> None:
+    quiet = {"HttpDescribeErrors": False}
+    servers = [cached_orthanc(config=quiet), orthanc_factory(config=quiet)]
+    for path in ("/studies/unknown/shared-tags", "/instances/unknown/tags",
+                 "/instances/unknown/preview"):
+        answers = [get(server, path) for server in servers]
+        assert [(a.status_code, a.content) for a in answers] == [(404, b"")] * 2, path
