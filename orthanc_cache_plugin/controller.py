@@ -126,7 +126,13 @@ class CacheController:
             return Reply(304, "REVALIDATED", precondition.reason + " (checked with Orthanc)",
                          headers=headers)
         outcome = "MISS" if self.store.available else "BYPASS"
-        reason = ("outdated version" if stored is not None else "not stored") + \
+        if stored is None:
+            reason = "not stored"
+        elif current is None:
+            reason = "outdated version"
+        else:
+            reason = "only validators stored"
+        reason += \
             ("" if self.store.available else ", store unavailable") + \
             ("" if stored_now else ", not kept: " + self._why_not_kept(request.route, fetched))
         return Reply(200, outcome, reason, fetched.content_type, fetched.body,

@@ -108,13 +108,13 @@ def representation_of(route: Route, headers: Mapping[str, str]) -> str:
     return ""
 
 
-_UNSIGNED = re.compile(r"^([+-]?)([0-9]+)$")
+_UNSIGNED = re.compile(r"([+-]?)([0-9]+)")
 _UINT_MAX = 4294967295
 
 
 def parse_unsigned(text: str) -> Optional[int]:
     """Parse like ``boost::lexical_cast<unsigned int>``: a minus sign wraps around."""
-    match = _UNSIGNED.match(text)
+    match = _UNSIGNED.fullmatch(text)
     if not match:
         return None
     value = int(match.group(2))

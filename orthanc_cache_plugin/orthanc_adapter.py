@@ -212,8 +212,7 @@ def enable(overrides: Mapping[str, Any]) -> bool:
         return False
     plugin = CachePlugin(settings, configuration)
     for route in ROUTES:
-        if orthanc.CheckVersionAdvanced(*route.since):
-            orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
+        orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
     orthanc.RegisterOnChangeCallback(plugin.on_change)
     orthanc.LogWarning(_LOG_PREFIX + "version %s active, store in %s (%s)" % (
         __version__, settings.directory,

@@ -191,7 +191,10 @@ class PlainOrthanc:
             frames = self._get(instance + "/frames")
             if isinstance(frames, bytes) and frame >= len(json.loads(frames)):
                 return _status_only(404, "no such frame")
-            return self._unsupported_image(request, "image cannot be decoded")
+            if not isinstance(self._get("%s/frames/%d/preview" % (instance, frame)), bytes):
+                return self._unsupported_image(request, "image cannot be decoded")
+            # Decodable, yet this route failed: an RGB image on image-uint8/16 or
+            # image-int16, which Orthanc refuses only after the checks below.
         kind = request.groups[2] if is_frame else request.route.name
         if kind == "rendered":
             without_quality = {k: v for k, v in request.arguments.items() if k != "quality"}

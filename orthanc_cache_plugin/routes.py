@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Dict, Optional, Pattern, Tuple
+from typing import Optional, Tuple
 
 
 class Level(Enum):
@@ -49,8 +49,7 @@ class Route:
     ``suffix`` is a regular expression for what follows ``/{level}/{id}``;
     its groups (a frame number, an image kind) are passed to Orthanc unchanged.
     ``warm_variants`` are the query strings computed at warm-up; empty when
-    the route is not warmed.  ``since`` is the first Orthanc version that has
-    the route: on older ones it is not registered, so Orthanc answers alone.
+    the route is not warmed.
     ``other_methods`` are the methods besides GET that Orthanc accepts there;
     the plugin forwards them untouched.
     """
@@ -61,7 +60,6 @@ class Route:
     answer: Answer
     negotiation: Negotiation = Negotiation.NONE
     warm_variants: Tuple[str, ...] = ()
-    since: Tuple[int, int, int] = (0, 0, 0)
     other_methods: Tuple[str, ...] = ()
 
     @property
@@ -73,19 +71,6 @@ class Route:
     def vary(self) -> Tuple[str, ...]:
         """Request headers that select the representation (for the Vary header)."""
         return () if self.negotiation is Negotiation.NONE else ("Accept",)
-
-    @property
-    def regex(self) -> Pattern[str]:
-        return _compiled(self.pattern)
-
-
-_COMPILED: Dict[str, Pattern[str]] = {}
-
-
-def _compiled(pattern: str) -> Pattern[str]:
-    if pattern not in _COMPILED:
-        _COMPILED[pattern] = re.compile(pattern + "$")
-    return _COMPILED[pattern]
 
 
 _TAG_VARIANTS = ("", "short", "simplify")
@@ -119,7 +104,7 @@ ROUTES: Tuple[Route, ...] = tuple(
     Route("frame-data", _INSTANCE, "/frames/([^/]+)/(%s)" % _FRAME_DATA_KINDS, Answer.BINARY),
     Route("header", _INSTANCE, "/header", Answer.JSON),
     Route("metadata", _INSTANCE, "/metadata", Answer.JSON),
-    Route("pdf", _INSTANCE, "/pdf", Answer.BINARY, since=(1, 12, 0)),
+    Route("pdf", _INSTANCE, "/pdf", Answer.BINARY),
     Route("preview", _INSTANCE, "/preview", Answer.BINARY, Negotiation.IMAGE),
     Route("simplified-tags", _INSTANCE, "/simplified-tags", Answer.JSON),
     Route("tags", _INSTANCE, "/tags", Answer.JSON),
@@ -134,7 +119,7 @@ def routes_of(level: Level) -> Tuple[Route, ...]:
 def match(uri: str) -> Optional[Tuple[Route, Tuple[str, ...]]]:
     """The route covering ``uri`` and its groups (resource id first), if any."""
     for route in ROUTES:
-        found = route.regex.match(uri)
+        found = re.fullmatch(route.pattern, uri)
         if found:
             return route, found.groups()
     return None

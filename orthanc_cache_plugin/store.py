@@ -49,7 +49,7 @@ class Entry:
             return None
         try:
             meta = json.loads(meta_line)
-            if meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 return None
             return cls(meta["version"], meta["type"], body if meta["has_body"] else None,
                        dict(meta["headers"]))
@@ -90,9 +90,6 @@ class Store:
             self._cache = diskcache.Cache(
                 self.directory, size_limit=self._size_limit,
                 eviction_policy="least-recently-used", statistics=False)
-            if self._failed_at is not None:
-                self._warn("cache store in %s works again" % self.directory)
-            self._failed_at = None
         except Exception as error:  # sqlite3, OSError, anything from the disk
             self._fail(error)
 
@@ -125,10 +122,14 @@ class Store:
         if cache is None:
             return default
         try:
-            return action(cache)
+            result = action(cache)
         except Exception as error:
             self._fail(error)
             return default
+        if self._failed_at is not None:
+            self._failed_at = None
+            self._warn("cache store in %s works again" % self.directory)
+        return result
 
     def get(self, key: str) -> Optional[Entry]:
         """The entry stored under ``key``; None if absent, unreadable or the store fails."""

@@ -43,6 +43,13 @@ def _utc(year: int, month: int, day: int, hour: int, minute: int, second: int) -
         return None
 
 
+def _years_later(moment: datetime, years: int) -> datetime:
+    try:
+        return moment.replace(year=moment.year + years)
+    except ValueError:  # 29 February
+        return moment.replace(year=moment.year + years, day=28)
+
+
 def parse_http_date(value: str, now: Optional[datetime] = None) -> Optional[datetime]:
     """Parse the three HTTP-date formats of RFC 9110 section 5.6.7.
 
@@ -59,11 +66,13 @@ def parse_http_date(value: str, now: Optional[datetime] = None) -> Optional[date
     match = _RFC850_DATE.match(value)
     if match:
         _, day, month, short_year, hour, minute, second = match.groups()
-        current_year = (now or datetime.now(timezone.utc)).year
-        year = current_year - current_year % 100 + int(short_year)
-        if year > current_year + 50:
-            year -= 100
-        return _utc(year, _MONTH_NUMBER[month], int(day), int(hour), int(minute), int(second))
+        now = now or datetime.now(timezone.utc)
+        year = now.year - now.year % 100 + int(short_year)
+        fields = (_MONTH_NUMBER[month], int(day), int(hour), int(minute), int(second))
+        moment = _utc(year, *fields)
+        if moment is not None and moment > _years_later(now, 50):
+            moment = _utc(year - 100, *fields)
+        return moment
     match = _ASCTIME_DATE.match(value)
     if match:
         _, month, day, hour, minute, second, year = match.groups()
@@ -192,12 +201,13 @@ def caching_headers(validators: Validators, cache_control: str, now: datetime) -
     equal to ``Date`` (already stale) otherwise, for HTTP/1.0 caches.
     """
     now = now.replace(microsecond=0)
-    max_age = max_age_of(cache_control)
+    # RFC 9111 section 1.2.2: delta-seconds beyond 2^31 mean 2^31.
+    max_age = min(max_age_of(cache_control) or 0, 2 ** 31)
     headers = {
         "Date": format_http_date(now),
         "ETag": validators.etag,
         "Cache-Control": cache_control,
-        "Expires": format_http_date(now + timedelta(seconds=max_age or 0)),
+        "Expires": format_http_date(now + timedelta(seconds=max_age)),
     }
     if validators.last_modified is not None:
         headers["Last-Modified"] = format_http_date(validators.last_modified)

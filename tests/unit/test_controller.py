@@ -1,0 +1,573 @@
+"""Unit tests of orthanc_cache_plugin.controller with a fake Origin and a real Store."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from typing import Dict, List, Optional, Tuple
+
+import diskcache
+import pytest
+
+from orthanc_cache_plugin.controller import (
+    CacheController,
+    Fetched,
+    Reply,
+    Request,
+    Version,
+)
+from orthanc_cache_plugin.keys import cache_key, entity_tag
+from orthanc_cache_plugin.routes import match
+from orthanc_cache_plugin.settings import load_settings
+from orthanc_cache_plugin.store import Store
+from orthanc_cache_plugin.validators import format_http_date
+
+UTC = timezone.utc
+NOW = datetime(2023, 2, 20, 15, 0, 0, tzinfo=UTC)
+MODIFIED = datetime(2023, 2, 20, 14, 0, 0, tzinfo=UTC)
+SALT = "orthanc 1.10.1, plugin test"
+MB = 1024 * 1024
+JSON = "application/json; charset=utf-8"
+OUTCOMES = {"HIT", "MISS", "REVALIDATED", "BYPASS", "PASS"}
+
+
+def make_request(uri: str, arguments: Optional[Dict[str, str]] = None,
+                 headers: Optional[Dict[str, str]] = None) -> Request:
+    found = match(uri)
+    assert found is not None, uri
+    route, groups = found
+    return Request(route, groups, uri, dict(arguments or {}), dict(headers or {}))
+
+
+class FakeOrigin:
+    """Orthanc as the controller sees it: versions per resource, answers per URI."""
+
+    def __init__(self) -> None:
+        self.versions: Dict[str, Version] = {}
+        self.answers: Dict[str, Tuple[str, bytes]] = {}
+        self.failing = False
+        self.fetches: List[Tuple[str, str, str]] = []
+        self.plain: List[Tuple[str, str]] = []
+
+    def set(self, resource: str, token: str, modified: Optional[datetime] = MODIFIED) -> None:
+        self.versions[resource] = Version(token, modified)
+
+    def version(self, request: Request) -> Optional[Version]:
+        return self.versions.get(request.resource_id)
+
+    def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
+        self.fetches.append((request.uri, query, representation))
+        if self.failing or request.uri not in self.answers:
+            return None
+        content_type, body = self.answers[request.uri]
+        token = self.versions[request.resource_id].token
+        return Fetched(representation or content_type,
+                       body + ("|%s|%s|%s" % (token, query, representation)).encode(),
+                       {"X-Origin": "yes"})
+
+    def plain_answer(self, request: Request, reason: str) -> Reply:
+        self.plain.append((request.uri, reason))
+        return Reply(404, "PASS", reason, body=b"plain")
+
+
+@pytest.fixture
+def origin() -> FakeOrigin:
+    fake = FakeOrigin()
+    fake.set("st", "20230220T140000")
+    fake.set("in", "20230220T140000")
+    fake.answers["/studies/st/shared-tags"] = (JSON, b'{"tags": 1}')
+    fake.answers["/studies/st/archive"] = ("application/zip", b"PK-archive")
+    fake.answers["/instances/in/preview"] = ("image/png", b"\x89PNG")
+    fake.answers["/instances/in/tags"] = (JSON, b'{"0010,0010": "x"}')
+    return fake
+
+
+@pytest.fixture
+def warnings() -> List[str]:
+    return []
+
+
+@pytest.fixture
+def store(tmp_path, warnings):
+    opened = Store(str(tmp_path / "store"), 64 * MB, 3600, warn=warnings.append)
+    yield opened
+    opened.close()
+
+
+def make_controller(tmp_path, store, origin, vary=(), **overrides) -> CacheController:
+    settings = load_settings({}, dict({"directory": str(tmp_path / "unused")}, **overrides))
+    return CacheController(settings, store, origin, salt=SALT, vary=vary, clock=lambda: NOW)
+
+
+@pytest.fixture
+def controller(tmp_path, store, origin) -> CacheController:
+    return make_controller(tmp_path, store, origin)
+
+
+def our_etag(uri: str, token: str = "20230220T140000", query: str = "", representation: str = "") -> str:
+    return entity_tag(SALT, cache_key(uri, query, representation), token)
+
+
+def check_reply(reply: Reply) -> Reply:
+    assert reply.reason and reply.reason.strip()
+    assert reply.outcome in OUTCOMES
+    return reply
+
+
+# --- Miss, hit, versions ---------------------------------------------------------------------
+
+def test_miss_then_hit(controller, origin, store):
+    request = make_request("/studies/st/shared-tags")
+    first = check_reply(controller.serve(request))
+    assert (first.status, first.outcome) == (200, "MISS")
+    assert first.content_type == JSON
+    assert first.body == b'{"tags": 1}|20230220T140000||'
+    assert origin.fetches == [("/studies/st/shared-tags", "", "")]
+    assert store.count() == 1
+
+    second = check_reply(controller.serve(request))
+    assert (second.status, second.outcome) == (200, "HIT")
+    assert second.body == first.body
+    assert second.content_type == JSON
+    assert second.headers == first.headers
+    assert len(origin.fetches) == 1
+
+
+def test_caching_headers_on_200(controller):
+    reply = controller.serve(make_request("/studies/st/shared-tags"))
+    assert reply.headers == {
+        "X-Origin": "yes",
+        "Date": "Mon, 20 Feb 2023 15:00:00 GMT",
+        "ETag": our_etag("/studies/st/shared-tags"),
+        "Cache-Control": "max-age=604800, s-maxage=604800, public",
+        "Expires": "Mon, 27 Feb 2023 15:00:00 GMT",
+        "Last-Modified": format_http_date(MODIFIED),
+    }
+
+
+def test_cache_control_setting_is_used(tmp_path, store, origin):
+    controller = make_controller(tmp_path, store, origin, cache_control="no-cache")
+    reply = controller.serve(make_request("/studies/st/shared-tags"))
+    assert reply.headers["Cache-Control"] == "no-cache"
+    assert reply.headers["Expires"] == reply.headers["Date"]
+
+
+def test_no_last_modified_when_the_version_has_no_date(controller, origin):
+    origin.set("st", "opaque-token", modified=None)
+    reply = controller.serve(make_request("/studies/st/shared-tags"))
+    assert "Last-Modified" not in reply.headers
+    assert reply.headers["ETag"] == our_etag("/studies/st/shared-tags", "opaque-token")
+
+
+def test_vary_headers(tmp_path, store, origin):
+    controller = make_controller(tmp_path, store, origin, vary=("Accept-Encoding",))
+    assert controller.serve(make_request("/instances/in/preview")).headers["Vary"] == \
+        "Accept-Encoding, Accept"
+    assert controller.serve(make_request("/instances/in/tags")).headers["Vary"] == "Accept-Encoding"
+    plain = make_controller(tmp_path, store, origin)
+    assert "Vary" not in plain.serve(make_request("/instances/in/tags")).headers
+    assert plain.serve(make_request("/instances/in/preview")).headers["Vary"] == "Accept"
+
+
+def test_outdated_version_is_refetched_and_replaced(controller, origin, store):
+    request = make_request("/studies/st/shared-tags")
+    old = controller.serve(request)
+    assert controller.serve(request).outcome == "HIT"
+
+    origin.set("st", "20230220T150000")
+    new = check_reply(controller.serve(request))
+    assert (new.status, new.outcome) == (200, "MISS")
+    assert "outdated" in new.reason
+    assert new.body == b'{"tags": 1}|20230220T150000||'
+    assert new.headers["ETag"] != old.headers["ETag"]
+    assert new.headers["ETag"] == our_etag("/studies/st/shared-tags", "20230220T150000")
+    assert len(origin.fetches) == 2
+    # the store never holds two versions of one key
+    assert store.count() == 1
+    assert store.get(cache_key("/studies/st/shared-tags", "", "")).version == "20230220T150000"
+
+    again = controller.serve(request)
+    assert again.outcome == "HIT" and again.body == new.body
+
+
+def test_old_etag_after_a_change_gets_200(controller, origin):
+    request = make_request("/studies/st/shared-tags")
+    old_etag = controller.serve(request).headers["ETag"]
+    origin.set("st", "20230220T150000")
+    reply = check_reply(controller.serve(make_request("/studies/st/shared-tags",
+                                                      headers={"if-none-match": old_etag})))
+    assert reply.status == 200
+    assert reply.body.endswith(b"|20230220T150000||")
+
+
+def test_query_and_representation_are_part_of_the_key(controller, origin, store):
+    controller.serve(make_request("/studies/st/shared-tags"))
+    short = controller.serve(make_request("/studies/st/shared-tags", {"short": ""}))
+    assert short.outcome == "MISS"
+    assert origin.fetches[-1] == ("/studies/st/shared-tags", "short=", "")
+    assert short.headers["ETag"] != our_etag("/studies/st/shared-tags")
+
+    png = controller.serve(make_request("/instances/in/preview"))
+    jpeg = controller.serve(make_request("/instances/in/preview", headers={"accept": "image/jpeg"}))
+    assert origin.fetches[-2:] == [("/instances/in/preview", "", "image/png"),
+                                   ("/instances/in/preview", "", "image/jpeg")]
+    assert png.content_type == "image/png" and jpeg.content_type == "image/jpeg"
+    assert png.headers["ETag"] != jpeg.headers["ETag"]
+
+
+def test_arguments_are_normalized(controller, origin):
+    controller.serve(make_request("/studies/st/shared-tags", {"short": "", "a": "1"}))
+    reply = controller.serve(make_request("/studies/st/shared-tags", {"a": "1", "short": ""}))
+    assert reply.outcome == "HIT"
+    assert origin.fetches == [("/studies/st/shared-tags", "a=1&short=", "")]
+
+
+# --- 304 -------------------------------------------------------------------------------------
+
+def test_304_with_our_etag_without_a_stored_entry(controller, origin, store):
+    uri = "/studies/st/shared-tags"
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-none-match": our_etag(uri)})))
+    assert (reply.status, reply.outcome) == (304, "REVALIDATED")
+    assert reply.body == b""
+    assert reply.headers["ETag"] == our_etag(uri)
+    assert reply.headers["Cache-Control"] and reply.headers["Expires"] and reply.headers["Date"]
+    assert origin.fetches == []
+    assert store.count() == 0
+
+
+def test_304_with_our_etag_in_a_list_and_in_strong_form(controller, origin):
+    uri = "/studies/st/shared-tags"
+    strong = our_etag(uri)[2:]
+    for value in ('"other", ' + our_etag(uri), strong, 'W/"a", ' + strong + ', "b"'):
+        reply = controller.serve(make_request(uri, headers={"if-none-match": value}))
+        assert reply.status == 304, value
+    assert origin.fetches == []
+
+
+def test_etag_of_another_representation_gives_200(controller, origin):
+    uri = "/instances/in/preview"
+    png_etag = controller.serve(make_request(uri)).headers["ETag"]
+    assert png_etag == our_etag(uri, representation="image/png")
+    jpeg = controller.serve(make_request(uri, headers={"accept": "image/jpeg",
+                                                       "if-none-match": png_etag}))
+    assert jpeg.status == 200 and jpeg.content_type == "image/jpeg"
+    png = controller.serve(make_request(uri, headers={"accept": "image/png",
+                                                      "if-none-match": png_etag}))
+    assert png.status == 304
+
+
+def test_304_after_a_stored_answer(controller, origin):
+    uri = "/studies/st/shared-tags"
+    etag = controller.serve(make_request(uri)).headers["ETag"]
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-none-match": etag})))
+    assert reply.status == 304
+    assert len(origin.fetches) == 1
+
+
+def test_non_matching_if_none_match_gets_200(controller, origin):
+    reply = controller.serve(make_request("/studies/st/shared-tags",
+                                          headers={"if-none-match": '"something-else"'}))
+    assert reply.status == 200 and reply.outcome == "MISS"
+
+
+def test_our_etag_is_not_enough_for_an_unknown_resource(controller, origin):
+    uri = "/studies/st/shared-tags"
+    etag = our_etag(uri)
+    del origin.versions["st"]
+    reply = controller.serve(make_request(uri, headers={"if-none-match": etag}))
+    assert reply.status == 404 and reply.body == b"plain"
+    assert origin.plain == [(uri, "unknown resource")]
+
+
+def test_star_gives_304_when_stored(controller, origin):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-none-match": "*"})))
+    assert reply.status == 304
+    assert len(origin.fetches) == 1
+
+
+def test_star_gives_304_when_fetched(controller, origin, store):
+    uri = "/studies/st/shared-tags"
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-none-match": "*"})))
+    assert (reply.status, reply.outcome) == (304, "REVALIDATED")
+    assert "Orthanc" in reply.reason
+    assert len(origin.fetches) == 1
+    assert store.count() == 1   # what was fetched is kept
+    assert controller.serve(make_request(uri)).outcome == "HIT"
+
+
+def test_star_never_gives_304_when_the_origin_fails(controller, origin):
+    origin.failing = True
+    uri = "/studies/st/shared-tags"
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-none-match": "*"})))
+    assert reply.status == 404 and reply.body == b"plain"
+    assert origin.plain == [(uri, "Orthanc answered an error")]
+
+
+def test_star_never_gives_304_for_a_missing_representation(controller, origin):
+    uri = "/studies/st/archive"
+    del origin.answers[uri]
+    reply = controller.serve(make_request(uri, headers={"if-none-match": "*"}))
+    assert reply.status != 304
+
+
+def test_star_with_an_outdated_stored_entry_asks_the_origin(controller, origin):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    origin.set("st", "20230220T150000")
+    origin.failing = True
+    reply = controller.serve(make_request(uri, headers={"if-none-match": "*"}))
+    assert reply.status == 404
+    assert len(origin.fetches) == 2
+
+
+SINCE_LATER = "Mon, 20 Feb 2023 14:30:00 GMT"
+
+
+def test_if_modified_since_gives_304_when_stored(controller, origin):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})))
+    assert reply.status == 304
+    assert len(origin.fetches) == 1
+
+
+def test_if_modified_since_gives_304_when_fetched(controller, origin):
+    uri = "/studies/st/shared-tags"
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})))
+    assert reply.status == 304
+    assert len(origin.fetches) == 1
+
+
+def test_if_modified_since_never_gives_304_when_the_origin_fails(controller, origin):
+    origin.failing = True
+    uri = "/studies/st/shared-tags"
+    reply = check_reply(controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})))
+    assert reply.status == 404 and reply.body == b"plain"
+
+
+def test_if_modified_since_older_gives_200(controller, origin):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    reply = controller.serve(make_request(uri, headers={"if-modified-since": "Mon, 20 Feb 2023 13:59:59 GMT"}))
+    assert (reply.status, reply.outcome) == (200, "HIT")
+
+
+def test_if_modified_since_in_the_future_gives_200(controller, origin):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    reply = controller.serve(make_request(uri, headers={"if-modified-since": "Mon, 20 Feb 2023 15:00:01 GMT"}))
+    assert reply.status == 200
+
+
+def test_if_none_match_takes_precedence(controller, origin):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    reply = controller.serve(make_request(uri, headers={"if-none-match": '"other"',
+                                                        "if-modified-since": SINCE_LATER}))
+    assert reply.status == 200
+
+
+# --- Binary routes, sizes --------------------------------------------------------------------
+
+def test_binary_not_stored_when_store_binary_is_off(controller, origin, store):
+    uri = "/studies/st/archive"
+    first = check_reply(controller.serve(make_request(uri)))
+    assert (first.status, first.outcome) == (200, "MISS")
+    assert "StoreBinary" in first.reason
+    marker = store.get(cache_key(uri, "", ""))
+    assert marker is not None and marker.body is None
+    assert marker.version == "20230220T140000" and marker.content_type == "application/zip"
+
+    second = check_reply(controller.serve(make_request(uri)))
+    assert (second.status, second.outcome) == (200, "MISS")
+    assert second.body == first.body
+    assert len(origin.fetches) == 2
+    assert store.count() == 1
+
+
+def test_binary_without_body_is_still_validated(controller, origin):
+    uri = "/studies/st/archive"
+    etag = controller.serve(make_request(uri)).headers["ETag"]
+    assert controller.serve(make_request(uri, headers={"if-none-match": etag})).status == 304
+    assert controller.serve(make_request(uri, headers={"if-none-match": "*"})).status == 304
+    assert controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})).status == 304
+    assert len(origin.fetches) == 1
+
+
+def test_reason_of_a_refetch_behind_a_marker_entry(controller, origin):
+    uri = "/studies/st/archive"
+    controller.serve(make_request(uri))
+    second = controller.serve(make_request(uri))
+    assert "outdated" not in second.reason
+
+
+def test_binary_stored_when_store_binary_is_on(tmp_path, store, origin):
+    controller = make_controller(tmp_path, store, origin, store_binary=True)
+    uri = "/instances/in/preview"
+    first = controller.serve(make_request(uri))
+    second = check_reply(controller.serve(make_request(uri)))
+    assert (second.status, second.outcome) == (200, "HIT")
+    assert second.body == first.body and second.content_type == "image/png"
+    assert len(origin.fetches) == 1
+
+
+def test_json_always_stored_even_with_store_binary_off(controller, origin):
+    controller.serve(make_request("/instances/in/tags"))
+    assert controller.serve(make_request("/instances/in/tags")).outcome == "HIT"
+
+
+def test_maximum_entry_size(tmp_path, store, origin):
+    controller = make_controller(tmp_path, store, origin, maximum_entry_size=1)
+    suffix = len(b"|20230220T140000||")
+    origin.answers["/studies/st/shared-tags"] = (JSON, b"x" * (MB + 1 - suffix))
+    origin.answers["/instances/in/tags"] = (JSON, b"y" * (MB - suffix))
+
+    big = check_reply(controller.serve(make_request("/studies/st/shared-tags")))
+    assert big.status == 200 and len(big.body) == MB + 1
+    assert "MaximumEntrySize" in big.reason
+    assert store.get(cache_key("/studies/st/shared-tags", "", "")).body is None
+    again = controller.serve(make_request("/studies/st/shared-tags"))
+    assert again.outcome == "MISS" and again.body == big.body
+
+    fits = controller.serve(make_request("/instances/in/tags"))
+    assert len(fits.body) == MB and "not kept" not in fits.reason
+    assert controller.serve(make_request("/instances/in/tags")).outcome == "HIT"
+
+
+# --- Store failures --------------------------------------------------------------------------
+
+def test_unavailable_store_gives_bypass_and_the_right_body(tmp_path, origin):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    warnings: List[str] = []
+    broken = Store(str(blocker / "store"), 64 * MB, 3600, warn=warnings.append)
+    assert not broken.available
+    controller = make_controller(tmp_path, broken, origin)
+
+    uri = "/studies/st/shared-tags"
+    for _ in range(2):
+        reply = check_reply(controller.serve(make_request(uri)))
+        assert (reply.status, reply.outcome) == (200, "BYPASS")
+        assert reply.body == b'{"tags": 1}|20230220T140000||'
+        assert reply.content_type == JSON
+        assert "store unavailable" in reply.reason
+        assert reply.headers["ETag"] == our_etag(uri)
+    assert len(origin.fetches) == 2
+    # validators still work without a store
+    assert controller.serve(make_request(uri, headers={"if-none-match": our_etag(uri)})).status == 304
+    assert controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})).status == 304
+    assert len(warnings) == 1
+
+
+def test_store_failing_while_serving(controller, origin, store, warnings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database disk image is malformed")
+
+    monkeypatch.setattr(diskcache.Cache, "set", broken)
+    reply = check_reply(controller.serve(make_request("/studies/st/shared-tags")))
+    assert (reply.status, reply.outcome) == (200, "BYPASS")
+    assert reply.body == b'{"tags": 1}|20230220T140000||'
+    assert len(warnings) == 1
+
+
+def test_store_failing_on_read(controller, origin, store, monkeypatch):
+    controller.serve(make_request("/studies/st/shared-tags"))
+
+    def broken(*args, **kwargs):
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(diskcache.Cache, "get", broken)
+    reply = check_reply(controller.serve(make_request("/studies/st/shared-tags")))
+    assert (reply.status, reply.outcome) == (200, "BYPASS")
+    assert reply.body == b'{"tags": 1}|20230220T140000||'
+
+
+# --- Refusals and plain answers --------------------------------------------------------------
+
+def test_unknown_resource_goes_to_plain_answer(controller, origin, store):
+    reply = check_reply(controller.serve(make_request("/studies/nope/shared-tags")))
+    assert reply.status == 404 and reply.outcome == "PASS" and reply.body == b"plain"
+    assert origin.plain == [("/studies/nope/shared-tags", "unknown resource")]
+    assert origin.fetches == []
+    assert store.count() == 0
+
+
+def test_origin_error_goes_to_plain_answer_and_is_not_stored(controller, origin, store):
+    origin.failing = True
+    reply = check_reply(controller.serve(make_request("/instances/in/tags")))
+    assert reply.body == b"plain"
+    assert store.count() == 0
+    origin.failing = False
+    assert controller.serve(make_request("/instances/in/tags")).outcome == "MISS"
+
+
+@pytest.mark.parametrize("accept", ["text/html", "image/jpeg;q=5", ""])
+def test_refused_accept_goes_to_plain_answer(controller, origin, accept):
+    reply = check_reply(controller.serve(make_request("/instances/in/preview",
+                                                      headers={"accept": accept})))
+    assert reply.body == b"plain"
+    assert origin.fetches == []
+    assert len(origin.plain) == 1
+
+
+def test_dicomweb_file_goes_to_plain_answer(controller, origin):
+    origin.answers["/instances/in/file"] = ("application/dicom", b"DICM")
+    reply = controller.serve(make_request("/instances/in/file",
+                                          headers={"accept": "application/dicom+json"}))
+    assert reply.body == b"plain" and origin.fetches == []
+    dicom = controller.serve(make_request("/instances/in/file"))
+    assert dicom.status == 200 and dicom.content_type == "application/dicom"
+
+
+@pytest.mark.parametrize("uri, arguments, headers, failing, known, store_binary", [
+    (uri, arguments, headers, failing, known, store_binary)
+    for uri in ("/studies/st/shared-tags", "/studies/st/archive", "/instances/in/preview")
+    for arguments in ({}, {"short": ""})
+    for headers in ({}, {"if-none-match": "*"}, {"if-modified-since": SINCE_LATER},
+                    {"if-none-match": "garbage"}, {"accept": "image/gif;q=9"})
+    for failing in (False, True)
+    for known in (False, True)
+    for store_binary in (False, True)
+])
+def test_every_reply_has_a_reason(tmp_path, store, origin, uri, arguments, headers, failing,
+                                  known, store_binary):
+    controller = make_controller(tmp_path, store, origin, store_binary=store_binary)
+    origin.failing = failing
+    if not known:
+        origin.versions.clear()
+    for _ in range(2):
+        reply = check_reply(controller.serve(make_request(uri, arguments, headers)))
+        assert reply.status in (200, 304, 404)
+        if reply.status == 304:
+            assert not failing and known
+
+
+# --- Warm-up ---------------------------------------------------------------------------------
+
+def test_warm_stores_then_serve_hits(controller, origin, store):
+    request = make_request("/studies/st/shared-tags", {"short": ""})
+    assert controller.warm(request) is True
+    assert controller.warm(request) is False          # already stored at this version
+    assert len(origin.fetches) == 1
+    reply = controller.serve(make_request("/studies/st/shared-tags", {"short": ""}))
+    assert reply.outcome == "HIT"
+    origin.set("st", "20230220T150000")
+    assert controller.warm(request) is True
+    assert store.count() == 1
+
+
+def test_warm_unknown_or_failing(controller, origin, store):
+    assert controller.warm(make_request("/studies/nope/shared-tags")) is False
+    origin.failing = True
+    assert controller.warm(make_request("/studies/st/shared-tags")) is False
+    assert store.count() == 0
+
+
+def test_warm_with_a_broken_store(tmp_path, origin):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    broken = Store(str(blocker / "store"), 64 * MB, 3600, warn=lambda message: None)
+    controller = make_controller(tmp_path, broken, origin)
+    assert controller.warm(make_request("/studies/st/shared-tags")) is False

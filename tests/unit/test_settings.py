@@ -1,0 +1,163 @@
+"""Unit tests of orthanc_cache_plugin.settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from orthanc_cache_plugin.settings import SECTION, SETTINGS, Settings, SettingsError, load_settings
+
+
+def test_section_name():
+    assert SECTION == "CachePlugin"
+
+
+def test_defaults_follow_the_specification():
+    settings = load_settings({}, {})
+    assert settings.enable is True
+    assert settings.directory == "/var/lib/orthanc/cache"
+    assert settings.maximum_size == 1024
+    assert settings.maximum_size_bytes == 1024 * 1024 * 1024
+    assert settings.expiration == 604800
+    assert settings.cache_control == "max-age=604800, s-maxage=604800, public"
+    assert settings.store_binary is False
+    assert settings.warm_up is True
+    assert settings.maximum_entry_size == 64
+    assert settings.maximum_entry_size_bytes == 64 * 1024 * 1024
+    assert settings.warm_up_queue_size == 1000
+
+
+def test_defaults_when_the_section_is_empty_or_other_sections_exist():
+    assert load_settings({SECTION: {}}, {}) == load_settings({}, {})
+    assert load_settings({"HttpPort": 8042, "Plugins": ["x"]}, {}) == load_settings({}, {})
+
+
+def test_as_configuration_uses_file_names():
+    configuration = load_settings({}, {}).as_configuration()
+    assert configuration == {setting.name: setting.default for setting in SETTINGS}
+    assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
+                                   "CacheControl", "StoreBinary", "MaximumEntrySize", "WarmUp",
+                                   "WarmUpQueueSize"]
+
+
+def test_every_setting_is_documented():
+    for setting in SETTINGS:
+        assert setting.description.strip(), setting.name
+        assert isinstance(setting.default, setting.type), setting.name
+
+
+def test_section_values():
+    section = {"Enable": False, "Directory": "/tmp/c", "MaximumSize": 10, "Expiration": 60,
+               "CacheControl": "no-cache", "StoreBinary": True, "MaximumEntrySize": 2,
+               "WarmUp": False, "WarmUpQueueSize": 5}
+    settings = load_settings({SECTION: section}, {})
+    assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, False, 5)
+    assert settings.as_configuration() == section
+    assert settings.maximum_size_bytes == 10 * 1024 * 1024
+
+
+def test_section_keeps_defaults_for_missing_values():
+    settings = load_settings({SECTION: {"StoreBinary": True}}, {})
+    assert settings.store_binary is True
+    assert settings.directory == "/var/lib/orthanc/cache"
+    assert settings.maximum_size == 1024
+
+
+def test_overrides_by_python_name():
+    settings = load_settings({SECTION: {"Directory": "/from/file", "MaximumSize": 10}},
+                             {"directory": "/from/python", "warm_up_queue_size": 7,
+                              "store_binary": True})
+    assert settings.directory == "/from/python"
+    assert settings.maximum_size == 10          # not overridden: the file's value
+    assert settings.warm_up_queue_size == 7
+    assert settings.store_binary is True
+
+
+def test_overrides_by_file_name():
+    settings = load_settings({SECTION: {"Directory": "/from/file"}},
+                             {"Directory": "/from/python", "MaximumEntrySize": 3})
+    assert settings.directory == "/from/python"
+    assert settings.maximum_entry_size == 3
+
+
+def test_overrides_do_not_modify_their_inputs():
+    configuration = {SECTION: {"Directory": "/from/file"}}
+    overrides = {"directory": "/x"}
+    load_settings(configuration, overrides)
+    assert configuration == {SECTION: {"Directory": "/from/file"}}
+    assert overrides == {"directory": "/x"}
+
+
+def test_settings_are_frozen():
+    settings = load_settings({}, {})
+    with pytest.raises(Exception):
+        settings.directory = "/elsewhere"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("Enable", "yes"),
+    ("Enable", 1),
+    ("Directory", 5),
+    ("Directory", None),
+    ("Directory", ""),
+    ("Directory", "   "),
+    ("MaximumSize", "1024"),
+    ("MaximumSize", 10.5),
+    ("MaximumSize", 1024.0),
+    ("MaximumSize", True),           # a bool is not a number here
+    ("MaximumSize", 0),
+    ("MaximumSize", -1),
+    ("Expiration", 0),
+    ("Expiration", None),
+    ("CacheControl", ["public"]),
+    ("CacheControl", ""),
+    ("StoreBinary", "false"),
+    ("StoreBinary", 0),
+    ("StoreBinary", None),
+    ("MaximumEntrySize", 0),
+    ("WarmUp", "true"),
+    ("WarmUpQueueSize", 0),
+    ("WarmUpQueueSize", False),
+])
+def test_invalid_section_values(name, value):
+    with pytest.raises(SettingsError) as error:
+        load_settings({SECTION: {name: value}}, {})
+    assert name in str(error.value)
+
+
+@pytest.mark.parametrize("name, file_name, value", [
+    ("maximum_size", "MaximumSize", "big"),
+    ("expiration", "Expiration", -5),
+    ("store_binary", "StoreBinary", "on"),
+    ("directory", "Directory", ""),
+    ("WarmUp", "WarmUp", None),
+])
+def test_invalid_override_values(name, file_name, value):
+    with pytest.raises(SettingsError) as error:
+        load_settings({}, {name: value})
+    assert file_name in str(error.value)
+
+
+def test_unknown_name_in_the_section():
+    with pytest.raises(SettingsError) as error:
+        load_settings({SECTION: {"MaximumSise": 10}}, {})
+    assert "MaximumSise" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["maximum_sise", "MaxSize", "maximumsize", "Maximum_Size", ""])
+def test_unknown_override_name(name):
+    with pytest.raises(SettingsError) as error:
+        load_settings({}, {name: 10})
+    assert "unknown" in str(error.value)
+    if name:
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize("section", [[], "CachePlugin", 5, None, True])
+def test_section_must_be_an_object(section):
+    with pytest.raises(SettingsError) as error:
+        load_settings({SECTION: section}, {})
+    assert SECTION in str(error.value)
+
+
+def test_settings_error_is_a_value_error():
+    assert issubclass(SettingsError, ValueError)
