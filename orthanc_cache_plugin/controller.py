@@ -9,9 +9,12 @@ names its outcome and the reason for it, which the adapter logs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import hashlib
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
 
+from .freshness import SETTLE, Version
 from .keys import cache_key, entity_tag, normalized_query
 from .negotiation import NotAcceptable, Unsupported, representation_of
 from .routes import Answer, Route
@@ -32,14 +35,6 @@ class Request:
     @property
     def resource_id(self) -> str:
         return self.groups[0]
-
-
-@dataclass(frozen=True)
-class Version:
-    """State of a resource: an opaque token and when it last changed."""
-
-    token: str
-    modified: Optional[datetime]
 
 
 @dataclass(frozen=True)
@@ -66,8 +61,8 @@ class Reply:
 class Origin(Protocol):
     """Orthanc, as seen by the controller."""
 
-    def version(self, request: Request) -> Optional[Version]:
-        """The state of the request's resource; None when Orthanc does not know it."""
+    def version(self, request: Request, now: datetime) -> Optional[Version]:
+        """The state of the request's resource at ``now``; None when Orthanc does not know it."""
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
         """Orthanc's 200 answer in ``representation``; None when Orthanc answers an error."""
@@ -84,7 +79,8 @@ class CacheController:
     """Serves GETs of cached routes from the store, Orthanc and validators."""
 
     def __init__(self, settings: Settings, store: Store, origin: Origin, salt: str = "",
-                 vary: Tuple[str, ...] = (), clock: Callable[[], datetime] = _utcnow):
+                 vary: Tuple[str, ...] = (), clock: Callable[[], datetime] = _utcnow,
+                 sleep: Callable[[float], None] = time.sleep):
         self.settings = settings
         self.store = store
         self.origin = origin
@@ -92,10 +88,12 @@ class CacheController:
         self.salt = salt
         self._vary = vary
         self._clock = clock
+        self._sleep = sleep
 
     def serve(self, request: Request) -> Reply:
         """Answer one GET; never raises for a store failure."""
-        version = self.origin.version(request)
+        now = self._clock()
+        version = self.origin.version(request, now)
         if version is None:
             return self.origin.plain_answer(request, "unknown resource")
         try:
@@ -105,8 +103,9 @@ class CacheController:
 
         query = normalized_query(request.arguments)
         key = cache_key(request.uri, query, representation)
+        if not version.settled:
+            return self._serve_unsettled(request, key, query, representation, version, now)
         validators = Validators(entity_tag(self.salt, key, version.token), version.modified)
-        now = self._clock()
         headers = self._headers(request, validators, now)
 
         stored = self.store.get(key)
@@ -138,13 +137,43 @@ class CacheController:
         return Reply(200, outcome, reason, fetched.content_type, fetched.body,
                      dict(fetched.headers, **headers))
 
+    def _serve_unsettled(self, request: Request, key: str, query: str, representation: str,
+                         version: Version, now: datetime) -> Reply:
+        """Answer while the resource may still change under the same version.
+
+        Nothing is read from or written to the store.  The ETag covers a
+        digest of the body, and Last-Modified is dated a second before the
+        change, so a validator taken now never matches a later content.
+        """
+        fetched = self.origin.fetch(request, query, representation)
+        if fetched is None:
+            return self.origin.plain_answer(request, "Orthanc answered an error")
+        digest = hashlib.blake2b(fetched.body, digest_size=16).hexdigest()
+        etag = entity_tag(self.salt, key, version.token + "|" + digest)
+        modified = None
+        if version.modified is not None:
+            modified = min(version.modified, now.replace(microsecond=0)) - timedelta(seconds=1)
+        headers = self._headers(request, Validators(etag, modified), now)
+        # If-Modified-Since cannot tell two contents of the same second apart: ETag only.
+        precondition = evaluate_preconditions(request.headers, Validators(etag, None), now)
+        if precondition.not_modified:
+            return Reply(304, "REVALIDATED", precondition.reason + " (same content)",
+                         headers=headers)
+        reason = "changed less than %d s ago: not stored" % SETTLE.total_seconds()
+        return Reply(200, "MISS", reason, fetched.content_type, fetched.body,
+                     dict(fetched.headers, **headers))
+
     def warm(self, request: Request) -> bool:
         """Compute and store ``request``'s answer unless stored at the current version.
 
         Returns True when an answer was stored.
         """
-        version = self.origin.version(request)
-        if version is None:
+        version = self.origin.version(request, self._clock())
+        if version is not None and not version.settled and version.modified is not None:
+            # Stable resources settle within seconds: wait rather than skip.
+            self._sleep((version.modified + SETTLE - self._clock()).total_seconds())
+            version = self.origin.version(request, self._clock())
+        if version is None or not version.settled:
             return False
         key = cache_key(request.uri, normalized_query(request.arguments), "")
         stored = self.store.get(key)

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable, Mapping, Optional, Union
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import orthanc
 
 from . import __version__
-from .controller import CacheController, Fetched, Reply, Request, Version
+from .controller import CacheController, Fetched, Reply, Request
+from .freshness import (LOGGED_HIDDEN_CHANGES, MARKER_METADATA, Generation, Version,
+                        deleted_resource, may_change_stored_answers, resource_version)
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
 from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
 from .store import FORMAT, Store
-from .validators import parse_orthanc_timestamp
 from .warmup import WarmUp
 
 _LOG_PREFIX = "cache plugin: "
@@ -41,6 +43,110 @@ def _get(uri: str) -> Union[bytes, int]:
         return orthanc.RestApiGet(uri)
     except orthanc.OrthancException as error:
         return error.args[0] if error.args and isinstance(error.args[0], int) else -1
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ChangeWatch:
+    """Keeps this node's store generation up to date.
+
+    Three sources: the incoming-request filter announces HTTP writes before
+    they run; Orthanc's change events report changes after they happen; a
+    thread polls the shared change log for what other nodes changed.
+    Deletions, which Orthanc does not log, are logged by writing and removing
+    a marker metadata (before the deletion on the resource itself, after it
+    on its parent), so other nodes see them too.
+    """
+
+    #: Seconds between two reads of /changes (bounds what other nodes miss).
+    POLL = 0.25
+
+    def __init__(self, store: Store):
+        self._store = store
+        self.generation = Generation(store.get_value("generation") or "")
+        self._parents: Dict[str, str] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
+
+    def _save(self) -> None:
+        self._store.set_value("generation", self.generation.value)
+
+    def before_write(self, method: str, uri: str) -> None:
+        if not may_change_stored_answers(method, uri):
+            return
+        self.generation.announce(_utcnow())
+        self._save()
+        deleted = deleted_resource(method, uri)
+        if deleted is not None:
+            resource = "/%s/%s" % deleted
+            parent = _parent_of(resource)
+            if parent is not None:
+                self._parents[deleted[1]] = parent
+            _log_marker(resource)
+
+    def after_change(self, change_type: int, resource_id: str) -> None:
+        self.generation.advance(_utcnow())
+        self._save()
+        if change_type == orthanc.ChangeType.DELETED:
+            parent = self._parents.pop(resource_id, None)
+            if parent is not None:
+                _log_marker(parent)  # does nothing if the parent went too
+
+    def start(self) -> None:
+        """Start polling (Orthanc accepts REST calls only once started)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _poll(self) -> None:
+        saved = self._store.get_value("changes-seen")
+        if saved is None:  # what happened while we were not watching is unknown
+            self.generation.advance(_utcnow())
+            self._save()
+            seen = json.loads(orthanc.RestApiGet("/changes?last"))["Last"]
+        else:
+            seen = int(saved)
+        while not self._stopping.wait(self.POLL):
+            try:
+                changes = json.loads(orthanc.RestApiGet("/changes?since=%d&limit=1000" % seen))
+            except (orthanc.OrthancException, ValueError) as error:
+                _warn("cannot read /changes: %s" % (error,))
+                continue
+            if any(change["ChangeType"] in LOGGED_HIDDEN_CHANGES
+                   for change in changes["Changes"]):
+                self.generation.advance(_utcnow())
+                self._save()
+            if changes["Last"] != seen:
+                seen = changes["Last"]
+                self._store.set_value("changes-seen", str(seen))
+
+
+def _parent_of(resource: str) -> Optional[str]:
+    """``/series/{id}`` for an instance, and so on; None for a patient or an unknown id."""
+    found = _get(resource)
+    if not isinstance(found, bytes):
+        return None
+    description = json.loads(found)
+    for key, level in (("ParentSeries", "series"), ("ParentStudy", "studies"),
+                       ("ParentPatient", "patients")):
+        if key in description:
+            return "/%s/%s" % (level, description[key])
+    return None
+
+
+def _log_marker(resource: str) -> None:
+    """Put a change of ``resource`` in /changes, leaving nothing behind."""
+    uri = "%s/metadata/%d" % (resource, MARKER_METADATA)
+    try:
+        orthanc.RestApiPut(uri, b"")
+        orthanc.RestApiDelete(uri)
+    except orthanc.OrthancException:
+        pass  # the resource is gone: nothing of it can be stale
 
 
 def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> Optional[bytes]:
@@ -67,17 +173,18 @@ def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> 
 class OrthancOrigin:
     """Orthanc's own REST API, seen through ``orthanc.RestApiGet``."""
 
-    def __init__(self, describe_errors: bool):
+    def __init__(self, describe_errors: bool, generation: Generation):
         self.plain = PlainOrthanc(_get, describe_errors)
+        self.generation = generation
 
-    def version(self, request: Request) -> Optional[Version]:
+    def version(self, request: Request, now: datetime) -> Optional[Version]:
         level = request.route.level
-        raw = _get("/%s/%s/metadata/%s" % (level.value, request.resource_id,
-                                           level.version_metadata))
-        if not isinstance(raw, bytes):
+        last_update = _get("/%s/%s/metadata/%s" % (level.value, request.resource_id,
+                                                   level.version_metadata))
+        if not isinstance(last_update, bytes):
             return None
-        token = raw.decode("ascii", "replace")
-        return Version(token, parse_orthanc_timestamp(token))
+        return resource_version(last_update.decode("ascii", "replace"),
+                                self.generation.value, now)
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
         body = _get(request.uri + "?" + query if query else request.uri)
@@ -127,7 +234,9 @@ class CachePlugin:
         self.settings = settings
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
                            warn=_warn)
-        self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True))
+        self.changes = ChangeWatch(self.store)
+        self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True),
+                                    self.changes.generation)
         vary = ("Accept-Encoding",) if configuration.get("HttpCompressionEnabled", True) else ()
         self.controller = CacheController(settings, self.store, self.origin, vary=vary)
         self._salt_lock = threading.Lock()
@@ -182,14 +291,61 @@ class CachePlugin:
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Queue warm-up of stable resources; stop the worker with Orthanc."""
-        if change_type == orthanc.ChangeType.ORTHANC_STARTED:
+        if change_type in _CHANGES_HIDDEN_FROM_LAST_UPDATE:
+            self.changes.after_change(change_type, resource_id)
+        elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
             self._ensure_salt()
+            self.changes.start()
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
+            self.changes.stop()
             if self.warm_up is not None:
                 self.warm_up.stop()
             self.store.close()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
+
+
+#: Changes that leave LastUpdate as it is (a child's deletion before Orthanc 1.12.1).
+_CHANGES_HIDDEN_FROM_LAST_UPDATE = (
+    orthanc.ChangeType.DELETED,
+    orthanc.ChangeType.UPDATED_METADATA,
+    orthanc.ChangeType.UPDATED_ATTACHMENT,
+)
+
+_HTTP_METHODS = {
+    orthanc.HttpMethod.GET: "GET", orthanc.HttpMethod.POST: "POST",
+    orthanc.HttpMethod.PUT: "PUT", orthanc.HttpMethod.DELETE: "DELETE",
+}
+
+
+def watch_writes(changes: ChangeWatch) -> None:
+    """Announce HTTP writes before Orthanc runs them, through the incoming-request filter.
+
+    The Python plugin accepts one such filter per process: ours stays
+    registered and calls the one a startup script registers after
+    enable_cache_plugin(), whose answer decides.
+    """
+    chained: List[Callable[..., bool]] = []
+
+    def on_incoming_request(uri: str, **request: Any) -> bool:
+        allowed = bool(chained[0](uri, **request)) if chained else True
+        method = _HTTP_METHODS.get(request.get("method"), "")
+        if allowed and method != "GET":
+            changes.before_write(method, uri)
+        return allowed
+
+    try:
+        orthanc.RegisterIncomingHttpRequestFilter(on_incoming_request)
+    except RuntimeError as error:
+        _warn("cannot watch HTTP writes (%s): register your incoming-request filter after "
+              "enable_cache_plugin(); until then, changes are seen through Orthanc's change "
+              "events, a moment after they happen" % error)
+        return
+
+    def chain(user_filter: Callable[..., bool]) -> None:
+        chained[:] = [user_filter]
+
+    orthanc.RegisterIncomingHttpRequestFilter = chain
 
 
 _STABLE_LEVELS = {
@@ -214,6 +370,7 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     for route in ROUTES:
         orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
     orthanc.RegisterOnChangeCallback(plugin.on_change)
+    watch_writes(plugin.changes)
     orthanc.LogWarning(_LOG_PREFIX + "version %s active, store in %s (%s)" % (
         __version__, settings.directory,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))

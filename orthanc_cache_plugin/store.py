@@ -150,6 +150,15 @@ class Store:
         """Forget ``key``."""
         self._call(lambda cache: cache.delete(key))
 
+    def get_value(self, name: str) -> Optional[str]:
+        """A small named string kept beside the entries; None if absent or evicted."""
+        value = self._call(lambda cache: cache.get("#" + name))
+        return value if isinstance(value, str) else None
+
+    def set_value(self, name: str, value: str) -> None:
+        """Keep ``value`` under ``name`` (see :meth:`get_value`)."""
+        self._call(lambda cache: cache.set("#" + name, value))
+
     def clear(self) -> int:
         """Forget everything; returns how many entries were removed."""
         return int(self._call(lambda cache: cache.clear(), 0))

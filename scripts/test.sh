@@ -5,6 +5,13 @@ set -eu
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
 
+# The cluster tests start PostgreSQL and several Orthancs sharing its index.
+packages="postgresql orthanc-postgresql"
+if ! dpkg -s $packages >/dev/null 2>&1; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages
+fi
+
 # Test tools live in a virtual environment made from the system interpreter.
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv

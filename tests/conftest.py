@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
 from support.orthanc_server import OrthancServer
+from support.postgres import OrthancCluster, PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,3 +79,40 @@ def cached_orthanc(orthanc_factory: Callable[..., OrthancServer], example_script
         return orthanc_factory(config=merged, **kwargs)
 
     return create
+
+
+@pytest.fixture
+def cluster(example_script: Path, tmp_path: Path) -> Iterator[Callable[..., OrthancCluster]]:
+    """Call ``cluster(n=2, python_script=example.py, settings=None, config=None, **server_kwargs)``
+    to start a throw-away PostgreSQL server, then ``n`` Orthanc nodes sharing it as index
+    (``Lock: false``) and sharing one ``StorageDirectory``, all in ``tmp_path/cluster-<k>``.
+
+    Each node has its own ``CachePlugin`` directory (``settings`` is merged into that
+    section) and its own Orthanc defaults, hence its own ``DatabaseServerIdentifier``
+    unless ``config`` sets one; ``config`` and ``server_kwargs`` apply to every node.
+    Nodes, then PostgreSQL, are stopped at teardown."""
+    clusters: List[OrthancCluster] = []
+
+    def create(n: int = 2, python_script: Optional[Path] = example_script,
+               settings: Optional[Dict[str, Any]] = None, config: Optional[Dict[str, Any]] = None,
+               **kwargs: Any) -> OrthancCluster:
+        base = tmp_path / f"cluster-{len(clusters)}"
+        result = OrthancCluster(PostgresServer(), [], base / "storage")
+        clusters.append(result)
+        result.postgres.start()
+        for index in range(n):
+            section = {"Directory": str(base / f"cache-{index}")}
+            section.update(settings or {})
+            merged = result.postgres.orthanc_config(python_plugin=python_script is not None)
+            merged.update({"StorageDirectory": str(result.storage_dir), "CachePlugin": section})
+            merged.update(config or {})
+            node = OrthancServer(base / f"node-{index}", python_script=python_script, config=merged, **kwargs)
+            result.nodes.append(node)
+            node.start()  # one after the other: the first node creates the database schema
+        return result
+
+    yield create
+    for created in clusters:
+        with ThreadPoolExecutor() as pool:  # Orthanc takes ~2 s to stop its HTTP server
+            list(pool.map(OrthancServer.stop, created.nodes))
+        created.postgres.stop()

@@ -18,9 +18,17 @@ SPEC_CACHE_CONTROL = "max-age=604800, s-maxage=604800, public"
 ENTITY_TAG = re.compile(r'^(W/)?"[\x21\x23-\x7e]*"$')
 
 
+#: Seconds after a change before answers are stored and validated by version (freshness.SETTLE, 3 s).
+SETTLE = 3.1
+
+
 def upload_study(server: OrthancServer, seed: str = "caching", series: int = 2,
-                 instances: int = 3) -> List[Dict[str, Any]]:
-    return [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances, seed=seed)]
+                 instances: int = 3, settle: bool = True) -> List[Dict[str, Any]]:
+    """Upload a study; by default, wait until the plugin trusts its version."""
+    uploaded = [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances, seed=seed)]
+    if settle:
+        time.sleep(SETTLE)
+    return uploaded
 
 
 def get(server: OrthancServer, path: str, **headers: str):
@@ -112,7 +120,7 @@ def test_if_modified_since_in_the_three_date_formats(server: OrthancServer) -> N
 
 
 def test_no_304_for_what_orthanc_does_not_have(server: OrthancServer) -> None:
-    upload_study(server)
+    upload_study(server, settle=False)
     for path in ("/studies/unknown/shared-tags", "/instances/unknown/preview"):
         answer = get(server, path, **{"If-None-Match": "*",
                                       "If-Modified-Since": http_date(datetime.now(timezone.utc))})
@@ -149,9 +157,9 @@ def test_a_new_instance_replaces_the_stored_answer(server: OrthancServer) -> Non
     path = "/series/%s/instances-tags" % series
     before = get(server, path)
     assert len(before.json()) == 2
-    time.sleep(1.1)  # LastUpdate has a resolution of one second
     server.upload(make_instance("PAT-caching", study_uid=None, seed="caching", instance_number=3))
-    after = get(server, path, **{"If-None-Match": before.headers["ETag"]})
+    after = get(server, path, **{"If-None-Match": before.headers["ETag"],
+                                 "If-Modified-Since": before.headers["Last-Modified"]})
     assert after.status_code == 200 and len(after.json()) == 3
     assert after.headers["ETag"] != before.headers["ETag"]
     assert decisions(server, path) == ["MISS", "MISS"]
@@ -199,7 +207,7 @@ def test_an_unusable_cache_directory_leaves_the_api_working(
 def test_invalid_settings_leave_orthanc_serving_without_the_cache(
         cached_orthanc: Callable[..., OrthancServer], section: Dict[str, Any]) -> None:
     server = cached_orthanc(section)
-    study = upload_study(server)[0]["ParentStudy"]
+    study = upload_study(server, settle=False)[0]["ParentStudy"]
     answer = get(server, "/studies/%s/shared-tags" % study)
     assert answer.status_code == 200 and "ETag" not in answer.headers
     name = next(iter(section))
@@ -208,7 +216,7 @@ def test_invalid_settings_leave_orthanc_serving_without_the_cache(
 
 def test_enable_false_registers_nothing(cached_orthanc: Callable[..., OrthancServer]) -> None:
     server = cached_orthanc({"Enable": False})
-    study = upload_study(server)[0]["ParentStudy"]
+    study = upload_study(server, settle=False)[0]["ParentStudy"]
     assert "ETag" not in get(server, "/studies/%s/shared-tags" % study).headers
 
 
@@ -220,7 +228,7 @@ def test_keyword_arguments_override_the_configuration(
         "from orthanc_cache_plugin import enable_cache_plugin\n"
         "enable_cache_plugin(cache_control='private, max-age=60')\n" % str(repo_root))
     server = cached_orthanc({"CacheControl": "public, max-age=5"}, python_script=script)
-    study = upload_study(server)[0]["ParentStudy"]
+    study = upload_study(server, settle=False)[0]["ParentStudy"]
     answer = get(server, "/studies/%s/shared-tags" % study)
     assert answer.headers["Cache-Control"] == "private, max-age=60"
     assert parse_http_date(answer.headers["Expires"]) == \
@@ -231,7 +239,7 @@ def test_last_modified_is_utc_whatever_orthancs_time_zone(
         cached_orthanc: Callable[..., OrthancServer]) -> None:
     server = cached_orthanc(env={"TZ": "Pacific/Kiritimati"})  # UTC+14
     before = datetime.now(timezone.utc).replace(microsecond=0)
-    study = upload_study(server)[0]["ParentStudy"]
+    study = upload_study(server, settle=False)[0]["ParentStudy"]
     after = datetime.now(timezone.utc)
     modified = parse_http_date(get(server, "/studies/%s/shared-tags" % study).headers["Last-Modified"])
     assert before - timedelta(seconds=1) <= modified <= after
@@ -256,7 +264,7 @@ def test_orthanc_stops_promptly_with_warm_up_pending(
         cached_orthanc: Callable[..., OrthancServer]) -> None:
     server = cached_orthanc(config={"StableAge": 1})
     for seed in ("stop-a", "stop-b", "stop-c"):
-        upload_study(server, seed=seed, series=3, instances=3)
+        upload_study(server, seed=seed, series=3, instances=3, settle=False)
     time.sleep(1.5)  # the stable events are being processed
     result = server.stop()
     assert result.returncode == 0 and not result.killed
@@ -272,3 +280,24 @@ def test_error_bodies_follow_http_describe_errors(
                  "/instances/unknown/preview"):
         answers = [get(server, path) for server in servers]
         assert [(a.status_code, a.content) for a in answers] == [(404, b"")] * 2, path
+
+
+def test_answers_of_a_resource_changed_under_two_seconds_ago_are_not_stored(
+        server: OrthancServer) -> None:
+    """LastUpdate has a resolution of one second: a fresh version is not trusted."""
+    study = upload_study(server, settle=False)[0]["ParentStudy"]
+    path = "/studies/%s/shared-tags" % study
+    first, second = get(server, path), get(server, path)
+    assert decisions(server, path) == ["MISS", "MISS"]
+    assert first.headers["ETag"] == second.headers["ETag"]  # same content
+    assert get(server, path, **{"If-None-Match": first.headers["ETag"]}).status_code == 304
+    last_update = server.get("/studies/%s/metadata/LastUpdate" % study).text
+    modified = datetime.strptime(last_update, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    assert parse_http_date(first.headers["Last-Modified"]) == modified - timedelta(seconds=1)
+    assert get(server, path, **{"If-Modified-Since": http_date(modified)}).status_code == 200
+    time.sleep(SETTLE)
+    settled = get(server, path)
+    assert parse_http_date(settled.headers["Last-Modified"]) == modified
+    assert settled.headers["ETag"] != first.headers["ETag"]
+    assert get(server, path).headers["ETag"] == settled.headers["ETag"]
+    assert decisions(server, path)[-2:] == ["MISS", "HIT"]

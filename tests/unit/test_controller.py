@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
 import diskcache
 import pytest
 
-from orthanc_cache_plugin.controller import (
-    CacheController,
-    Fetched,
-    Reply,
-    Request,
-    Version,
-)
+from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
+from orthanc_cache_plugin.freshness import SETTLE, Version
 from orthanc_cache_plugin.keys import cache_key, entity_tag
 from orthanc_cache_plugin.routes import match
 from orthanc_cache_plugin.settings import load_settings
@@ -49,10 +44,11 @@ class FakeOrigin:
         self.fetches: List[Tuple[str, str, str]] = []
         self.plain: List[Tuple[str, str]] = []
 
-    def set(self, resource: str, token: str, modified: Optional[datetime] = MODIFIED) -> None:
-        self.versions[resource] = Version(token, modified)
+    def set(self, resource: str, token: str, modified: Optional[datetime] = MODIFIED,
+            settled: bool = True) -> None:
+        self.versions[resource] = Version(token, modified, settled)
 
-    def version(self, request: Request) -> Optional[Version]:
+    def version(self, request: Request, now: datetime) -> Optional[Version]:
         return self.versions.get(request.resource_id)
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
@@ -571,3 +567,47 @@ def test_warm_with_a_broken_store(tmp_path, origin):
     broken = Store(str(blocker / "store"), 64 * MB, 3600, warn=lambda message: None)
     controller = make_controller(tmp_path, broken, origin)
     assert controller.warm(make_request("/studies/st/shared-tags")) is False
+
+
+# Versions that have not settled yet (a change less than SETTLE ago) -----------------
+
+def test_unsettled_answers_are_neither_stored_nor_served_from_the_store(controller, origin):
+    uri = "/studies/st/shared-tags"
+    origin.set("st", "20230220T140000|g1", settled=False)
+    replies = [check_reply(controller.serve(make_request(uri))) for _ in range(2)]
+    assert [reply.outcome for reply in replies] == ["MISS", "MISS"]
+    assert len(origin.fetches) == 2 and controller.store.count() == 0
+
+
+def test_unsettled_etag_follows_the_content_and_if_modified_since_never_matches(controller, origin):
+    uri = "/studies/st/shared-tags"
+    origin.set("st", "20230220T140000|g1", settled=False)
+    first = controller.serve(make_request(uri))
+    assert first.headers["Last-Modified"] == format_http_date(MODIFIED.replace(second=0) - timedelta(seconds=1))
+    same = controller.serve(make_request(uri, headers={"if-none-match": first.headers["ETag"]}))
+    assert same.status == 304
+    since = controller.serve(make_request(uri, headers={"if-modified-since": format_http_date(NOW)}))
+    assert since.status == 200
+    origin.answers[uri] = (JSON, b'{"tags": 2}')  # changed within the same LastUpdate second
+    changed = controller.serve(make_request(uri, headers={"if-none-match": first.headers["ETag"]}))
+    assert changed.status == 200 and changed.body.startswith(b'{"tags": 2}')
+
+
+def test_a_settled_etag_differs_from_the_unsettled_one(controller, origin):
+    uri = "/studies/st/shared-tags"
+    origin.set("st", "20230220T140000|g1", settled=False)
+    young = controller.serve(make_request(uri)).headers["ETag"]
+    origin.set("st", "20230220T140000|g1", settled=True)
+    assert controller.serve(make_request(uri)).headers["ETag"] != young
+    assert controller.serve(make_request(uri, headers={"if-none-match": young})).status == 200
+
+
+def test_warm_waits_for_the_version_to_settle(tmp_path, store, origin):
+    naps = []
+    settings = load_settings({}, {"directory": str(tmp_path / "unused")})
+    controller = CacheController(settings, store, origin, salt=SALT, clock=lambda: NOW,
+                                 sleep=lambda seconds: (naps.append(seconds),
+                                                        origin.set("st", "t", settled=True)))
+    origin.set("st", "t", modified=NOW, settled=False)
+    assert controller.warm(make_request("/studies/st/shared-tags"))
+    assert naps == [SETTLE.total_seconds()]

@@ -1,0 +1,304 @@
+"""A throw-away PostgreSQL server for integration tests, and Orthanc nodes sharing it.
+
+:class:`PostgresServer` runs ``initdb`` then ``postgres`` in a fresh temporary
+directory (data, Unix socket and ``postgres.log``), listening on 127.0.0.1 only
+on a free port, with ``trust`` authentication for loopback connections. It is
+meant to be the shared index of several Orthanc nodes (orthanc-postgresql 4.0),
+see :meth:`PostgresServer.orthanc_config` and :class:`OrthancCluster`.
+
+PostgreSQL refuses to run as root: when the tests run as root, the server and
+``initdb`` run as the ``postgres`` system user, which owns the directory.
+No process is left behind: the whole process group is killed at interpreter
+exit, and the postmaster gets SIGKILL if the test process dies (parent-death
+signal; its backends then exit). :meth:`PostgresServer.stop` (also called at
+exit) removes the directory, so every :meth:`PostgresServer.start` begins with
+an empty server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
+
+from support.orthanc_server import PYTHON_PLUGIN, OrthancServer, free_port
+
+POSTGRES_BIN_DIR = Path(os.environ.get("POSTGRES_BIN_DIR", "/usr/lib/postgresql/15/bin"))
+POSTGRESQL_INDEX_PLUGIN = os.environ.get(
+    "ORTHANC_POSTGRESQL_INDEX_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+)
+SUPERUSER = "postgres"
+
+_PORT_IN_USE = "Address already in use"
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_running: Set["PostgresServer"] = set()
+
+# Throw-away data: durability is useless, speed is welcome.
+_SERVER_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+}
+_HBA = (
+    "# Throw-away test server: trust on the Unix socket and IPv4 loopback only.\n"
+    "local all all trust\n"
+    "host  all all 127.0.0.1/32 trust\n"
+)
+
+
+class PostgresStartError(RuntimeError):
+    """``initdb`` failed, or ``postgres`` exited or did not accept connections in time."""
+
+
+def _die_with_parent() -> None:
+    """Child pre-exec hook (runs after the switch of user): SIGKILL if the test process dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class OrthancCluster(NamedTuple):
+    """Orthanc nodes sharing one PostgreSQL index (:attr:`postgres`) and one storage directory."""
+
+    postgres: "PostgresServer"
+    nodes: List[OrthancServer]
+    storage_dir: Path
+
+
+class PostgresServer:
+    """A PostgreSQL 15 server in its own temporary directory, with one database created at start.
+
+    Usable as a context manager (``with PostgresServer() as pg: ...``).
+    """
+
+    def __init__(self, database: str = "orthanc", bin_dir: Path = POSTGRES_BIN_DIR,
+                 start_timeout: float = 30) -> None:
+        """Prepare (not start) a server; ``database`` is created by :meth:`start`."""
+        self.database = database
+        self.bin_dir = Path(bin_dir)
+        self.start_timeout = start_timeout
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.workdir: Optional[Path] = None  # created by start(), removed by stop()
+        self.process: Optional[subprocess.Popen] = None
+        # PostgreSQL refuses root: run it as the "postgres" system user instead.
+        self._account = pwd.getpwnam(SUPERUSER) if os.geteuid() == 0 else None
+        self._log_text = ""  # the log as it was when the directory was removed
+
+    # -- properties -------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory (``PGDATA``)."""
+        return self._workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """stdout+stderr of ``initdb`` and ``postgres``."""
+        return self._workdir / "postgres.log"
+
+    @property
+    def is_running(self) -> bool:
+        """True while the postmaster is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> "PostgresServer":
+        """Create the directory, ``initdb``, launch ``postgres``, wait for it, create the database."""
+        if self.is_running:
+            raise RuntimeError("PostgreSQL is already running")
+        try:
+            self._make_workdir()
+            self._initdb()
+            for attempt in range(1, 4):  # another process may grab our free port
+                self._launch()
+                try:
+                    self._wait_ready()
+                    break
+                except PostgresStartError:
+                    self._kill_group()
+                    if attempt == 3 or _PORT_IN_USE not in self.log_text():
+                        raise
+                    self.port = free_port()
+            self.create_database(self.database)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        """Fast shutdown (SIGINT disconnects clients), SIGKILL after ``timeout``; remove the directory."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_group()
+        _running.discard(self)
+        if self.workdir is not None:
+            self._log_text = self.log_text()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> "PostgresServer":
+        if not self.is_running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- SQL ----------------------------------------------------------------
+
+    def psql(self, sql: str, database: Optional[str] = None) -> str:
+        """Run ``sql`` with ``psql`` (unaligned, tuples only); returns its stdout, raises on error."""
+        return self._client("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            "-d", database or self.database, "-c", sql)
+
+    def create_database(self, name: str) -> None:
+        """``CREATE DATABASE name`` (UTF-8)."""
+        self._client("createdb", "-E", "UTF8", "-T", "template0", name)
+
+    # -- Orthanc ------------------------------------------------------------
+
+    def orthanc_config(self, database: Optional[str] = None, lock: bool = False,
+                       connections: int = 4, python_plugin: bool = True) -> Dict[str, Any]:
+        """Orthanc configuration fragment using this server as index (not as storage).
+
+        ``lock=False`` lets several Orthanc nodes share the index. ``connections``
+        is ``IndexConnectionsCount`` (orthanc-postgresql >= 4.0). ``Plugins``
+        lists the PostgreSQL index plugin, after the Python plugin if
+        ``python_plugin``: the fragment replaces the ``Plugins`` set by
+        :class:`~support.orthanc_server.OrthancServer`.
+        """
+        plugins: List[str] = [PYTHON_PLUGIN] if python_plugin else []
+        plugins.append(POSTGRESQL_INDEX_PLUGIN)
+        return {
+            "Plugins": plugins,
+            "PostgreSQL": {
+                "EnableIndex": True,
+                "EnableStorage": False,
+                "Host": self.host,
+                "Port": self.port,
+                "Database": database or self.database,
+                "Username": SUPERUSER,
+                "Password": "",
+                "EnableSsl": False,
+                "Lock": lock,
+                "IndexConnectionsCount": connections,
+                "MaximumConnectionRetries": 3,
+                "ConnectionRetryInterval": 1,
+            },
+        }
+
+    # -- logs -----------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Everything ``initdb`` and ``postgres`` printed (kept after :meth:`stop`)."""
+        if self.workdir is None or not self.log_path.exists():
+            return self._log_text
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the log."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # -- internals ------------------------------------------------------------
+
+    @property
+    def _workdir(self) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("PostgreSQL has not been started")
+        return self.workdir
+
+    def _make_workdir(self) -> None:
+        # Not under pytest's tmp_path: the "postgres" user could not traverse root's 0700 folders.
+        self.workdir = Path(tempfile.mkdtemp(prefix="orthanc-test-pg-"))
+        if self._account is not None:
+            os.chown(self.workdir, self._account.pw_uid, self._account.pw_gid)
+        self.log_path.touch()
+
+    def _env(self) -> Dict[str, str]:
+        """Inherited environment without libpq's ``PG*`` variables, C locale."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(LC_ALL="C", LANG="C")
+        if self._account is not None:
+            env.update(HOME=self._account.pw_dir, USER=SUPERUSER, LOGNAME=SUPERUSER)
+        return env
+
+    def _as_server_user(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+        """Popen ``command`` as the ``postgres`` user (when root), output appended to the log."""
+        with self.log_path.open("ab") as log:
+            log.write(("===== harness: " + " ".join(command) + " =====\n").encode())
+            log.flush()
+            account = {} if self._account is None else {
+                "user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
+            return subprocess.Popen(list(command), cwd=self._workdir, env=self._env(),
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    **account, **kwargs)
+
+    def _initdb(self) -> None:
+        initdb = self._as_server_user([
+            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+            "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        if initdb.wait(self.start_timeout) != 0:
+            raise PostgresStartError(f"initdb exited with code {initdb.returncode}:\n{self.log_tail()}")
+        (self.data_dir / "pg_hba.conf").write_text(_HBA, encoding="utf-8")
+
+    def _launch(self) -> None:
+        settings = dict(_SERVER_SETTINGS, port=str(self.port), unix_socket_directories=str(self._workdir))
+        command = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        for name, value in settings.items():
+            command += ["-c", f"{name}={value}"]
+        # Own process group, so that a kill also reaches the backends.
+        self.process = self._as_server_user(command, start_new_session=True, preexec_fn=_die_with_parent)
+        _running.add(self)
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise PostgresStartError(
+                    f"postgres exited with code {self.process.returncode} during start-up:\n{self.log_tail()}")
+            probe = [str(self.bin_dir / "pg_isready"), "-q", "-t", "1",
+                     "-h", self.host, "-p", str(self.port), "-U", SUPERUSER]
+            if subprocess.run(probe, env=self._env(), stdin=subprocess.DEVNULL, check=False).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise PostgresStartError(f"postgres not ready after {self.start_timeout} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def _client(self, program: str, *args: str) -> str:
+        """Run a client program over TCP as the superuser; returns stdout, raises on error."""
+        result = subprocess.run(
+            [str(self.bin_dir / program), "-h", self.host, "-p", str(self.port), "-U", SUPERUSER, *args],
+            env=self._env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{program} {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result.stdout
+
+    def _kill_group(self) -> None:
+        """SIGKILL the postmaster's process group (backends included) if it is still alive; reap it."""
+        if self.process is None or self.process.poll() is not None:
+            return  # backends of a dead postmaster notice its death and exit
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Last resort: never leave a PostgreSQL process or directory behind."""
+    for server in list(_running):
+        server.stop(timeout=0)
