@@ -40,7 +40,7 @@ LOGGED_HIDDEN_CHANGES = ("UpdatedMetadata", "UpdatedAttachment")
 #: one-second resolution of LastUpdate, plus time for the write to commit.
 SETTLE = timedelta(seconds=3)
 #: How far ahead a write announced before it happens dates its generation.
-GRACE = timedelta(seconds=10)
+GRACE = timedelta(seconds=2)
 
 _GENERATION = re.compile(r"(\d+(?:\.\d+)?)/[0-9a-f]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

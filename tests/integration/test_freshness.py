@@ -1,0 +1,164 @@
+"""Freshness: after any change, cached routes answer what Orthanc answers now.
+
+Each test first makes the plugin store answers (the resource has settled and
+a second GET is a HIT), then changes something that LastUpdate does not show
+(or shows within the same second), and checks that the next GET is fresh and
+that validators taken before the change give no 304 — at once on the node
+that made the change, within the stated bound on another node.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Dict, List
+
+import requests
+
+from support.dicom_factory import make_instance, make_study
+from support.orthanc_server import OrthancServer
+
+NO_GZIP = {"Accept-Encoding": "identity"}
+#: freshness.SETTLE + freshness.GRACE: after a write, answers are stored again.
+QUIET = 5.2
+#: The bound stated in docs/freshness.md for changes made through another node.
+OTHER_NODE_BOUND = 1.0
+
+
+def get(server: OrthancServer, path: str, **headers: str) -> requests.Response:
+    return server.get(path, headers=dict(NO_GZIP, **headers))
+
+
+def outcomes(server: OrthancServer, path: str) -> List[str]:
+    uri = path.split("?")[0]  # the log names the URI without its query
+    return re.findall(r"cache plugin: (\w+) GET %s: " % re.escape(uri), server.log_text())
+
+
+def stored(server: OrthancServer, paths: List[str]) -> Dict[str, requests.Response]:
+    """GET each path until the plugin serves it from its store; the answers."""
+    answers = {}
+    for path in paths:
+        get(server, path)
+        answers[path] = get(server, path)
+        assert outcomes(server, path)[-1] == "HIT", (path, outcomes(server, path))
+    return answers
+
+
+def assert_fresh(server: OrthancServer, before: Dict[str, requests.Response],
+                 expected: Callable[[str], requests.Response]) -> None:
+    """Every path answers like ``expected(path)``, and no earlier validator matches."""
+    for path, old in before.items():
+        now = get(server, path)
+        truth = expected(path)
+        assert (now.status_code, now.content) == (truth.status_code, truth.content), path
+        for name, header in (("If-None-Match", "ETag"), ("If-Modified-Since", "Last-Modified")):
+            conditional = get(server, path, **{name: old.headers[header]})
+            assert conditional.status_code != 304, (path, name)
+
+
+def upload(server: OrthancServer, seed: str, series: int = 2, instances: int = 2) -> List[dict]:
+    uploaded = [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances, seed=seed)]
+    time.sleep(QUIET)
+    return uploaded
+
+
+def parent_routes(study: str, series: str, patient: str) -> List[str]:
+    return ["/%s/%s/%s" % (level, resource, route)
+            for level, resource in (("studies", study), ("series", series), ("patients", patient))
+            for route in ("shared-tags", "instances-tags", "instances-tags?short")]
+
+
+def test_deleting_an_instance_refreshes_its_ancestors_at_once(cached_orthanc) -> None:
+    server = cached_orthanc()
+    instances = upload(server, "delete")
+    first = instances[0]
+    paths = parent_routes(first["ParentStudy"], first["ParentSeries"], first["ParentPatient"])
+    before = stored(server, paths)
+    assert server.delete("/instances/%s" % first["ID"]).status_code == 200
+    assert_fresh(server, before, server.get)
+    assert len(get(server, "/series/%s/instances-tags" % first["ParentSeries"]).json()) == 1
+    # Once quiet again, answers are stored anew, at the new state.
+    time.sleep(QUIET)
+    again = stored(server, paths)
+    assert len(again["/series/%s/instances-tags" % first["ParentSeries"]].json()) == 1
+
+
+def test_a_deleted_resource_is_never_answered_from_the_store(cached_orthanc) -> None:
+    server = cached_orthanc({"StoreBinary": True})
+    first = upload(server, "gone")[0]
+    paths = ["/instances/%s/%s" % (first["ID"], route) for route in ("tags", "preview", "file")]
+    paths.append("/series/%s/shared-tags" % first["ParentSeries"])
+    before = stored(server, paths)
+    assert server.delete("/series/%s" % first["ParentSeries"]).status_code == 200
+    for path, old in before.items():
+        assert get(server, path).status_code == 404, path
+        assert get(server, path, **{"If-None-Match": old.headers["ETag"]}).status_code == 404
+
+
+def test_metadata_and_attachments_refresh_at_once(cached_orthanc) -> None:
+    server = cached_orthanc()
+    first = upload(server, "metadata")[0]
+    instance, study = first["ID"], first["ParentStudy"]
+    paths = ["/instances/%s/metadata" % instance, "/instances/%s/metadata?expand" % instance,
+             "/studies/%s/attachments" % study]
+    before = stored(server, paths)
+    assert server.put("/instances/%s/metadata/1024" % instance, data="hello").status_code == 200
+    assert server.put("/studies/%s/attachments/1030" % study, data="note").status_code == 200
+    assert_fresh(server, before, server.get)
+    assert "1024" in get(server, "/instances/%s/metadata" % instance).json()
+    time.sleep(QUIET)
+    before = stored(server, paths)
+    assert server.delete("/instances/%s/metadata/1024" % instance).status_code == 200
+    assert server.delete("/studies/%s/attachments/1030" % study).status_code == 200
+    assert_fresh(server, before, server.get)
+
+
+def test_an_instance_added_in_the_same_second_is_seen(cached_orthanc) -> None:
+    server = cached_orthanc()
+    first = upload(server, "same-second", series=1, instances=1)[0]
+    path = "/series/%s/instances-tags" % first["ParentSeries"]
+    for number in range(2, 6):  # upload and read within the same second, repeatedly
+        server.upload(make_instance("PAT-same-second", seed="same-second", instance_number=number))
+        assert len(get(server, path).json()) == number
+
+
+def test_a_restart_keeps_valid_entries_and_never_revives_stale_ones(cached_orthanc) -> None:
+    server = cached_orthanc()
+    instances = upload(server, "restart")
+    study_path = "/studies/%s/shared-tags" % instances[0]["ParentStudy"]
+    series_path = "/series/%s/instances-tags" % instances[0]["ParentSeries"]
+    before = stored(server, [study_path, series_path])
+    server.restart()
+    assert get(server, study_path).content == before[study_path].content
+    assert outcomes(server, study_path)[-1] == "HIT"
+    assert server.delete("/instances/%s" % instances[0]["ID"]).status_code == 200
+    server.restart()
+    assert len(get(server, series_path).json()) == 1
+
+
+def test_overwriting_an_instance_refreshes_its_routes(cached_orthanc) -> None:
+    server = cached_orthanc(config={"OverwriteInstances": True})
+    first = upload(server, "overwrite", series=1, instances=1)[0]
+    paths = ["/instances/%s/tags?simplify" % first["ID"], "/series/%s/instances-tags" % first["ParentSeries"]]
+    before = stored(server, paths)
+    replacement = make_instance("PAT-overwrite", seed="overwrite", instance_number=1,
+                                series_description="Overwritten")
+    assert server.upload(replacement)["ID"] == first["ID"]
+    assert get(server, paths[0]).json()["SeriesDescription"] == "Overwritten"
+    assert_fresh(server, before, server.get)
+
+
+def test_changes_through_another_node_are_seen_within_the_bound(cluster) -> None:
+    nodes = cluster(2).nodes
+    writer, reader = nodes
+    instances = upload(writer, "cluster")
+    first = instances[0]
+    paths = parent_routes(first["ParentStudy"], first["ParentSeries"], first["ParentPatient"])
+    paths += ["/instances/%s/metadata" % instances[1]["ID"], "/studies/%s/attachments" % first["ParentStudy"]]
+    before = stored(reader, paths)
+    assert writer.delete("/instances/%s" % first["ID"]).status_code == 200
+    assert writer.put("/instances/%s/metadata/1024" % instances[1]["ID"], data="x").status_code == 200
+    assert writer.put("/studies/%s/attachments/1030" % first["ParentStudy"], data="n").status_code == 200
+    time.sleep(OTHER_NODE_BOUND)
+    assert_fresh(reader, before, writer.get)
+    assert get(reader, "/instances/%s/tags" % first["ID"]).status_code == 404
