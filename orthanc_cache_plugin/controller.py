@@ -48,7 +48,9 @@ class Fetched:
 
 @dataclass
 class Reply:
-    """What to send back; ``outcome`` is HIT, MISS, REVALIDATED, BYPASS or PASS."""
+    """What to send back, and what the cache did (see statistics.OUTCOMES):
+    HIT, MISS, STALE-REFRESHED (a stored answer was outdated), REVALIDATED
+    (304), BYPASS (the store failed) or PASS (Orthanc's answer, not cacheable)."""
 
     status: int
     outcome: str
@@ -120,17 +122,19 @@ class CacheController:
         fetched = self.origin.fetch(request, query, representation)
         if fetched is None:
             return self.origin.plain_answer(request, "Orthanc answered an error")
-        stored_now = self._keep(request.route, key, version, fetched)
+        stored_now = self._keep(request, key, version, fetched)
         if precondition.not_modified:
             return Reply(304, "REVALIDATED", precondition.reason + " (checked with Orthanc)",
                          headers=headers)
-        outcome = "MISS" if self.store.available else "BYPASS"
+        outcome = "MISS"
         if stored is None:
             reason = "not stored"
         elif current is None:
-            reason = "outdated version"
+            outcome, reason = "STALE-REFRESHED", "outdated version replaced"
         else:
             reason = "only validators stored"
+        if not self.store.available:
+            outcome = "BYPASS"
         reason += \
             ("" if self.store.available else ", store unavailable") + \
             ("" if stored_now else ", not kept: " + self._why_not_kept(request.route, fetched))
@@ -180,7 +184,7 @@ class CacheController:
         if stored is not None and stored.version == version.token and stored.body is not None:
             return False
         fetched = self.origin.fetch(request, normalized_query(request.arguments), "")
-        return fetched is not None and self._keep(request.route, key, version, fetched)
+        return fetched is not None and self._keep(request, key, version, fetched)
 
     @staticmethod
     def _etag_sent(request: Request, validators: Validators) -> bool:
@@ -210,9 +214,9 @@ class CacheController:
             return "binary (StoreBinary is off)"
         return "store unavailable"
 
-    def _keep(self, route: Route, key: str, version: Version, fetched: Fetched) -> bool:
+    def _keep(self, request: Request, key: str, version: Version, fetched: Fetched) -> bool:
         """Store the answer, or only its validators when the body may not be kept."""
-        body = fetched.body if self._storable(route, fetched) else None
+        body = fetched.body if self._storable(request.route, fetched) else None
         written = self.store.set(key, Entry(version.token, fetched.content_type, body,
-                                            fetched.headers))
+                                            fetched.headers), tag=request.resource_id)
         return written and body is not None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import orthanc
 
@@ -24,7 +24,8 @@ from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
 from .store import FORMAT, Store
-from .warmup import WarmUp
+from .statistics import Statistics
+from .warmup import WarmUp, warm_requests
 
 _LOG_PREFIX = "cache plugin: "
 
@@ -60,11 +61,13 @@ class ChangeWatch:
     on its parent), so other nodes see them too.
     """
 
-    #: Seconds between two reads of /changes (bounds what other nodes miss).
+    #: Seconds between two reads of /changes (bounds what other nodes miss),
+    #: which is also when metrics are published.
     POLL = 0.25
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, on_tick: Callable[[], None]):
         self._store = store
+        self._on_tick = on_tick
         self.generation = Generation(store.get_value("generation") or "")
         self._parents: Dict[str, str] = {}
         self._stopping = threading.Event()
@@ -111,19 +114,28 @@ class ChangeWatch:
             seen = json.loads(orthanc.RestApiGet("/changes?last"))["Last"]
         else:
             seen = int(saved)
+        failing = False
         while not self._stopping.wait(self.POLL):
             try:
-                changes = json.loads(orthanc.RestApiGet("/changes?since=%d&limit=1000" % seen))
-            except (orthanc.OrthancException, ValueError) as error:
-                _warn("cannot read /changes: %s" % (error,))
-                continue
-            if any(change["ChangeType"] in LOGGED_HIDDEN_CHANGES
-                   for change in changes["Changes"]):
-                self.generation.advance(_utcnow())
-                self._save()
-            if changes["Last"] != seen:
-                seen = changes["Last"]
-                self._store.set_value("changes-seen", str(seen))
+                self._on_tick()
+                seen = self._read_changes(seen)
+                failing = False
+            except Exception as error:  # the watch must outlive any failure
+                if not failing:
+                    _warn("cannot follow /changes (%s: %s): nothing is stored until it works "
+                          "again" % (type(error).__name__, error))
+                failing = True
+                self.generation.advance(_utcnow())  # keeps every version unsettled
+
+    def _read_changes(self, seen: int) -> int:
+        """Advance the generation if /changes has hidden changes after ``seen``."""
+        changes = json.loads(orthanc.RestApiGet("/changes?since=%d&limit=1000" % seen))
+        if any(change["ChangeType"] in LOGGED_HIDDEN_CHANGES for change in changes["Changes"]):
+            self.generation.advance(_utcnow())
+            self._save()
+        if changes["Last"] != seen:
+            self._store.set_value("changes-seen", str(changes["Last"]))
+        return changes["Last"]
 
 
 def _parent_of(resource: str) -> Optional[str]:
@@ -234,11 +246,12 @@ class CachePlugin:
         self.settings = settings
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
                            warn=_warn)
-        self.changes = ChangeWatch(self.store)
+        self.changes = ChangeWatch(self.store, on_tick=self.publish_metrics)
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True),
                                     self.changes.generation)
-        vary = ("Accept-Encoding",) if configuration.get("HttpCompressionEnabled", True) else ()
-        self.controller = CacheController(settings, self.store, self.origin, vary=vary)
+        self.controller = CacheController(settings, self.store, self.origin,
+                                          vary=_vary_of(configuration))
+        self.statistics = Statistics()
         self._salt_lock = threading.Lock()
         self.warm_up = WarmUp(self.controller, settings.warm_up_queue_size, _info, _warn) \
             if settings.warm_up else None
@@ -272,6 +285,9 @@ class CachePlugin:
                     reply = self.origin.plain_answer(request, "cache error")
                     reply.outcome = "BYPASS"
             _info("%s %s %s: %s" % (reply.outcome, call["method"], uri, reply.reason))
+            self.statistics.count(reply.outcome)
+            if self.settings.cache_status_header:
+                reply.headers[self.settings.cache_status_header] = reply.outcome
             send(output, reply)
 
         return on_request
@@ -289,6 +305,47 @@ class CachePlugin:
                          self.origin.plain.extra_headers(request, ""))
         return Reply(200, "PASS", "forwarded " + method, JSON_TYPE, result)
 
+    def publish_metrics(self) -> None:
+        """Copy the counters to Orthanc's /tools/metrics-prometheus."""
+        for name, value in self.statistics.metrics(*self._store_figures()).items():
+            orthanc.SetMetricsValue(name, float(value), orthanc.MetricsType.DEFAULT)
+
+    def _store_figures(self) -> Tuple[int, int, int, int]:
+        queue = self.warm_up.pending if self.warm_up is not None else 0
+        done = self.warm_up.done if self.warm_up is not None else 0
+        return self.store.count(), self.store.volume(), queue, done
+
+    def on_admin(self, output: Any, uri: str, **call: Any) -> None:
+        """The admin API; every answer is JSON, unknown resources get Orthanc's 404."""
+        method, groups = call["method"], tuple(call["groups"])
+        prefix = self.settings.admin_prefix.rstrip("/")
+        if uri == prefix + "/statistics":
+            if method != "GET":
+                return output.SendMethodNotAllowed("GET")
+            entries, size, queue, done = self._store_figures()
+            body = self.statistics.report(entries, size, self.store.directory,
+                                          self.store.available,
+                                          self.settings.as_configuration(), queue, done)
+        elif uri == prefix:
+            if method != "DELETE":
+                return output.SendMethodNotAllowed("DELETE")
+            body = {"Removed": self.store.clear()}
+            _warn("store emptied through the admin API")
+        else:
+            level, resource_id, action = groups
+            if not isinstance(_get("/%s/%s" % (level, resource_id)), bytes):
+                return output.SendHttpStatusCode(404)
+            if action and method == "POST":
+                stored = sum(self.controller.warm(request)
+                             for request in warm_requests(Level(level), resource_id))
+                body = {"Stored": stored}
+            elif not action and method == "DELETE":
+                body = {"Removed": sum(self.store.evict(tag)
+                                       for tag in _resource_and_descendants(level, resource_id))}
+            else:
+                return output.SendMethodNotAllowed("POST" if action else "DELETE")
+        output.AnswerBuffer(json.dumps(body, indent=3), JSON_TYPE)
+
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Queue warm-up of stable resources; stop the worker with Orthanc."""
         if change_type in _CHANGES_HIDDEN_FROM_LAST_UPDATE:
@@ -303,6 +360,32 @@ class CachePlugin:
             self.store.close()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
+
+
+def _vary_of(configuration: Mapping[str, Any]) -> Tuple[str, ...]:
+    """Request headers that change answers besides the route's own (Accept).
+
+    With authentication on, a shared cache must not hand an answer to another
+    user, nor to a request without credentials: ``Vary: Authorization``.
+    """
+    vary: Tuple[str, ...] = ()
+    if configuration.get("HttpCompressionEnabled", True):
+        vary += ("Accept-Encoding",)
+    # Orthanc enables authentication by default when remote access is allowed.
+    if configuration.get("AuthenticationEnabled", configuration.get("RemoteAccessAllowed", False)):
+        vary += ("Authorization",)
+    return vary
+
+
+def _resource_and_descendants(level: str, resource_id: str) -> List[str]:
+    """Ids of a resource and of every resource below it."""
+    ids = [resource_id]
+    for child_level in ("studies", "series", "instances")[("patients", "studies", "series",
+                                                            "instances").index(level):]:
+        children = _get("/%s/%s/%s" % (level, resource_id, child_level))
+        if isinstance(children, bytes):
+            ids += [child["ID"] for child in json.loads(children)]
+    return ids
 
 
 #: Changes that leave LastUpdate as it is (a child's deletion before Orthanc 1.12.1).
@@ -369,6 +452,11 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     plugin = CachePlugin(settings, configuration)
     for route in ROUTES:
         orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
+    prefix = settings.admin_prefix.rstrip("/")
+    orthanc.RegisterRestCallback(prefix + "/statistics", plugin.on_admin)
+    orthanc.RegisterRestCallback(prefix, plugin.on_admin)
+    orthanc.RegisterRestCallback(
+        prefix + "/(patients|studies|series|instances)/([^/]+)(/warm-up)?", plugin.on_admin)
     orthanc.RegisterOnChangeCallback(plugin.on_change)
     watch_writes(plugin.changes)
     orthanc.LogWarning(_LOG_PREFIX + "version %s active, store in %s (%s)" % (

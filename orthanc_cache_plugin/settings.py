@@ -27,6 +27,7 @@ class Setting:
     default: Any
     description: str
     minimum: Optional[int] = None
+    may_be_empty: bool = False
 
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -55,6 +56,12 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("WarmUpQueueSize", int, 1000,
             "Most resources waiting for warm-up; beyond it, new ones are skipped (and "
             "computed on their first request instead).", minimum=1),
+    Setting("CacheStatusHeader", str, "X-Cache-Status",
+            "Response header saying what the cache did (HIT, MISS, STALE-REFRESHED, "
+            "REVALIDATED, BYPASS, PASS); empty to send none.", may_be_empty=True),
+    Setting("AdminPrefix", str, "/cache",
+            "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
+            "DELETE {prefix}/{level}/{id}, POST {prefix}/{level}/{id}/warm-up."),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -77,6 +84,8 @@ class Settings:
     maximum_entry_size: int
     warm_up: bool
     warm_up_queue_size: int
+    cache_status_header: str
+    admin_prefix: str
 
     @property
     def maximum_size_bytes(self) -> int:
@@ -104,7 +113,7 @@ def _check(setting: Setting, value: Any, origin: str) -> Any:
     if setting.minimum is not None and value < setting.minimum:
         raise SettingsError("%s: %s must be at least %d, got %r"
                             % (origin, setting.name, setting.minimum, value))
-    if setting.type is str and not value.strip():
+    if setting.type is str and not setting.may_be_empty and not value.strip():
         raise SettingsError("%s: %s must not be empty" % (origin, setting.name))
     return value
 

@@ -12,6 +12,7 @@ store reopens itself a little later.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ class Store:
         try:
             self._cache = diskcache.Cache(
                 self.directory, size_limit=self._size_limit,
-                eviction_policy="least-recently-used", statistics=False)
+                eviction_policy="least-recently-used", statistics=False, tag_index=True)
         except Exception as error:  # sqlite3, OSError, anything from the disk
             self._fail(error)
 
@@ -141,23 +142,41 @@ class Store:
             self.delete(key)
         return entry
 
-    def set(self, key: str, entry: Entry) -> bool:
-        """Store ``entry`` under ``key`` (replacing any older version); False on failure."""
+    def set(self, key: str, entry: Entry, tag: Optional[str] = None) -> bool:
+        """Store ``entry`` under ``key`` (replacing any older version); False on failure.
+
+        ``tag`` (a resource id) lets :meth:`evict` drop every entry of a resource.
+        """
         return bool(self._call(
-            lambda cache: cache.set(key, entry.encode(), expire=self._expiration), False))
+            lambda cache: cache.set(key, entry.encode(), expire=self._expiration, tag=tag), False))
+
+    def evict(self, tag: str) -> int:
+        """Drop every entry stored with ``tag``; how many went (an indexed query)."""
+        return int(self._call(lambda cache: cache.evict(tag), 0))
 
     def delete(self, key: str) -> None:
         """Forget ``key``."""
         self._call(lambda cache: cache.delete(key))
 
     def get_value(self, name: str) -> Optional[str]:
-        """A small named string kept beside the entries; None if absent or evicted."""
-        value = self._call(lambda cache: cache.get("#" + name))
-        return value if isinstance(value, str) else None
+        """A small named string kept in a file beside the entries; None if absent."""
+        try:
+            with open(os.path.join(self.directory, "state-" + name), encoding="utf-8") as file:
+                return file.read()
+        except (OSError, ValueError):
+            return None
 
     def set_value(self, name: str, value: str) -> None:
-        """Keep ``value`` under ``name`` (see :meth:`get_value`)."""
-        self._call(lambda cache: cache.set("#" + name, value))
+        """Keep ``value`` under ``name``, replacing the file atomically; errors are ignored
+        (the store's own failure handling reports a broken directory)."""
+        path = os.path.join(self.directory, "state-" + name)
+        temporary = "%s.%d.%d" % (path, os.getpid(), threading.get_ident())
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.write(value)
+            os.replace(temporary, path)
+        except OSError:
+            pass
 
     def clear(self) -> int:
         """Forget everything; returns how many entries were removed."""

@@ -24,6 +24,8 @@ def test_defaults_follow_the_specification():
     assert settings.maximum_entry_size == 64
     assert settings.maximum_entry_size_bytes == 64 * 1024 * 1024
     assert settings.warm_up_queue_size == 1000
+    assert settings.cache_status_header == "X-Cache-Status"
+    assert settings.admin_prefix == "/cache"
 
 
 def test_defaults_when_the_section_is_empty_or_other_sections_exist():
@@ -36,7 +38,7 @@ def test_as_configuration_uses_file_names():
     assert configuration == {setting.name: setting.default for setting in SETTINGS}
     assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
                                    "CacheControl", "StoreBinary", "MaximumEntrySize", "WarmUp",
-                                   "WarmUpQueueSize"]
+                                   "WarmUpQueueSize", "CacheStatusHeader", "AdminPrefix"]
 
 
 def test_every_setting_is_documented():
@@ -48,9 +50,11 @@ def test_every_setting_is_documented():
 def test_section_values():
     section = {"Enable": False, "Directory": "/tmp/c", "MaximumSize": 10, "Expiration": 60,
                "CacheControl": "no-cache", "StoreBinary": True, "MaximumEntrySize": 2,
-               "WarmUp": False, "WarmUpQueueSize": 5}
+               "WarmUp": False, "WarmUpQueueSize": 5, "CacheStatusHeader": "",
+               "AdminPrefix": "/admin/cache"}
     settings = load_settings({SECTION: section}, {})
-    assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, False, 5)
+    assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, False, 5, "",
+                                "/admin/cache")
     assert settings.as_configuration() == section
     assert settings.maximum_size_bytes == 10 * 1024 * 1024
 

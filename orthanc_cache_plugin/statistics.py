@@ -1,0 +1,59 @@
+"""Counters of what the cache did, for Prometheus metrics and the admin API."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict
+
+#: Every outcome a reply can have (see controller.Reply).
+OUTCOMES = ("HIT", "MISS", "STALE-REFRESHED", "REVALIDATED", "BYPASS", "PASS")
+
+
+class Statistics:
+    """Thread-safe counts of outcomes since Orthanc started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(OUTCOMES, 0)
+
+    def count(self, outcome: str) -> None:
+        with self._lock:
+            self._counts[outcome] = self._counts.get(outcome, 0) + 1
+
+    def counts(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def metrics(self, entries: int, size: int, queue: int, warm_ups: int) -> Dict[str, int]:
+        """Values for ``/tools/metrics-prometheus``, named ``orthanc_cache_*``."""
+        counts = self.counts()
+        return {
+            "orthanc_cache_hits": counts["HIT"],
+            "orthanc_cache_misses": counts["MISS"] + counts["STALE-REFRESHED"],
+            "orthanc_cache_not_modified": counts["REVALIDATED"],
+            "orthanc_cache_bypasses": counts["BYPASS"],
+            "orthanc_cache_entries": entries,
+            "orthanc_cache_size_bytes": size,
+            "orthanc_cache_warm_up_queue": queue,
+            "orthanc_cache_warm_ups": warm_ups,
+        }
+
+    def report(self, entries: int, size: int, directory: str, available: bool,
+               configuration: Dict[str, Any], queue: int, warm_ups: int) -> Dict[str, Any]:
+        """The JSON of ``GET {AdminPrefix}/statistics``."""
+        counts = self.counts()
+        return {
+            "Hits": counts["HIT"],
+            "Misses": counts["MISS"] + counts["STALE-REFRESHED"],
+            "StaleRefreshed": counts["STALE-REFRESHED"],
+            "NotModified": counts["REVALIDATED"],
+            "Bypasses": counts["BYPASS"],
+            "PassedThrough": counts["PASS"],
+            "Entries": entries,
+            "Size": size,
+            "Directory": directory,
+            "StoreAvailable": available,
+            "WarmUpQueue": queue,
+            "WarmUpsDone": warm_ups,
+            "Configuration": configuration,
+        }
