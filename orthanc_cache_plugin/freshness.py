@@ -42,7 +42,7 @@ SETTLE = timedelta(seconds=3)
 #: How far ahead a write announced before it happens dates its generation.
 GRACE = timedelta(seconds=2)
 
-_GENERATION = re.compile(r"(\d+(?:\.\d+)?)/[0-9a-f]+")
+_GENERATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)/[0-9a-f]+")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

@@ -39,7 +39,7 @@ class Unsupported(Exception):
     """A representation that Orthanc serves but the plugin cannot rebuild."""
 
 
-_FLOAT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_FLOAT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
 
 def _quality(parameters: List[str]) -> float:
@@ -115,9 +115,10 @@ _UINT_MAX = 4294967295
 def parse_unsigned(text: str) -> Optional[int]:
     """Parse like ``boost::lexical_cast<unsigned int>``: a minus sign wraps around."""
     match = _UNSIGNED.fullmatch(text)
-    if not match:
+    digits = match.group(2).lstrip("0") if match else ""
+    if not match or len(digits) > 10:  # also spares int() a huge string
         return None
-    value = int(match.group(2))
+    value = int(digits or "0")
     if value > _UINT_MAX:
         return None
     return (-value) % (_UINT_MAX + 1) if match.group(1) == "-" else value

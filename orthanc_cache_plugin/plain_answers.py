@@ -188,6 +188,9 @@ class PlainOrthanc:
                                   for level in ("patients", "studies", "series"))
                 return self._unsupported_image(request, "not an instance") if other_level \
                     else _status_only(404, "unknown instance")
+            # Orthanc decodes before it checks the frame number.
+            if not isinstance(self._get(instance + "/frames/0/preview"), bytes):
+                return self._unsupported_image(request, "image cannot be decoded")
             frames = self._get(instance + "/frames")
             if isinstance(frames, bytes) and frame >= len(json.loads(frames)):
                 return _status_only(404, "no such frame")

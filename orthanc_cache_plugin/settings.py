@@ -43,7 +43,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "Seconds after which a stored entry expires (7 days).", minimum=1),
     Setting("CacheControl", str, "max-age=604800, s-maxage=604800, public",
             "Cache-Control header sent with every cached route's 200 and 304. Expires is "
-            "Date plus its max-age."),
+            "Date plus its max-age (Date itself without one)."),
     Setting("StoreBinary", bool, False,
             "Also keep binary answers (file, preview, frames, archive, media, pdf) in the "
             "server-side store. JSON answers are always stored."),

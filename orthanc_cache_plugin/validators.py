@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, Mapping, Optional
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _LONG_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -19,13 +19,17 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _MONTH_NUMBER = {name: index + 1 for index, name in enumerate(_MONTHS)}
 
 _TIME = r"(\d{2}):(\d{2}):(\d{2})"
+# re.ASCII: \d must not match other scripts' digits.
 _IMF_FIXDATE = re.compile(
-    r"^(%s), (\d{2}) (%s) (\d{4}) %s GMT$" % ("|".join(_DAYS), "|".join(_MONTHS), _TIME))
+    r"^(%s), (\d{2}) (%s) (\d{4}) %s GMT$" % ("|".join(_DAYS), "|".join(_MONTHS), _TIME),
+    re.ASCII)
 _RFC850_DATE = re.compile(
-    r"^(%s), (\d{2})-(%s)-(\d{2}) %s GMT$" % ("|".join(_LONG_DAYS), "|".join(_MONTHS), _TIME))
+    r"^(%s), (\d{2})-(%s)-(\d{2}) %s GMT$" % ("|".join(_LONG_DAYS), "|".join(_MONTHS), _TIME),
+    re.ASCII)
 _ASCTIME_DATE = re.compile(
-    r"^(%s) (%s) ([ \d]\d) %s (\d{4})$" % ("|".join(_DAYS), "|".join(_MONTHS), _TIME))
-_ORTHANC_TIMESTAMP = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})$")
+    r"^(%s) (%s) ([ \d]\d) %s (\d{4})$" % ("|".join(_DAYS), "|".join(_MONTHS), _TIME),
+    re.ASCII)
+_ORTHANC_TIMESTAMP = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})$", re.ASCII)
 
 
 def format_http_date(moment: datetime) -> str:
@@ -185,7 +189,7 @@ def evaluate_preconditions(headers: Mapping[str, str], validators: Validators,
     return Evaluation(False, "modified since If-Modified-Since")
 
 
-_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE | re.ASCII)
 
 
 def max_age_of(cache_control: str) -> Optional[int]:

@@ -5,8 +5,10 @@ set -eu
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
 
-# The cluster tests start PostgreSQL and several Orthancs sharing its index.
-packages="postgresql orthanc-postgresql"
+# The cluster tests start PostgreSQL and several Orthancs sharing its index;
+# the proxy tests start nginx in front of Orthanc (their own processes, on
+# free loopback ports: the services these packages install are not used).
+packages="postgresql orthanc-postgresql nginx"
 if ! dpkg -s $packages >/dev/null 2>&1; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages

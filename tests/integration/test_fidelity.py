@@ -186,7 +186,7 @@ def _image_cases() -> Iterator[Case]:
             for accept in (None, "image/jpeg", "image/x-portable-arbitrarymap"):
                 yield Case("/instances/{multiframe}/frames/%s/%s" % (frame, kind), accept=accept)
         for resource in ("pdf", "study", UNKNOWN):
-            for prefix in ("", "frames/0/"):
+            for prefix in ("", "frames/0/", "frames/1/", "frames/2/"):
                 for query in ("", "?returnUnsupportedImage"):
                     path = "/instances/%s/%s%s%s" % (
                         resource if resource == UNKNOWN else "{%s}" % resource, prefix, kind, query)

@@ -428,12 +428,20 @@ def test_image_frame_not_parsed_is_404_before_any_lookup(frame):
 
 
 def test_image_frame_out_of_range_is_404():
-    get = FakeOrthanc({"/instances/%s" % MONO16_2F: b"{}", "/instances/%s/frames" % MONO16_2F: b"[0, 1]"})
+    get = FakeOrthanc({"/instances/%s" % MONO16_2F: b"{}", "/instances/%s/frames" % MONO16_2F: b"[0, 1]",
+                       "/instances/%s/frames/0/preview" % MONO16_2F: b"PNG"})
     for frame in ("2", "5", "-1", "4294967295"):
         status_only(answer(get, "/instances/%s/frames/%s/preview" % (MONO16_2F, frame),
                            {"returnUnsupportedImage": ""}), 404)
     # a frame in range that cannot be decoded is a 415
     status_only(answer(get, "/instances/%s/frames/-4294967295/preview" % MONO16_2F), 415)
+
+
+def test_a_non_image_instance_is_415_whatever_the_frame():
+    """Orthanc decodes before it checks the frame number (a PDF has one frame)."""
+    get = FakeOrthanc({"/instances/pdf": b"{}", "/instances/pdf/frames": b"[0]"})
+    for frame in ("0", "1", "2"):
+        status_only(answer(get, "/instances/pdf/frames/%s/preview" % frame), 415)
 
 
 def test_image_bad_quality_is_415_even_when_jpeg_is_not_chosen():

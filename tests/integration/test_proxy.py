@@ -1,0 +1,283 @@
+"""The nginx configurations of docs/deployment.md, run verbatim in front of a real Orthanc.
+
+Only addresses and paths of the documented blocks are replaced (Orthanc's port,
+nginx's port, cache folder, Unix socket, log file). The tests check that
+answers through nginx are current right after a change, that nginx revalidates
+its copies with conditional requests that the plugin answers with 304, and
+that a request without valid credentials always gets Orthanc's 401, even
+right after an authenticated answer was stored by nginx.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import requests
+
+from support.dicom_factory import make_instance, make_study
+from support.nginx import NginxServer
+from support.orthanc_server import OrthancServer
+
+DEPLOYMENT_DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
+STORE = "store-and-revalidate"
+NO_STORE = "no-store"
+
+#: Seconds after a change before the plugin stores answers and validates them by version.
+SETTLE = 3.1
+#: Seconds after an HTTP write (metadata, deletion) before answers are stored again.
+AFTER_WRITE = 5.5
+
+ALICE = ("alice", "a")
+BOB = ("bob", "b")
+USERS = {"alice": "a", "bob": "b"}
+SAFE_CACHE_CONTROL = "private, no-cache"
+DEFAULT_CACHE_CONTROL = "max-age=604800, s-maxage=604800, public"
+
+Auth = Optional[Tuple[str, str]]
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<uri>\S+) HTTP/[\d.]+" (?P<status>\d+) '
+                          r'cache=(?P<cache>\S+) upstream=(?P<upstream>\S+)')
+
+
+# -- the documented configurations --------------------------------------------
+
+def documented_block(profile: str) -> str:
+    """The nginx block of docs/deployment.md marked as tested for ``profile``."""
+    text = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    match = re.search(r"<!-- tested by tests/integration/test_proxy\.py: %s -->\n```nginx\n(.*?)```"
+                      % re.escape(profile), text, re.DOTALL)
+    assert match, "docs/deployment.md has no nginx block marked for %s" % profile
+    return match.group(1)
+
+
+def documented_site(profile: str, orthanc: OrthancServer) -> str:
+    """The documented block with this test's addresses and paths (see support.nginx)."""
+    site = documented_block(profile)
+    replacements = {
+        "127.0.0.1:8042": "127.0.0.1:%d" % orthanc.port,
+        "listen 80;": "listen 127.0.0.1:@PORT@;",
+        "/var/cache/nginx/orthanc": "@PREFIX@/cache",
+        "/run/nginx-orthanc-origin.sock": "@PREFIX@/origin.sock",
+        "/var/log/nginx/orthanc-access.log": "@PREFIX@/orthanc-access.log",
+    }
+    for documented, tested in replacements.items():
+        site = site.replace(documented, tested)
+    leftovers = re.findall(r"/var/\S*|/run/\S*|:8042\b|listen 80\b", site)
+    assert not leftovers, "unexpected addresses or paths in the documented block: %s" % leftovers
+    return site
+
+
+# -- helpers ------------------------------------------------------------------
+
+def proxy_log(proxy: NginxServer, uri: str, method: Optional[str] = "GET", at_least: int = 0,
+              timeout: float = 5) -> List[Tuple[int, str, str]]:
+    """(status, $upstream_cache_status, $upstream_status) of the documented ``orthanc_cache``
+    log for requests of ``uri`` (with ``method``; None: any), oldest first; waits until there
+    are ``at_least`` of them (nginx logs a request after sending its answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = proxy.read_file("orthanc-access.log")
+        entries = [(int(m["status"]), m["cache"], m["upstream"]) for m in _ACCESS_LINE.finditer(text)
+                   if method in (None, m["method"]) and m["uri"] == uri]
+        if len(entries) >= at_least or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
+def decisions(server: OrthancServer, uri: str, at_least: int = 0, timeout: float = 5) -> List[str]:
+    """Outcomes the plugin logged for GETs of ``uri`` (HIT, MISS, REVALIDATED...), oldest first;
+    waits until there are ``at_least`` of them (Orthanc writes its log asynchronously)."""
+    pattern = re.compile(r"cache plugin: (\w[\w-]*) GET %s: " % re.escape(uri))
+    deadline = time.monotonic() + timeout
+    while True:
+        found = pattern.findall(server.log_text())
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def through(proxy: NginxServer, uri: str, auth: Auth = ALICE, method: str = "GET",
+            headers: Optional[Dict[str, str]] = None) -> requests.Response:
+    """A request through nginx (one TCP connection per request, as different clients)."""
+    return requests.request(method, proxy.url + uri, auth=auth, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def start_pair(cached_orthanc: Callable[..., OrthancServer]
+               ) -> Iterator[Callable[..., Tuple[OrthancServer, NginxServer]]]:
+    """Call ``start_pair(profile, cache_control, authentication=True)`` for an Orthanc with the
+    plugin and nginx in front of it with the documented configuration of ``profile``."""
+    proxies: List[NginxServer] = []
+
+    def start(profile: str, cache_control: str = SAFE_CACHE_CONTROL,
+              authentication: bool = True) -> Tuple[OrthancServer, NginxServer]:
+        config: Dict[str, object] = {"AuthenticationEnabled": authentication}
+        if authentication:
+            config["RegisteredUsers"] = USERS
+        orthanc = cached_orthanc({"CacheControl": cache_control}, config=config, start=False)
+        if authentication:
+            orthanc.session.auth = ALICE  # the harness's own requests (readiness, uploads)
+        orthanc.start()
+        proxy = NginxServer(documented_site(profile, orthanc))
+        proxies.append(proxy)
+        proxy.start()
+        return orthanc, proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
+
+
+def upload_series(orthanc: OrthancServer, seed: str) -> Tuple[str, List[str]]:
+    """Two instances of one series; returns the series id and the instance ids, once settled."""
+    uploaded = [orthanc.upload(dicom) for dicom in make_study("PAT-" + seed, 1, 2, seed=seed)]
+    time.sleep(SETTLE)
+    return uploaded[0]["ParentSeries"], [answer["ID"] for answer in uploaded]
+
+
+# -- tests ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cache_control,authentication", [
+    (DEFAULT_CACHE_CONTROL, False),  # public data, default profile
+    (SAFE_CACHE_CONTROL, True),      # patient data, safe profile
+], ids=["public-profile", "safe-profile"])
+def test_answers_through_nginx_are_current_after_every_change(
+        start_pair: Callable[..., Tuple[OrthancServer, NginxServer]],
+        cache_control: str, authentication: bool) -> None:
+    orthanc, proxy = start_pair(STORE, cache_control, authentication)
+    auth = ALICE if authentication else None
+    series, instances = upload_series(orthanc, "proxy-fresh")
+    tags = "/series/%s/instances-tags" % series
+    metadata = "/instances/%s/metadata?expand" % instances[0]
+
+    def check_current(uri: str) -> requests.Response:
+        answer = through(proxy, uri, auth)
+        assert answer.status_code == 200
+        assert answer.json() == orthanc.get(uri).json()
+        assert "X-Accel-Expires" not in answer.headers  # nginx keeps it for itself
+        assert answer.headers["Cache-Control"] == cache_control  # what browsers are told
+        return answer
+
+    assert check_current(tags).headers["X-Proxy-Cache"] == "MISS"
+    assert check_current(tags).headers["X-Proxy-Cache"] == "REVALIDATED"
+    assert len(check_current(tags).json()) == 2
+
+    # A new instance in the cached series: nginx's copy is replaced at once.
+    orthanc.upload(make_instance("PAT-proxy-fresh", seed="proxy-fresh", instance_number=3))
+    answer = check_current(tags)
+    assert answer.headers["X-Proxy-Cache"] == "EXPIRED" and len(answer.json()) == 3
+
+    # Metadata written through nginx (LastUpdate does not change).
+    check_current(metadata)
+    written = requests.put(proxy.url + "/instances/%s/metadata/1024" % instances[0], data="new",
+                           auth=auth, timeout=30)
+    assert written.status_code == 200
+    answer = check_current(metadata)
+    assert answer.headers["X-Proxy-Cache"] == "EXPIRED" and answer.json()["1024"] == "new"
+
+    # A deletion in the series.
+    assert requests.delete(proxy.url + "/instances/%s" % instances[1], auth=auth,
+                           timeout=30).status_code == 200
+    assert len(check_current(tags).json()) == 2
+
+    # Once the changes settle, nginx's copies are confirmed by 304s of the plugin again.
+    time.sleep(AFTER_WRITE)
+    check_current(tags)
+    seen = len(decisions(orthanc, tags))
+    assert through(proxy, tags, auth).headers["X-Proxy-Cache"] == "REVALIDATED"
+    assert decisions(orthanc, tags, at_least=seen + 1)[seen:] == ["REVALIDATED"]
+    log = proxy_log(proxy, tags, at_least=7)
+    assert (200, "EXPIRED", "200") in log and log[-1] == (200, "REVALIDATED", "304")
+
+
+def test_nginx_revalidates_its_copies_with_the_plugin(
+        start_pair: Callable[..., Tuple[OrthancServer, NginxServer]]) -> None:
+    orthanc, proxy = start_pair(STORE)
+    series, instances = upload_series(orthanc, "proxy-revalidate")
+    uri = "/series/%s/shared-tags" % series
+
+    first = through(proxy, uri)
+    assert first.status_code == 200 and first.headers["X-Proxy-Cache"] == "MISS"
+    etag = first.headers["ETag"]
+    for _ in range(3):
+        answer = through(proxy, uri)
+        assert answer.status_code == 200 and answer.content == first.content
+        assert answer.headers["X-Proxy-Cache"] == "REVALIDATED" and answer.headers["ETag"] == etag
+
+    # A client's own conditional request: 304 from nginx, after nginx's own revalidation.
+    conditional = through(proxy, uri, headers={"If-None-Match": etag})
+    assert conditional.status_code == 304 and conditional.headers["X-Proxy-Cache"] == "REVALIDATED"
+    assert conditional.headers["ETag"] == etag
+
+    # HEAD is turned into a GET by nginx: validators, no body.
+    head = through(proxy, uri, method="HEAD")
+    assert head.status_code == 200 and head.headers["ETag"] == etag and not head.content
+
+    # Every revalidation reached the plugin as a conditional GET answered 304.
+    assert decisions(orthanc, uri, at_least=6) == ["MISS"] + ["REVALIDATED"] * 5
+    assert proxy_log(proxy, uri, at_least=5) == [(200, "MISS", "200")] + [(200, "REVALIDATED", "304")] * 3 \
+        + [(304, "REVALIDATED", "304")]
+
+    # Routes without validators are passed on and never stored.
+    listing = "/series/%s" % series
+    assert [through(proxy, listing).headers["X-Proxy-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+
+
+@pytest.mark.parametrize("profile", [STORE, NO_STORE])
+def test_requests_without_valid_credentials_always_get_401(
+        start_pair: Callable[..., Tuple[OrthancServer, NginxServer]], profile: str) -> None:
+    orthanc, proxy = start_pair(profile)
+    series, instances = upload_series(orthanc, "proxy-auth")
+    uris = ["/series/%s/instances-tags" % series, "/instances/%s/tags" % instances[0]]
+
+    for uri in uris:
+        for round_ in range(3):
+            alice = through(proxy, uri, ALICE)
+            assert alice.status_code == 200, (uri, round_)
+            etag = alice.headers["ETag"]
+            # Right after nginx stored (or confirmed) alice's answer:
+            for credentials in (None, ("alice", "wrong"), ("mallory", "a")):
+                for method in ("GET", "HEAD"):
+                    refused = through(proxy, uri, credentials, method)
+                    assert refused.status_code == 401, (uri, credentials, method)
+                    assert refused.headers.get("ETag") is None and "ID" not in refused.text
+                conditional = through(proxy, uri, credentials, headers={"If-None-Match": etag})
+                assert conditional.status_code == 401, (uri, credentials)
+            bob = through(proxy, uri, BOB)
+            assert bob.status_code == 200 and bob.content == alice.content
+            assert through(proxy, uri, BOB, headers={"If-None-Match": etag}).status_code == 304
+
+    # Each 401 came from Orthanc, none from a copy; every 304 was the plugin's.
+    if profile == STORE:
+        entries = [entry for uri in uris for entry in proxy_log(proxy, uri, None, at_least=36)]
+    else:  # the harness's access log: this profile has no log of its own
+        entries = [(int(entry["status"]), entry["cache"], entry["upstream_status"])
+                   for entry in proxy.access_log(at_least=72)]
+    refusals = [entry for entry in entries if entry[0] == 401]
+    assert len(refusals) == len(uris) * 3 * 3 * 3 and {entry[2] for entry in refusals} == {"401"}
+    assert {entry[2] for entry in entries if entry[0] == 304} == {"304"}
+    assert decisions(orthanc, uris[0], at_least=6).count("REVALIDATED") >= 3
+
+
+
+def test_without_the_origin_hop_nginx_serves_outdated_answers(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
+    """Why the documented configuration needs its origin hop: an nginx that trusts the
+    plugin's default Cache-Control keeps serving its copy for a week after a change."""
+    orthanc = cached_orthanc({"CacheControl": DEFAULT_CACHE_CONTROL})
+    naive = documented_site(STORE, orthanc)
+    for line in ("        add_header X-Accel-Expires @1;\n",
+                 "        proxy_ignore_headers Cache-Control Expires;"):
+        assert line in naive
+        naive = naive.replace(line, "")
+    with NginxServer(naive) as proxy:
+        series, _ = upload_series(orthanc, "proxy-naive")
+        tags = "/series/%s/instances-tags" % series
+        assert through(proxy, tags, None).headers["X-Proxy-Cache"] == "MISS"
+        orthanc.upload(make_instance("PAT-proxy-naive", seed="proxy-naive", instance_number=3))
+        outdated = through(proxy, tags, None)
+        assert outdated.headers["X-Proxy-Cache"] == "HIT" and len(outdated.json()) == 2
+        assert len(orthanc.get(tags).json()) == 3
