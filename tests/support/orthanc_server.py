@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Union
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
 PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so")
@@ -102,6 +104,11 @@ class OrthancServer:
         self.env.update(env or {})
         self.session = requests.Session()
         self.session.trust_env = False  # never route 127.0.0.1 through an HTTP proxy
+        # Orthanc closes idle keep-alive connections after 1 s; a GET that meets
+        # such a connection is sent again on a new one (never a POST, PUT, DELETE).
+        retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=("GET", "HEAD"),
+                      raise_on_status=False)
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
         self.process: Optional[subprocess.Popen] = None
         self._log_offset = 0  # where the current run starts in orthanc.log
 
