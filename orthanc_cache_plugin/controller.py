@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import hashlib
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 from .freshness import SETTLE, Version
 from .keys import cache_key, entity_tag, normalized_query
@@ -81,8 +81,7 @@ class CacheController:
     """Serves GETs of cached routes from the store, Orthanc and validators."""
 
     def __init__(self, settings: Settings, store: Store, origin: Origin, salt: str = "",
-                 vary: Tuple[str, ...] = (), clock: Callable[[], datetime] = _utcnow,
-                 sleep: Callable[[float], None] = time.sleep):
+                 vary: Tuple[str, ...] = (), clock: Callable[[], datetime] = _utcnow):
         self.settings = settings
         self.store = store
         self.origin = origin
@@ -90,7 +89,6 @@ class CacheController:
         self.salt = salt
         self._vary = vary
         self._clock = clock
-        self._sleep = sleep
 
     def serve(self, request: Request) -> Reply:
         """Answer one GET; never raises for a store failure."""
@@ -167,15 +165,17 @@ class CacheController:
         return Reply(200, "MISS", reason, fetched.content_type, fetched.body,
                      dict(fetched.headers, **headers))
 
-    def warm(self, request: Request) -> bool:
+    def warm(self, request: Request, wait: Callable[[float], Any] = time.sleep) -> bool:
         """Compute and store ``request``'s answer unless stored at the current version.
 
-        Returns True when an answer was stored.
+        Returns True when an answer was stored.  A version that has not settled
+        yet is waited for with ``wait(seconds)`` (the warm-up passes one that
+        returns early when Orthanc stops).
         """
         version = self.origin.version(request, self._clock())
         if version is not None and not version.settled and version.modified is not None:
             # Stable resources settle within seconds: wait rather than skip.
-            self._sleep((version.modified + SETTLE - self._clock()).total_seconds())
+            wait((version.modified + SETTLE - self._clock()).total_seconds())
             version = self.origin.version(request, self._clock())
         if version is None or not version.settled:
             return False
@@ -205,11 +205,16 @@ class CacheController:
 
     def _storable(self, route: Route, fetched: Fetched) -> bool:
         return ((route.answer is Answer.JSON or self.settings.store_binary)
-                and len(fetched.body) <= self.settings.maximum_entry_size_bytes)
+                and len(fetched.body) <= self._largest_entry)
+
+    @property
+    def _largest_entry(self) -> int:
+        # An entry of more than an eighth of the store would evict most of it.
+        return min(self.settings.maximum_entry_size_bytes, self.settings.maximum_size_bytes // 8)
 
     def _why_not_kept(self, route: Route, fetched: Fetched) -> str:
-        if len(fetched.body) > self.settings.maximum_entry_size_bytes:
-            return "larger than MaximumEntrySize"
+        if len(fetched.body) > self._largest_entry:
+            return "larger than MaximumEntrySize or an eighth of MaximumSize"
         if route.answer is Answer.BINARY and not self.settings.store_binary:
             return "binary (StoreBinary is off)"
         return "store unavailable"

@@ -31,6 +31,12 @@ def normalized_query(arguments: Mapping[str, str]) -> str:
         for name, value in sorted(arguments.items()))
 
 
+def with_query(uri: str, arguments: Mapping[str, str]) -> str:
+    """``uri`` and its normalized query string, as Orthanc's internal calls take them."""
+    query = normalized_query(arguments)
+    return uri + "?" + query if query else uri
+
+
 def cache_key(uri: str, query: str, representation: str) -> str:
     """Key of one representation of a route (version not included)."""
     return "%s?%s#%s" % (uri, query, representation)

@@ -43,7 +43,7 @@ _FLOAT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
 
 def _quality(parameters: List[str]) -> float:
-    quality = 1.0
+    """The first ``q`` of a media range (Orthanc ignores any later one)."""
     for parameter in parameters:
         name, _, value = parameter.partition("=")
         if name.strip() != "q":
@@ -54,7 +54,8 @@ def _quality(parameters: List[str]) -> float:
         quality = float(value)
         if not 0.0 <= quality <= 1.0:
             raise NotAcceptable(BAD_ACCEPT, "q-value out of range in Accept")
-    return quality
+        return quality
+    return 1.0
 
 
 def negotiate_image(accept: Optional[str]) -> str:

@@ -287,7 +287,8 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     orthanc.RegisterRestCallback(
         prefix + "/(patients|studies|series|instances)/([^/]+)(/warm-up)?", plugin.on_admin)
     orthanc.RegisterOnChangeCallback(plugin.on_change)
-    watch_writes(plugin.changes)
+    if settings.watch_http_writes:
+        watch_writes(plugin.changes)
     orthanc.LogWarning(LOG_PREFIX + "version %s active, store in %s (%s)" % (
         __version__, settings.directory,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))

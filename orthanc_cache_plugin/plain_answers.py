@@ -17,7 +17,7 @@ import json
 from typing import Callable, Dict, Optional, Union
 
 from .controller import Reply, Request
-from .keys import normalized_query
+from .keys import with_query
 from .negotiation import (BAD_ACCEPT, DICOM, JPEG, NotAcceptable, Unsupported, jpeg_quality,
                           negotiate_image, parse_unsigned, representation_of)
 from .routes import Answer, Negotiation
@@ -50,6 +50,8 @@ _ORTHANC_ERRORS = {
     17: (404, "Unknown resource"),
 }
 UNKNOWN_RESOURCE = 17
+#: What Orthanc's Boolean GET arguments accept.
+_BOOLEANS = ("true", "false", "1", "0")
 _PARAMETER_OUT_OF_RANGE = 3
 _INTERNAL_ERROR = -1
 
@@ -132,8 +134,7 @@ class PlainOrthanc:
             refused = self._frame_data_refusal(request)
             if refused is not None:
                 return refused
-        query = normalized_query(request.arguments)
-        result = self._get(request.uri + ("?" + query if query else ""))
+        result = self._get(with_query(request.uri, request.arguments))
         if isinstance(result, bytes):
             try:
                 representation = representation_of(request.route, request.headers)
@@ -149,12 +150,19 @@ class PlainOrthanc:
         return self.error(request, UNKNOWN_RESOURCE)
 
     def _frame_data_refusal(self, request: Request) -> Optional[Reply]:
+        """Orthanc's checks of the arguments, before it looks the instance up."""
         frame, kind = request.groups[1], request.groups[2]
-        if kind == "numpy":
-            if parse_unsigned(frame.strip()) is None or frame.strip().startswith("-"):
-                return self.error(request, _PARAMETER_OUT_OF_RANGE, details='Expected an unsigned integer for the "frame" argument')
-        elif parse_unsigned(frame) is None:
-            return _status_only(404, "frame number not parsed")
+        if kind != "numpy":
+            return _status_only(404, "frame number not parsed") \
+                if parse_unsigned(frame) is None else None
+        compress = request.arguments.get("compress", "")
+        if compress and compress not in _BOOLEANS:  # checked first; a bare ?compress is true
+            return self.error(request, _PARAMETER_OUT_OF_RANGE,
+                              details='Expected a Boolean for GET argument "compress", found: %s'
+                              % compress)
+        if parse_unsigned(frame.strip()) is None or frame.strip().startswith("-"):
+            return self.error(request, _PARAMETER_OUT_OF_RANGE,
+                              details='Expected an unsigned integer for the "frame" argument')
         return None
 
     def _details(self, request: Request, code: int) -> Optional[str]:
@@ -200,12 +208,13 @@ class PlainOrthanc:
             # image-int16, which Orthanc refuses only after the checks below.
         kind = request.groups[2] if is_frame else request.route.name
         if kind == "rendered":
-            without_quality = {k: v for k, v in request.arguments.items() if k != "quality"}
-            if not isinstance(self._get(request.uri + "?" + normalized_query(without_quality)), bytes):
-                smooth = request.arguments.get("smooth")
-                if smooth is not None and smooth not in ("true", "false", "1", "0"):
-                    return self._unsupported_image(request, "bad smooth argument")
+            # Orthanc checks the size and window arguments, then smooth, then quality.
+            sizing = {k: v for k, v in request.arguments.items()
+                      if k not in ("quality", "smooth", "returnUnsupportedImage")}
+            if not isinstance(self._get(with_query(request.uri, sizing)), bytes):
                 return _status_only(404, "bad rendering argument")
+            if request.arguments.get("smooth", "true") not in _BOOLEANS:
+                return self._unsupported_image(request, "bad smooth argument")
         if jpeg_quality(request.arguments) is None:
             return self._unsupported_image(request, "bad quality argument")
         try:

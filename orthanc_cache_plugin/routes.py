@@ -65,7 +65,7 @@ class Route:
     @property
     def pattern(self) -> str:
         """The regular expression registered with Orthanc."""
-        return "/%s/([^/]+)%s" % (self.level.value, self.suffix)
+        return "/%s/([^/?]+)%s" % (self.level.value, self.suffix)
 
     @property
     def vary(self) -> Tuple[str, ...]:
@@ -99,9 +99,9 @@ ROUTES: Tuple[Route, ...] = tuple(
 ) + (
     Route("file", _INSTANCE, "/file", Answer.BINARY, Negotiation.DICOM_FILE),
     Route("frames", _INSTANCE, "/frames", Answer.JSON),
-    Route("frame-image", _INSTANCE, "/frames/([^/]+)/(%s)" % _IMAGE_KINDS, Answer.BINARY,
+    Route("frame-image", _INSTANCE, "/frames/([^/?]+)/(%s)" % _IMAGE_KINDS, Answer.BINARY,
           Negotiation.IMAGE),
-    Route("frame-data", _INSTANCE, "/frames/([^/]+)/(%s)" % _FRAME_DATA_KINDS, Answer.BINARY),
+    Route("frame-data", _INSTANCE, "/frames/([^/?]+)/(%s)" % _FRAME_DATA_KINDS, Answer.BINARY),
     Route("header", _INSTANCE, "/header", Answer.JSON),
     Route("metadata", _INSTANCE, "/metadata", Answer.JSON),
     Route("pdf", _INSTANCE, "/pdf", Answer.BINARY),

@@ -48,8 +48,8 @@ SETTINGS: Tuple[Setting, ...] = (
             "Also keep binary answers (file, preview, frames, archive, media, pdf) in the "
             "server-side store. JSON answers are always stored."),
     Setting("MaximumEntrySize", int, 64,
-            "Largest answer in MB kept in the server-side store; larger answers are served "
-            "but not stored.", minimum=1),
+            "Largest answer in MB kept in the server-side store (and at most an eighth of "
+            "MaximumSize); larger answers are served but not stored.", minimum=1),
     Setting("WarmUp", bool, True,
             "Compute and store the JSON routes of a patient, study or series when Orthanc "
             "reports it stable."),
@@ -59,6 +59,11 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("CacheStatusHeader", str, "X-Cache-Status",
             "Response header saying what the cache did (HIT, MISS, STALE-REFRESHED, "
             "REVALIDATED, BYPASS, PASS); empty to send none.", may_be_empty=True),
+    Setting("WatchHttpWrites", bool, True,
+            "See REST writes before Orthanc runs them (its incoming-request filter), so the "
+            "next GET is fresh at once. Off: writes are seen through Orthanc's change events, "
+            "a moment later; use it where clients send bytes that are not UTF-8, which the "
+            "Python plugin 4.0 answers with a 500 whenever a filter is registered."),
     Setting("AdminPrefix", str, "/cache",
             "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
             "DELETE {prefix}/{level}/{id}, POST {prefix}/{level}/{id}/warm-up."),
@@ -85,6 +90,7 @@ class Settings:
     warm_up: bool
     warm_up_queue_size: int
     cache_status_header: str
+    watch_http_writes: bool
     admin_prefix: str
 
     @property

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import sqlite3
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -22,7 +26,7 @@ import diskcache
 
 #: Bumped when the stored layout or the answers' derivation changes, so that
 #: entries written by an older plugin are never read back.
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,15 @@ class Entry:
     headers: Dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        """Serialize as one JSON line then the raw body: no pickle on disk."""
+        """Serialize as one JSON line then the raw body: no pickle on disk.
+
+        The line holds the body's length and CRC-32, so that a damaged or
+        truncated entry is never served."""
+        body = self.body or b""
         meta = {"format": FORMAT, "version": self.version, "type": self.content_type,
-                "headers": self.headers, "has_body": self.body is not None}
-        return json.dumps(meta, sort_keys=True).encode() + b"\n" + (self.body or b"")
+                "headers": self.headers, "has_body": self.body is not None,
+                "length": len(body), "crc32": zlib.crc32(body)}
+        return json.dumps(meta, sort_keys=True).encode() + b"\n" + body
 
     @classmethod
     def decode(cls, raw: bytes) -> Optional["Entry"]:
@@ -52,10 +61,16 @@ class Entry:
             meta = json.loads(meta_line)
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 return None
+            if meta["length"] != len(body) or meta["crc32"] != zlib.crc32(body):
+                return None
             return cls(meta["version"], meta["type"], body if meta["has_body"] else None,
                        dict(meta["headers"]))
         except (ValueError, KeyError, TypeError):
             return None
+
+
+_DISKCACHE_FILES = re.compile(r"cache\.db(-wal|-shm|-journal)?")
+_DISKCACHE_FOLDERS = re.compile(r"[0-9a-f]{2}")
 
 
 class Store:
@@ -67,6 +82,8 @@ class Store:
 
     #: Seconds between attempts to reopen a store that failed.
     RETRY_DELAY = 5.0
+    #: Bytes of write-ahead log SQLite keeps after a checkpoint.
+    JOURNAL_SIZE_LIMIT = 1024 * 1024
 
     def __init__(self, directory: str, size_limit: int, expiration: int,
                  warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
@@ -78,6 +95,7 @@ class Store:
         self._lock = threading.Lock()
         self._cache: Optional[diskcache.Cache] = None
         self._failed_at: Optional[float] = None
+        self._damaged = False
         self.failures = 0
         self._open()
 
@@ -87,14 +105,37 @@ class Store:
         return self._cache is not None
 
     def _open(self) -> None:
+        if self._damaged:
+            self._start_afresh()
         try:
             self._cache = diskcache.Cache(
                 self.directory, size_limit=self._size_limit,
-                eviction_policy="least-recently-used", statistics=False, tag_index=True)
+                eviction_policy="least-recently-used", statistics=False, tag_index=True,
+                # Keep SQLite's write-ahead log small once checkpointed.
+                sqlite_journal_size_limit=self.JOURNAL_SIZE_LIMIT)
         except Exception as error:  # sqlite3, OSError, anything from the disk
             self._fail(error)
 
+    def _start_afresh(self) -> None:
+        """Remove a damaged database and its value folders (only diskcache's own files)."""
+        self._damaged = False
+        self._warn("cache store in %s is damaged: starting it afresh" % self.directory)
+        try:
+            for name in os.listdir(self.directory):
+                path = os.path.join(self.directory, name)
+                if _DISKCACHE_FILES.fullmatch(name) and os.path.isfile(path):
+                    os.remove(path)
+                elif _DISKCACHE_FOLDERS.fullmatch(name) and os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # the next attempt to open reports it
+
     def _fail(self, error: BaseException) -> None:
+        # diskcache's Timeout hides SQLite's own error (e.g. a read-only disk).
+        cause = error.__context__ if not str(error) and error.__context__ else error
+        if isinstance(cause, sqlite3.DatabaseError) and \
+                re.search(r"malformed|not a database", str(cause)):
+            self._damaged = True
         with self._lock:
             first = self._failed_at is None
             self._failed_at = self._clock()
@@ -107,7 +148,7 @@ class Store:
                 pass
         if first:
             self._warn("cache store in %s failed (%s: %s); requests go to Orthanc until it "
-                       "works again" % (self.directory, type(error).__name__, error))
+                       "works again" % (self.directory, type(cause).__name__, cause))
 
     def _usable(self) -> Optional[diskcache.Cache]:
         if self._cache is None and self._failed_at is not None:

@@ -60,7 +60,8 @@ class WarmUp:
             return False
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Finish the current resource, drop the rest, and join the thread."""
+        """Stop after the current request (a wait for settling ends at once), drop
+        the rest, and join the thread."""
         self._stopping.set()
         try:
             self._queue.put_nowait(None)
@@ -75,8 +76,11 @@ class WarmUp:
                 break
             level, resource_id = item
             try:
-                stored = sum(self._controller.warm(request)
-                             for request in warm_requests(level, resource_id))
+                stored = 0
+                for request in warm_requests(level, resource_id):
+                    if self._stopping.is_set():
+                        return
+                    stored += self._controller.warm(request, self._stopping.wait)
                 self.done += 1
                 self._info("warm-up of %s %s: %d answers stored"
                            % (level.value, resource_id, stored))

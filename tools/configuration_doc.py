@@ -49,6 +49,7 @@ EXAMPLES: Dict[str, Any] = {
     "WarmUp": False,
     "WarmUpQueueSize": 5000,
     "CacheStatusHeader": "X-Orthanc-Cache",
+    "WatchHttpWrites": False,
     "AdminPrefix": "/admin/cache",
 }
 

@@ -606,9 +606,9 @@ def test_a_settled_etag_differs_from_the_unsettled_one(controller, origin):
 def test_warm_waits_for_the_version_to_settle(tmp_path, store, origin):
     naps = []
     settings = load_settings({}, {"directory": str(tmp_path / "unused")})
-    controller = CacheController(settings, store, origin, salt=SALT, clock=lambda: NOW,
-                                 sleep=lambda seconds: (naps.append(seconds),
-                                                        origin.set("st", "t", settled=True)))
+    controller = CacheController(settings, store, origin, salt=SALT, clock=lambda: NOW)
     origin.set("st", "t", modified=NOW, settled=False)
-    assert controller.warm(make_request("/studies/st/shared-tags"))
+    assert controller.warm(make_request("/studies/st/shared-tags"),
+                           lambda seconds: (naps.append(seconds),
+                                            origin.set("st", "t", settled=True)))
     assert naps == [SETTLE.total_seconds()]

@@ -38,7 +38,8 @@ def test_as_configuration_uses_file_names():
     assert configuration == {setting.name: setting.default for setting in SETTINGS}
     assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
                                    "CacheControl", "StoreBinary", "MaximumEntrySize", "WarmUp",
-                                   "WarmUpQueueSize", "CacheStatusHeader", "AdminPrefix"]
+                                   "WarmUpQueueSize", "CacheStatusHeader", "WatchHttpWrites",
+                                   "AdminPrefix"]
 
 
 def test_every_setting_is_documented():
@@ -51,10 +52,10 @@ def test_section_values():
     section = {"Enable": False, "Directory": "/tmp/c", "MaximumSize": 10, "Expiration": 60,
                "CacheControl": "no-cache", "StoreBinary": True, "MaximumEntrySize": 2,
                "WarmUp": False, "WarmUpQueueSize": 5, "CacheStatusHeader": "",
-               "AdminPrefix": "/admin/cache"}
+               "WatchHttpWrites": False, "AdminPrefix": "/admin/cache"}
     settings = load_settings({SECTION: section}, {})
     assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, False, 5, "",
-                                "/admin/cache")
+                                False, "/admin/cache")
     assert settings.as_configuration() == section
     assert settings.maximum_size_bytes == 10 * 1024 * 1024
 
