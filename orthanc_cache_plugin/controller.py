@@ -108,10 +108,12 @@ class CacheController:
         validators = Validators(entity_tag(self.salt, key, version.token), version.modified)
         headers = self._headers(request, validators, now)
 
+        precondition = evaluate_preconditions(request.headers, validators, now)
+        if precondition.not_modified and self._etag_sent(request, validators):
+            return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
         stored = self.store.get(key)
         current = stored if stored is not None and stored.version == version.token else None
-        precondition = evaluate_preconditions(request.headers, validators, now)
-        if precondition.not_modified and (current is not None or self._etag_sent(request, validators)):
+        if precondition.not_modified and current is not None:
             return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
         if current is not None and current.body is not None:
             return Reply(200, "HIT", "stored at this version", current.content_type, current.body,
