@@ -1,0 +1,51 @@
+"""The benchmark (bench/run.py) runs end to end in its tiny --quick mode.
+
+No timing assertion: only that it measures every server, gets the answers it
+expects (200 hits, 304 revalidations, no wrk errors), and writes its table
+and chart.  Takes about 30 s (1 s wrk runs, studies of a few instances).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_quick_benchmark_writes_a_table_and_a_chart(repo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "bench" / "run.py"), "--quick", "--out", str(out)],
+        cwd=repo_root, capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    table = (out / "results.md").read_text()
+    assert table.strip() in result.stdout  # printed too
+    assert "| Scenario | Conns | plain req/s | plugin req/s | floor req/s |" in table
+    for section in ("## Scale", "## Cold misses", "## Ingest", "## Memory", "## Targets"):
+        assert section in table
+
+    results = json.loads((out / "results.json").read_text())
+    groups = {row["group"] for row in results["loads"]}
+    assert groups == {"hit", "304", "spec"}
+    for row in results["loads"]:
+        for server in ("plain", "plugin", "floor"):
+            load = row[server]
+            assert load["requests"] > 0 and load["errors"] == 0, (row["scenario"], server, load)
+        if row["group"] == "304":  # plain Orthanc sends no ETag: it answers 200
+            assert (row["plain"]["statuses"], row["plugin"]["statuses"], row["floor"]["statuses"]) \
+                == ("200", "304", "304"), row
+        elif row["group"] == "hit":
+            assert {row[server]["statuses"] for server in ("plain", "plugin", "floor")} == {"200"}
+    assert [entry["server"] for entry in results["scale"]] == ["plugin", "plugin-100k"]
+    assert results["scale"][1]["entries"] > results["scale"][0]["entries"]
+    assert {row["kind"] for row in results["cold"]} == {"new key", "after write"}
+    assert set(results["ingest"]) == {"plain", "plugin", "floor"}
+    assert set(results["memory"]) == {"plain", "plugin", "floor", "plugin-100k"}
+    assert [target["target"].split(" with ")[0] for target in results["targets"]] == [
+        "hits", "304 revalidations", "cold miss: first GET after a change",
+        "cold miss: first GET of a new key (stored)", "ingest", "hits", "memory"]
+
+    chart = (out / "chart.png").read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
