@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 
 from orthanc_cache_plugin.routes import ROUTES, match
-from support.dicom_factory import make_instance, make_pdf_instance, make_study
-from support.oracle import Exchange, attachment_names, exchange
+from support.oracle import Exchange, attachment_names, exchange, sample_files, upload_samples
 from support.orthanc_server import OrthancServer
 
 SEED = "fidelity"
@@ -91,23 +90,6 @@ class Pair:
         return exchange(response, self.renamings[server.url])
 
 
-def _dicom_files() -> List[bytes]:
-    """A study of 2 series x 3 instances, a 2-frame instance, an RGB one and a PDF one."""
-    return make_study(PATIENT, n_series=2, n_instances=3, seed=SEED) + [
-        make_instance(PATIENT, series_number=3, frames=2, seed=SEED),
-        make_instance(PATIENT, series_number=4, rgb=True, seed=SEED),
-        make_pdf_instance(PATIENT, seed=SEED),
-    ]
-
-
-def _upload(server: OrthancServer, files: List[bytes]) -> Dict[str, str]:
-    answers = [server.upload(dicom) for dicom in files]
-    first, multiframe, rgb, pdf = answers[0], answers[-3], answers[-2], answers[-1]
-    return {"patient": first["ParentPatient"], "study": first["ParentStudy"],
-            "series": first["ParentSeries"], "instance": first["ID"],
-            "multiframe": multiframe["ID"], "rgb": rgb["ID"], "pdf": pdf["ID"]}
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, example_script: Path) -> Iterator[Pair]:
     """A plain Orthanc and one with the plugin (binary answers stored too), same files."""
@@ -118,9 +100,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory, example_script: Path) -> Iter
     try:
         plain.start()
         cached.start()
-        files = _dicom_files()
-        ids = _upload(plain, files)
-        assert _upload(cached, files) == ids, "the same files must get the same ids"
+        files = sample_files(PATIENT, SEED, series=2, instances=3)
+        ids = upload_samples(plain, files)
+        assert upload_samples(cached, files) == ids, "the same files must get the same ids"
         probe = cached.get("/studies/%s/shared-tags" % ids["study"])
         assert "ETag" in probe.headers, "the plugin is not active:\n" + cached.log_tail()
         instances = {name: ids[name] for name in INSTANCES}

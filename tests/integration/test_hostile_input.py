@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import pytest
 
-from support.dicom_factory import make_instance, make_pdf_instance, make_study
-from support.oracle import COMPARED_HEADERS, attachment_names, normalized_body
+from support.oracle import (COMPARED_HEADERS, attachment_names, normalized_body, sample_files,
+                            upload_samples)
 from support.orthanc_server import OrthancServer
 
 SEED = "hostile"
@@ -131,22 +131,6 @@ class Pair:
         return answer.comparable(self.renamings[server.url])
 
 
-def _dicom_files() -> List[bytes]:
-    return make_study(PATIENT, n_series=1, n_instances=2, seed=SEED) + [
-        make_instance(PATIENT, series_number=3, frames=2, seed=SEED),
-        make_instance(PATIENT, series_number=4, rgb=True, seed=SEED),
-        make_pdf_instance(PATIENT, seed=SEED),
-    ]
-
-
-def _upload(server: OrthancServer, files: List[bytes]) -> Dict[str, str]:
-    answers = [server.upload(dicom) for dicom in files]
-    first, multiframe, rgb, pdf = answers[0], answers[-3], answers[-2], answers[-1]
-    return {"patient": first["ParentPatient"], "study": first["ParentStudy"],
-            "series": first["ParentSeries"], "instance": first["ID"],
-            "multiframe": multiframe["ID"], "rgb": rgb["ID"], "pdf": pdf["ID"]}
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, example_script: Path) -> Iterator[Pair]:
     root = tmp_path_factory.mktemp("hostile")
@@ -156,9 +140,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory, example_script: Path) -> Iter
     try:
         plain.start()
         cached.start()
-        files = _dicom_files()
-        ids = _upload(plain, files)
-        assert _upload(cached, files) == ids, "the same files must get the same ids"
+        files = sample_files(PATIENT, SEED, series=1, instances=2)
+        ids = upload_samples(plain, files)
+        assert upload_samples(cached, files) == ids, "the same files must get the same ids"
         renamings = {server.url: attachment_names(server.get, {name: ids[name] for name in INSTANCES})
                      for server in (plain, cached)}
         # Wait until versions are settled (3 s), so that answers are stored and hit.

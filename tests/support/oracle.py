@@ -12,9 +12,12 @@ import io
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import requests
+
+from support.dicom_factory import make_instance, make_pdf_instance, make_study
+from support.orthanc_server import OrthancServer
 
 #: Headers whose value the plugin must reproduce; it may add others (ETag...).
 COMPARED_HEADERS = ("Content-Type", "Content-Disposition", "Location", "Allow")
@@ -83,3 +86,21 @@ def attachment_names(server_get: Callable[[str], requests.Response],
         info = server_get("/instances/%s/attachments/dicom/info" % instance_id).json()
         names[info["Uuid"]] = "<attachment of %s>" % name
     return names
+
+
+def sample_files(patient: str, seed: str, series: int, instances: int) -> List[bytes]:
+    """A study of ``series`` x ``instances`` images, a 2-frame instance, an RGB one and a PDF one."""
+    return make_study(patient, n_series=series, n_instances=instances, seed=seed) + [
+        make_instance(patient, series_number=3, frames=2, seed=seed),
+        make_instance(patient, series_number=4, rgb=True, seed=seed),
+        make_pdf_instance(patient, seed=seed),
+    ]
+
+
+def upload_samples(server: OrthancServer, files: List[bytes]) -> Dict[str, str]:
+    """Upload :func:`sample_files`; the ids by name (``study``, ``multiframe``, ``pdf``...)."""
+    answers = [server.upload(dicom) for dicom in files]
+    first, multiframe, rgb, pdf = answers[0], answers[-3], answers[-2], answers[-1]
+    return {"patient": first["ParentPatient"], "study": first["ParentStudy"],
+            "series": first["ParentSeries"], "instance": first["ID"],
+            "multiframe": multiframe["ID"], "rgb": rgb["ID"], "pdf": pdf["ID"]}
