@@ -117,8 +117,8 @@ class CachePlugin:
     def __init__(self, settings: Settings, configuration: Mapping[str, Any]):
         self.settings = settings
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
-                           warn=_warn)
-        self.changes = ChangeWatch(self.store, on_tick=self.publish_metrics)
+                           warn=_warn, memory=settings.memory_size_bytes)
+        self.changes = ChangeWatch(self.store, on_tick=self.on_tick)
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True),
                                     self.changes.generation)
         self.controller = CacheController(settings, self.store, self.origin,
@@ -176,6 +176,11 @@ class CachePlugin:
             return Reply(200, "PASS", "forwarded " + method, "application/zip", result,
                          self.origin.plain.extra_headers(request, ""))
         return Reply(200, "PASS", "forwarded " + method, JSON_TYPE, result)
+
+    def on_tick(self) -> None:
+        """Periodic work of the change-watch thread, off the request path."""
+        self.store.record_accesses()
+        self.publish_metrics()
 
     def publish_metrics(self) -> None:
         """Copy the counters to Orthanc's /tools/metrics-prometheus."""

@@ -50,6 +50,10 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("MaximumEntrySize", int, 64,
             "Largest answer in MB kept in the server-side store (and at most an eighth of "
             "MaximumSize); larger answers are served but not stored.", minimum=1),
+    Setting("MemorySize", int, 64,
+            "MB of the most recently used stored answers also kept in Orthanc's memory, so "
+            "that a hit reads no file (each answer at most an eighth of it); 0 to read every "
+            "hit from disk.", minimum=0),
     Setting("WarmUp", bool, True,
             "Compute and store the JSON routes of a patient, study or series when Orthanc "
             "reports it stable."),
@@ -87,6 +91,7 @@ class Settings:
     cache_control: str
     store_binary: bool
     maximum_entry_size: int
+    memory_size: int
     warm_up: bool
     warm_up_queue_size: int
     cache_status_header: str
@@ -100,6 +105,10 @@ class Settings:
     @property
     def maximum_entry_size_bytes(self) -> int:
         return self.maximum_entry_size * 1024 * 1024
+
+    @property
+    def memory_size_bytes(self) -> int:
+        return self.memory_size * 1024 * 1024
 
     def as_configuration(self) -> Dict[str, Any]:
         """The settings under their configuration-file names."""

@@ -24,6 +24,8 @@ from typing import Any, Callable, Dict, Optional
 
 import diskcache
 
+from .memory import HotEntries
+
 #: Bumped when the stored layout or the answers' derivation changes, so that
 #: entries written by an older plugin are never read back.
 FORMAT = 2
@@ -77,7 +79,9 @@ class Store:
     """Failure-tolerant, size-limited store of :class:`Entry` objects.
 
     Opened once per process; every method is safe to call from several
-    threads (diskcache opens one SQLite connection per thread).
+    threads (diskcache opens one SQLite connection per thread).  With a
+    ``memory`` size, the most recently used entries are also kept decoded in
+    memory (:class:`~.memory.HotEntries`) and read from there.
     """
 
     #: Seconds between attempts to reopen a store that failed.
@@ -86,8 +90,11 @@ class Store:
     JOURNAL_SIZE_LIMIT = 1024 * 1024
 
     def __init__(self, directory: str, size_limit: int, expiration: int,
-                 warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+                 warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
+                 memory: int = 0):
         self.directory = directory
+        #: Expiry times are compared with diskcache's own (wall clock).
+        self._hot = HotEntries(memory, time.time) if memory > 0 else None
         self._size_limit = size_limit
         self._expiration = expiration
         self._warn = warn
@@ -141,6 +148,8 @@ class Store:
             self._failed_at = self._clock()
             self.failures += 1
             broken, self._cache = self._cache, None
+        if self._hot is not None:  # the memory mirrors a working disk store, never more
+            self._hot.clear()
         if broken is not None:
             try:
                 broken.close()
@@ -175,12 +184,20 @@ class Store:
 
     def get(self, key: str) -> Optional[Entry]:
         """The entry stored under ``key``; None if absent, unreadable or the store fails."""
-        raw = self._call(lambda cache: cache.get(key))
+        if self._hot is not None:
+            entry = self._hot.get(key)
+            if entry is not None:
+                return entry
+        found = self._call(lambda cache: cache.get(key, expire_time=True, tag=True))
+        raw, expires, tag = found if found is not None else (None, None, None)
         if raw is None:
             return None
         entry = Entry.decode(raw) if isinstance(raw, bytes) else None
         if entry is None:  # written by another plugin version, or damaged
             self.delete(key)
+        elif self._hot is not None and self._cache is not None:
+            lifetime = self._expiration if expires is None else expires - time.time()
+            self._hot.put(key, entry, tag, lifetime)
         return entry
 
     def set(self, key: str, entry: Entry, tag: Optional[str] = None) -> bool:
@@ -188,16 +205,41 @@ class Store:
 
         ``tag`` (a resource id) lets :meth:`evict` drop every entry of a resource.
         """
-        return bool(self._call(
+        if self._hot is not None:
+            self._hot.delete(key)
+        written = bool(self._call(
             lambda cache: cache.set(key, entry.encode(), expire=self._expiration, tag=tag), False))
+        if written and self._hot is not None:
+            self._hot.put(key, entry, tag, self._expiration)
+        return written
 
     def evict(self, tag: str) -> int:
         """Drop every entry stored with ``tag``; how many went (an indexed query)."""
+        if self._hot is not None:
+            self._hot.evict(tag)
         return int(self._call(lambda cache: cache.evict(tag), 0))
 
     def delete(self, key: str) -> None:
         """Forget ``key``."""
+        if self._hot is not None:
+            self._hot.delete(key)
         self._call(lambda cache: cache.delete(key))
+
+    def record_accesses(self) -> None:
+        """Give the entries read from memory their access time on disk, in one transaction,
+        so that the disk's least-recently-used eviction spares them.  Called periodically."""
+        touched = self._hot.take_touched() if self._hot is not None else []
+        if not touched:
+            return
+        now = time.time()
+
+        def update(cache: diskcache.Cache) -> None:
+            # diskcache's own LRU update (Cache.get): its schema keeps str keys raw.
+            with cache.transact():
+                cache._con.executemany(  # pylint: disable=protected-access
+                    "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
+                    [(now, key) for key in touched])
+        self._call(update)
 
     def get_value(self, name: str) -> Optional[str]:
         """A small named string kept in a file beside the entries; None if absent."""
@@ -221,6 +263,8 @@ class Store:
 
     def clear(self) -> int:
         """Forget everything; returns how many entries were removed."""
+        if self._hot is not None:
+            self._hot.clear()
         return int(self._call(lambda cache: cache.clear(), 0))
 
     def count(self) -> int:
@@ -235,5 +279,7 @@ class Store:
         """Release the files; later calls reopen nothing."""
         with self._lock:
             cache, self._cache, self._failed_at = self._cache, None, None
+        if self._hot is not None:
+            self._hot.clear()
         if cache is not None:
             cache.close()

@@ -46,6 +46,7 @@ EXAMPLES: Dict[str, Any] = {
     "CacheControl": "private, no-cache",
     "StoreBinary": True,
     "MaximumEntrySize": 256,
+    "MemorySize": 256,
     "WarmUp": False,
     "WarmUpQueueSize": 5000,
     "CacheStatusHeader": "X-Orthanc-Cache",

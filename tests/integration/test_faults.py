@@ -343,7 +343,8 @@ def test_a_body_damaged_on_disk_is_never_served(
     """SQLite has no page checksums and diskcache none on value files: only the
     plugin could notice a damaged body."""
     directory = tmp_path / "store"
-    server = binary_store(cached_orthanc, directory)
+    # Hits read from memory never see the disk: this test is about reads from disk.
+    server = binary_store(cached_orthanc, directory, MemorySize=0)
     instance = upload([server, plain], images("damage-" + damage.replace(" ", "-"), 1))[0]["ID"]
     time.sleep(SETTLE)
     path = "/instances/%s/%s" % (instance, "tags" if damage == "database page" else "file")

@@ -37,8 +37,8 @@ def test_as_configuration_uses_file_names():
     configuration = load_settings({}, {}).as_configuration()
     assert configuration == {setting.name: setting.default for setting in SETTINGS}
     assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
-                                   "CacheControl", "StoreBinary", "MaximumEntrySize", "WarmUp",
-                                   "WarmUpQueueSize", "CacheStatusHeader", "WatchHttpWrites",
+                                   "CacheControl", "StoreBinary", "MaximumEntrySize", "MemorySize",
+                                   "WarmUp", "WarmUpQueueSize", "CacheStatusHeader", "WatchHttpWrites",
                                    "AdminPrefix"]
 
 
@@ -51,10 +51,10 @@ def test_every_setting_is_documented():
 def test_section_values():
     section = {"Enable": False, "Directory": "/tmp/c", "MaximumSize": 10, "Expiration": 60,
                "CacheControl": "no-cache", "StoreBinary": True, "MaximumEntrySize": 2,
-               "WarmUp": False, "WarmUpQueueSize": 5, "CacheStatusHeader": "",
+               "MemorySize": 0, "WarmUp": False, "WarmUpQueueSize": 5, "CacheStatusHeader": "",
                "WatchHttpWrites": False, "AdminPrefix": "/admin/cache"}
     settings = load_settings({SECTION: section}, {})
-    assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, False, 5, "",
+    assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, 0, False, 5, "",
                                 False, "/admin/cache")
     assert settings.as_configuration() == section
     assert settings.maximum_size_bytes == 10 * 1024 * 1024

@@ -313,3 +313,107 @@ def test_persistent_operation_failure_warns_once(store, warnings, clock, monkeyp
         assert store.set("k", Entry("v", "t", b"x")) is False
         clock.advance(Store.RETRY_DELAY)
     assert len(warnings) == 1, warnings
+
+
+# --- Hot entries kept in memory ---------------------------------------------------------------
+
+def _hot_store(tmp_path: Path, warnings, clock=time.monotonic, size_limit: int = 64 * MB,
+               memory: int = MB) -> Store:
+    return Store(str(tmp_path / "store"), size_limit, 3600, warn=warnings.append, clock=clock,
+                 memory=memory)
+
+
+def _on_disk(store: Store, key: str):
+    """What a separate diskcache handle reads under ``key`` (touches no access time)."""
+    with diskcache.Cache(store.directory, eviction_policy="none") as raw_cache:
+        return raw_cache.get(key)
+
+
+def test_hits_are_read_from_memory_once_written(tmp_path, warnings):
+    store = _hot_store(tmp_path, warnings)
+    entry = Entry("v", "t", b"body")
+    assert store.set("k", entry)
+    with diskcache.Cache(store.directory) as raw_cache:
+        raw_cache.set("k", b"what another writer left")
+    assert store.get("k") is entry  # the decoded object itself: no file read, no copy
+    store.close()
+
+
+def test_an_entry_read_from_disk_is_kept_in_memory(tmp_path, warnings):
+    first = _hot_store(tmp_path, warnings)
+    first.set("k", Entry("v", "t", b"body"))
+    first.close()
+    store = _hot_store(tmp_path, warnings)
+    found = store.get("k")
+    assert found == Entry("v", "t", b"body")
+    assert store.get("k") is found
+    store.close()
+
+
+def test_memory_follows_delete_evict_clear_and_replacement(tmp_path, warnings):
+    store = _hot_store(tmp_path, warnings)
+    for key, tag in (("a", "study"), ("b", "study"), ("c", "other"), ("d", None)):
+        store.set(key, Entry("v", "t", key.encode()), tag=tag)
+    store.delete("d")
+    assert store.get("d") is None
+    assert store.evict("study") == 2
+    assert store.get("a") is None and store.get("b") is None
+    store.set("c", Entry("v2", "t", b"new"), tag="other")
+    assert store.get("c") == Entry("v2", "t", b"new")
+    store.clear()
+    assert store.get("c") is None
+    store.close()
+
+
+def test_a_failing_disk_empties_memory(tmp_path, warnings, monkeypatch):
+    clock = Clock()
+    store = _hot_store(tmp_path, warnings, clock=clock)
+    store.set("k", Entry("v", "t", b"x"))
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(diskcache.Cache, "get", broken)
+    assert store.get("k") is not None  # from memory: the disk is not asked
+    assert store.get("other") is None  # the disk fails here
+    assert not store.available
+    assert store.get("k") is None  # memory went with the disk
+    monkeypatch.undo()
+    clock.advance(Store.RETRY_DELAY)
+    assert store.get("k") == Entry("v", "t", b"x")
+    store.close()
+
+
+def test_memory_entries_expire_with_the_disk_ones(tmp_path, warnings):
+    store = Store(str(tmp_path / "store"), 64 * MB, 1, warn=warnings.append, memory=MB)
+    store.set("k", Entry("v", "t", b"x"))
+    assert store.get("k") is not None
+    time.sleep(1.2)
+    assert store.get("k") is None
+    store.close()
+
+
+def test_memory_reads_keep_the_disk_least_recently_used_order(tmp_path, warnings):
+    """Hits served from memory reach the disk's access times through record_accesses,
+    so the disk's eviction spares them (as test_least_recently_used_entries_are_evicted_first
+    shows for hits read from disk)."""
+    store = _hot_store(tmp_path, warnings, size_limit=256 * 1024, memory=MB)
+    store.set("hot", Entry("v", "t", b"h" * 8192))
+    for index in range(100):
+        assert store.get("hot") is not None
+        store.record_accesses()
+        store.set("cold-%d" % index, Entry("v", "t", b"c" * 8192))
+    assert _on_disk(store, "hot") is not None
+    assert _on_disk(store, "cold-0") is None
+    store.close()
+
+
+def test_without_record_accesses_a_memory_hit_leaves_disk_order_alone(tmp_path, warnings):
+    """The counterpart of the test above: it fails if memory reads never reach the disk."""
+    store = _hot_store(tmp_path, warnings, size_limit=256 * 1024, memory=MB)
+    store.set("hot", Entry("v", "t", b"h" * 8192))
+    for index in range(100):
+        assert store.get("hot") is not None
+        store.set("cold-%d" % index, Entry("v", "t", b"c" * 8192))
+    assert _on_disk(store, "hot") is None
+    store.close()

@@ -1,0 +1,83 @@
+"""Unit tests of orthanc_cache_plugin.memory (hot entries in memory)."""
+
+from __future__ import annotations
+
+from orthanc_cache_plugin.memory import HotEntries
+from orthanc_cache_plugin.store import Entry
+
+KB = 1024
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _entry(size: int) -> Entry:
+    return Entry("v", "t", b"x" * size)
+
+
+def _hot(capacity: int = 64 * KB) -> HotEntries:
+    return HotEntries(capacity, Clock())
+
+
+def test_size_is_bounded_and_least_recently_used_go_first():
+    hot = _hot(capacity=10 * (KB + HotEntries.OVERHEAD))
+    for index in range(10):
+        hot.put("k%d" % index, _entry(KB), None, 60)
+    assert hot.get("k0") is not None  # now the most recently used
+    hot.put("k10", _entry(KB), None, 60)
+    assert hot.get("k1") is None
+    assert hot.get("k0") is not None and hot.get("k10") is not None
+    assert len(hot) == 10 and hot.size <= hot.capacity
+
+
+def test_an_entry_over_an_eighth_of_the_capacity_is_not_kept():
+    hot = _hot(capacity=8 * KB)
+    hot.put("big", _entry(KB), None, 60)
+    assert hot.get("big") is None and hot.size == 0
+
+
+def test_replacing_a_key_counts_its_size_once():
+    hot = _hot()
+    hot.put("k", _entry(KB), None, 60)
+    hot.put("k", _entry(2 * KB), None, 60)
+    assert hot.size == 2 * KB + HotEntries.OVERHEAD
+
+
+def test_entries_expire():
+    clock = Clock()
+    hot = HotEntries(64 * KB, clock)
+    hot.put("k", _entry(1), None, 10)
+    clock.now += 9.9
+    assert hot.get("k") is not None
+    clock.now += 0.2
+    assert hot.get("k") is None and hot.size == 0
+
+
+def test_evict_by_tag():
+    hot = _hot()
+    hot.put("a", _entry(1), "s1", 60)
+    hot.put("b", _entry(1), "s1", 60)
+    hot.put("c", _entry(1), "s2", 60)
+    hot.evict("s1")
+    assert [hot.get(key) is not None for key in "abc"] == [False, False, True]
+    hot.evict("unknown")
+    assert len(hot) == 1
+
+
+def test_take_touched_returns_read_keys_once():
+    hot = _hot()
+    hot.put("a", _entry(1), None, 60)
+    hot.put("b", _entry(1), None, 60)
+    hot.get("a")
+    hot.get("a")
+    hot.get("missing")
+    assert hot.take_touched() == ["a"]
+    assert hot.take_touched() == []
+    hot.get("b")
+    hot.delete("b")
+    assert hot.take_touched() == []
