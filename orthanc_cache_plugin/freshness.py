@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .validators import parse_orthanc_timestamp
 
@@ -52,6 +54,7 @@ def new_generation(moment: datetime) -> str:
     return "%.6f/%s" % (seconds, os.urandom(6).hex())
 
 
+@lru_cache(maxsize=16)  # on every request, for the current generation
 def generation_time(generation: str) -> Optional[datetime]:
     """When ``generation`` was dated; None for the empty (initial) generation."""
     match = _GENERATION.fullmatch(generation)
@@ -82,6 +85,53 @@ class Generation:
         """After a change: a new generation (keeping an announced grace period)."""
         self.value = later_generation(self.value, now)
         return self.value
+
+
+class RememberedUpdates:
+    """Each resource's ``LastUpdate`` as last read, kept until anything may have changed it.
+
+    Asking Orthanc on every request costs more than the rest of a hit (the
+    Python plugin holds the GIL through ``RestApiGet``).  ``LastUpdate``
+    changes only when an instance is stored below a resource (and, from
+    Orthanc 1.12.1, when a child is deleted), so a value read once stays
+    right until :meth:`forget_all` is called on any such change: after
+    every stored instance (Orthanc's stored-instance callback, which runs
+    before the upload or C-STORE is answered), before every HTTP write, on
+    every change event, and whenever the change log shows a change (other
+    nodes).
+
+    A value read before a change but remembered after it would outlive the
+    change: each value is remembered with the epoch taken before it was
+    read, and only if no change came in between.
+    """
+
+    #: Resources remembered at most; beyond, everything is forgotten at once.
+    LIMIT = 50000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: Dict[Tuple[str, str], str] = {}
+        #: Counts calls to forget_all.
+        self.epoch = 0
+
+    def get(self, level: str, resource_id: str) -> Optional[str]:
+        """The remembered ``LastUpdate``, or None."""
+        return self._values.get((level, resource_id))
+
+    def remember(self, level: str, resource_id: str, last_update: str, epoch: int) -> None:
+        """Keep ``last_update``, read after :attr:`epoch` was ``epoch``, if nothing changed since."""
+        with self._lock:
+            if epoch != self.epoch:
+                return
+            if len(self._values) >= self.LIMIT:
+                self._values.clear()
+            self._values[(level, resource_id)] = last_update
+
+    def forget_all(self) -> None:
+        """Something may have changed: read every ``LastUpdate`` again."""
+        with self._lock:
+            self.epoch += 1
+            self._values.clear()
 
 
 @dataclass(frozen=True)

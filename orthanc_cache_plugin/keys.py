@@ -14,6 +14,7 @@ decided before any body is read or computed.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Mapping
 from urllib.parse import quote
 
@@ -26,6 +27,8 @@ def normalized_query(arguments: Mapping[str, str]) -> str:
     result is also what is forwarded to Orthanc.  Characters that would
     break the query's structure are escaped.
     """
+    if not arguments:
+        return ""
     return "&".join(
         "%s=%s" % (quote(name, safe="%:/@!$'()*+,;?"), quote(value, safe="%:/@!$'()*+,;?="))
         for name, value in sorted(arguments.items()))
@@ -42,6 +45,7 @@ def cache_key(uri: str, query: str, representation: str) -> str:
     return "%s?%s#%s" % (uri, query, representation)
 
 
+@lru_cache(maxsize=4096)  # on every request: hashing costs more than the lookup
 def entity_tag(salt: str, key: str, version: str) -> str:
     """A weak entity-tag for ``key`` at ``version``, e.g. ``W/"3f2a..."``.
 

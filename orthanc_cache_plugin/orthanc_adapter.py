@@ -17,10 +17,11 @@ import orthanc
 
 from . import __version__
 from .controller import CacheController, Fetched, Reply, Request
-from .freshness import Generation, Version, resource_version
+from .freshness import Version, resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
 from .orthanc_changes import (HIDDEN_CHANGE_EVENTS, LOG_PREFIX, ChangeWatch, get as _get,
-                              warn as _warn, watch_writes)
+                              warn as _warn, watch_changes, watch_stored_instances,
+                              watch_writes)
 from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
@@ -57,18 +58,24 @@ def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> 
 class OrthancOrigin:
     """Orthanc's own REST API, seen through ``orthanc.RestApiGet``."""
 
-    def __init__(self, describe_errors: bool, generation: Generation):
+    def __init__(self, describe_errors: bool, changes: ChangeWatch):
         self.plain = PlainOrthanc(_get, describe_errors)
-        self.generation = generation
+        self.changes = changes
 
     def version(self, request: Request, now: datetime) -> Optional[Version]:
-        level = request.route.level
-        last_update = _get("/%s/%s/metadata/%s" % (level.value, request.resource_id,
-                                                   level.version_metadata))
-        if not isinstance(last_update, bytes):
-            return None
-        return resource_version(last_update.decode("ascii", "replace"),
-                                self.generation.value, now)
+        level, resource_id = request.route.level.value, request.resource_id
+        updates = self.changes.updates
+        last_update = updates.get(level, resource_id) if updates is not None else None
+        if last_update is None:
+            epoch = updates.epoch if updates is not None else 0
+            found = _get("/%s/%s/metadata/%s" % (level, resource_id,
+                                                 request.route.level.version_metadata))
+            if not isinstance(found, bytes):
+                return None
+            last_update = found.decode("ascii", "replace")
+            if updates is not None:
+                updates.remember(level, resource_id, last_update, epoch)
+        return resource_version(last_update, self.changes.generation.value, now)
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
         body = _get(request.uri + "?" + query if query else request.uri)
@@ -119,8 +126,7 @@ class CachePlugin:
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
                            warn=_warn, memory=settings.memory_size_bytes)
         self.changes = ChangeWatch(self.store, on_tick=self.on_tick)
-        self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True),
-                                    self.changes.generation)
+        self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True), self.changes)
         self.controller = CacheController(settings, self.store, self.origin,
                                           vary=_vary_of(configuration))
         self.statistics = Statistics()
@@ -225,6 +231,7 @@ class CachePlugin:
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Queue warm-up of stable resources; stop the worker with Orthanc."""
+        self.changes.forget_updates()  # a new or deleted resource may move a LastUpdate
         if change_type in HIDDEN_CHANGE_EVENTS:
             self.changes.after_change(change_type, resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
@@ -284,6 +291,12 @@ def enable(overrides: Mapping[str, Any]) -> bool:
         orthanc.LogWarning(LOG_PREFIX + "disabled by the setting Enable")
         return False
     plugin = CachePlugin(settings, configuration)
+    # First: without change events the cache could serve stale answers.
+    if not watch_changes(plugin.on_change):
+        plugin.store.close()
+        orthanc.LogError(LOG_PREFIX + "not started: Orthanc's change events go to a callback "
+                         "registered before enable_cache_plugin()")
+        return False
     for route in ROUTES:
         orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
     prefix = settings.admin_prefix.rstrip("/")
@@ -291,9 +304,9 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     orthanc.RegisterRestCallback(prefix, plugin.on_admin)
     orthanc.RegisterRestCallback(
         prefix + "/(patients|studies|series|instances)/([^/]+)(/warm-up)?", plugin.on_admin)
-    orthanc.RegisterOnChangeCallback(plugin.on_change)
-    if settings.watch_http_writes:
-        watch_writes(plugin.changes)
+    # Without the filter, a deleted resource's LastUpdate must be asked for every time.
+    if settings.watch_http_writes and watch_writes(plugin.changes):
+        watch_stored_instances(plugin.changes)
     orthanc.LogWarning(LOG_PREFIX + "version %s active, store in %s (%s)" % (
         __version__, settings.directory,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))

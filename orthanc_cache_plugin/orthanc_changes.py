@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import orthanc
 
 from .freshness import (LOGGED_HIDDEN_CHANGES, MARKER_METADATA, Generation,
-                        deleted_resource, may_change_stored_answers)
+                        RememberedUpdates, deleted_resource, may_change_stored_answers)
 from .store import Store
 
 LOG_PREFIX = "cache plugin: "
@@ -54,6 +54,8 @@ class ChangeWatch:
         self._store = store
         self._on_tick = on_tick
         self.generation = Generation(store.get_value("generation") or "")
+        #: None until every change that moves LastUpdate is sure to be seen.
+        self.updates: Optional[RememberedUpdates] = None
         self._parents: Dict[str, str] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
@@ -61,9 +63,15 @@ class ChangeWatch:
     def _save(self) -> None:
         self._store.set_value("generation", self.generation.value)
 
+    def forget_updates(self) -> None:
+        """Something may have moved a LastUpdate: stop trusting the remembered ones."""
+        if self.updates is not None:
+            self.updates.forget_all()
+
     def before_write(self, method: str, uri: str) -> None:
         if not may_change_stored_answers(method, uri):
-            return
+            return  # reads, and uploads (seen by watch_stored_instances)
+        self.forget_updates()
         self.generation.announce(_utcnow())
         self._save()
         deleted = deleted_resource(method, uri)
@@ -112,10 +120,14 @@ class ChangeWatch:
                           "again" % (type(error).__name__, error))
                 failing = True
                 self.generation.advance(_utcnow())  # keeps every version unsettled
+                self.forget_updates()
 
     def _read_changes(self, seen: int) -> int:
-        """Advance the generation if /changes has hidden changes after ``seen``."""
+        """Advance the generation if /changes has hidden changes after ``seen``; forget
+        remembered LastUpdates after any change (another node's new instance moves them)."""
         changes = json.loads(orthanc.RestApiGet("/changes?since=%d&limit=1000" % seen))
+        if changes["Changes"]:
+            self.forget_updates()
         if any(change["ChangeType"] in LOGGED_HIDDEN_CHANGES for change in changes["Changes"]):
             self.generation.advance(_utcnow())
             self._save()
@@ -160,31 +172,84 @@ _HTTP_METHODS = {
 }
 
 
-def watch_writes(changes: ChangeWatch) -> None:
+def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callable[..., Any]],
+                    consequence: str) -> bool:
+    """Register our callback with ``orthanc.<name>``, of which the Python plugin accepts
+    one per process, and let a startup script register its own after ours.
+
+    ``ours(chained)`` builds our callback; ``chained`` then holds the script's
+    callback, if any, for ours to call.  False (with a warning saying the
+    ``consequence``) when a script registered one before us.
+    """
+    chained: List[Callable[..., Any]] = []
+    try:
+        getattr(orthanc, name)(ours(chained))
+    except RuntimeError as error:
+        warn("cannot register orthanc.%s (%s): call it after enable_cache_plugin() in your "
+             "script; until then, %s" % (name, error, consequence))
+        return False
+
+    def chain(callback: Callable[..., Any]) -> None:
+        chained[:] = [callback]
+
+    setattr(orthanc, name, chain)
+    return True
+
+
+def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
+    """Register ``on_change`` for Orthanc's change events; a callback that a startup
+    script registers after enable_cache_plugin() is called after it, for every event.
+    False when a script registered one before: the cache cannot work without events."""
+    def build(chained: List[Callable[..., Any]]) -> Callable[[int, int, str], None]:
+        def on_change_event(change_type: int, level: int, resource_id: str) -> None:
+            try:
+                on_change(change_type, level, resource_id)
+            finally:
+                if chained:
+                    chained[0](change_type, level, resource_id)
+        return on_change_event
+
+    return _register_first("RegisterOnChangeCallback", build,
+                           "the cache plugin cannot see changes and stays off")
+
+
+def watch_writes(changes: ChangeWatch) -> bool:
     """Announce HTTP writes before Orthanc runs them, through the incoming-request filter.
 
-    The Python plugin accepts one such filter per process: ours stays
-    registered and calls the one a startup script registers after
-    enable_cache_plugin(), whose answer decides.
+    A filter that a startup script registers after enable_cache_plugin() is
+    called by ours, and its answer decides.  False when it cannot be registered.
     """
-    chained: List[Callable[..., bool]] = []
+    def build(chained: List[Callable[..., Any]]) -> Callable[..., bool]:
+        def on_incoming_request(uri: str, **request: Any) -> bool:
+            allowed = bool(chained[0](uri, **request)) if chained else True
+            method = _HTTP_METHODS.get(request.get("method"), "")
+            if allowed and method != "GET":
+                changes.before_write(method, uri)
+            return allowed
+        return on_incoming_request
 
-    def on_incoming_request(uri: str, **request: Any) -> bool:
-        allowed = bool(chained[0](uri, **request)) if chained else True
-        method = _HTTP_METHODS.get(request.get("method"), "")
-        if allowed and method != "GET":
-            changes.before_write(method, uri)
-        return allowed
+    return _register_first("RegisterIncomingHttpRequestFilter", build,
+                           "changes are seen through Orthanc's change events, a moment after "
+                           "they happen")
 
-    try:
-        orthanc.RegisterIncomingHttpRequestFilter(on_incoming_request)
-    except RuntimeError as error:
-        warn("cannot watch HTTP writes (%s): register your incoming-request filter after "
-              "enable_cache_plugin(); until then, changes are seen through Orthanc's change "
-              "events, a moment after they happen" % error)
-        return
 
-    def chain(user_filter: Callable[..., bool]) -> None:
-        chained[:] = [user_filter]
+def watch_stored_instances(changes: ChangeWatch) -> None:
+    """Remember resources' LastUpdate between changes, once every stored instance is seen.
 
-    orthanc.RegisterIncomingHttpRequestFilter = chain
+    Orthanc calls the stored-instance callback in the thread that stored the
+    instance, before it answers the upload or the C-STORE: remembered values
+    are forgotten before anyone can learn of the new instance.  HTTP
+    deletions must be watched too (:func:`watch_writes`): a deleted resource's
+    remembered value is forgotten before the deletion, and its answers are
+    not trusted by version until the DELETED event.  A callback that a
+    startup script registers after enable_cache_plugin() is called by ours.
+    """
+    def build(chained: List[Callable[..., Any]]) -> Callable[..., Any]:
+        def on_stored_instance(dicom: Any, instance_id: str) -> Any:
+            changes.forget_updates()
+            return chained[0](dicom, instance_id) if chained else None
+        return on_stored_instance
+
+    if _register_first("RegisterOnStoredInstanceCallback", build,
+                       "every request asks Orthanc for its resource's LastUpdate"):
+        changes.updates = RememberedUpdates()

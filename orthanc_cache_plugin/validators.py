@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Dict, FrozenSet, Mapping, Optional
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -32,6 +33,7 @@ _ASCTIME_DATE = re.compile(
 _ORTHANC_TIMESTAMP = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})$", re.ASCII)
 
 
+@lru_cache(maxsize=1024)  # on every answer: Date changes once a second, Last-Modified rarely
 def format_http_date(moment: datetime) -> str:
     """Format an aware datetime as an IMF-fixdate, e.g. ``Mon, 20 Feb 2023 15:00:00 GMT``."""
     utc = moment.astimezone(timezone.utc)
@@ -84,6 +86,7 @@ def parse_http_date(value: str, now: Optional[datetime] = None) -> Optional[date
     return None
 
 
+@lru_cache(maxsize=4096)  # on every request, for the resource's LastUpdate
 def parse_orthanc_timestamp(value: str) -> Optional[datetime]:
     """Parse Orthanc's ``LastUpdate`` / ``ReceptionDate`` (``20230220T140000``, UTC)."""
     match = _ORTHANC_TIMESTAMP.match(value.strip())
@@ -192,6 +195,7 @@ def evaluate_preconditions(headers: Mapping[str, str], validators: Validators,
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE | re.ASCII)
 
 
+@lru_cache(maxsize=16)  # on every answer, for the one configured Cache-Control
 def max_age_of(cache_control: str) -> Optional[int]:
     """The ``max-age`` of a Cache-Control value, or None when it has none."""
     match = _MAX_AGE.search(cache_control)

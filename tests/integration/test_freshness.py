@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Dict, List
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 
+import pytest
 import requests
 
 from support.dicom_factory import make_instance, make_study
@@ -21,6 +23,8 @@ from support.orthanc_server import OrthancServer
 NO_GZIP = {"Accept-Encoding": "identity"}
 #: freshness.SETTLE + freshness.GRACE: after a write, answers are stored again.
 QUIET = 5.2
+#: freshness.SETTLE: after a new instance, answers are stored again.
+SETTLE_AFTER_UPLOAD = 3.2
 #: The bound stated in docs/freshness.md for changes made through another node.
 OTHER_NODE_BOUND = 1.0
 
@@ -162,3 +166,91 @@ def test_changes_through_another_node_are_seen_within_the_bound(cluster) -> None
     time.sleep(OTHER_NODE_BOUND)
     assert_fresh(reader, before, writer.get)
     assert get(reader, "/instances/%s/tags" % first["ID"]).status_code == 404
+
+
+#: A startup script with its own callbacks: a stored-instance one, before or after the
+#: plugin's, and a change one that can hold up the delivery of change events.
+SCRIPT = '''
+import os
+import sys
+import time
+sys.path.insert(0, {repo!r})
+
+import orthanc
+from orthanc_cache_plugin import enable_cache_plugin
+
+
+def on_stored_instance(dicom, instance_id):
+    orthanc.LogWarning("script saw instance " + instance_id)
+
+
+def on_change(change_type, level, resource_id):
+    # One thread delivers every change event: sleeping here holds up the later ones.
+    if change_type == orthanc.ChangeType.NEW_INSTANCE and os.path.exists({flag!r}):
+        os.remove({flag!r})
+        orthanc.LogWarning("script holds change events up")
+        time.sleep(3)
+
+
+if {changes_first!r}:
+    orthanc.RegisterOnChangeCallback(on_change)
+if {stored_first!r}:
+    orthanc.RegisterOnStoredInstanceCallback(on_stored_instance)
+enable_cache_plugin()
+if not {stored_first!r}:
+    orthanc.RegisterOnStoredInstanceCallback(on_stored_instance)
+if not {changes_first!r}:
+    orthanc.RegisterOnChangeCallback(on_change)
+orthanc.LogWarning("script ready")
+'''
+
+
+def start_with_script(cached_orthanc, repo_root: Path, tmp_path: Path, stored_first: bool = False,
+                      changes_first: bool = False) -> Tuple[OrthancServer, Path]:
+    flag = tmp_path / "hold-changes-up"
+    script = tmp_path / "startup.py"
+    script.write_text(SCRIPT.format(repo=str(repo_root), flag=str(flag),
+                                    stored_first=stored_first, changes_first=changes_first))
+    server = cached_orthanc(python_script=script)
+    server.wait_for_log("script ready")
+    return server, flag
+
+
+@pytest.mark.parametrize("stored_first", [False, True], ids=["script after", "script before"])
+def test_a_new_instance_is_seen_at_once_by_answers_already_stored(
+        stored_first: bool, cached_orthanc, repo_root: Path, tmp_path: Path) -> None:
+    """The plugin remembers each resource's LastUpdate between changes.  The stored-instance
+    callback, which Orthanc runs before it answers an upload, makes it forget them: here the
+    change events come seconds later, held up by the script's change callback (which the
+    plugin calls after its own).  A script's stored-instance callback registered before the
+    plugin's makes the plugin ask Orthanc for LastUpdate on every request (and say so)."""
+    server, flag = start_with_script(cached_orthanc, repo_root, tmp_path, stored_first)
+    first = upload(server, "remembered", series=1, instances=2)[0]
+    paths = ["/series/%s/instances-tags" % first["ParentSeries"],
+             "/studies/%s/shared-tags" % first["ParentStudy"],
+             "/patients/%s/instances-tags?short" % first["ParentPatient"]]
+    for number in range(3, 6):
+        stored(server, paths)
+        flag.write_text("")
+        server.upload(make_instance("PAT-elsewhere", seed="elsewhere-%d" % number))
+        server.wait_for_log("(?s)(script holds change events up.*){%d}" % (number - 2))
+        before = stored(server, paths)  # LastUpdate read again, and remembered
+        added = server.upload(make_instance("PAT-remembered", seed="remembered",
+                                            instance_number=number))
+        assert len(get(server, paths[0]).json()) == number
+        assert_fresh(server, before, server.get)
+        time.sleep(SETTLE_AFTER_UPLOAD)
+    log = server.log_text()
+    assert "script saw instance " + added["ID"] in log
+    refused = re.findall(r"cannot register orthanc\.(\w+)", log)
+    assert refused == (["RegisterOnStoredInstanceCallback"] if stored_first else [])
+
+
+def test_a_change_callback_registered_before_the_plugin_keeps_it_off(
+        cached_orthanc, repo_root: Path, tmp_path: Path) -> None:
+    """Without change events the plugin could serve stale answers: it does not start."""
+    server, _ = start_with_script(cached_orthanc, repo_root, tmp_path, changes_first=True)
+    server.wait_for_log("cache plugin: not started: Orthanc's change events go to a callback")
+    instance = server.upload(make_instance("PAT-off", seed="off"))["ID"]
+    answer = get(server, "/instances/%s/tags" % instance)
+    assert answer.status_code == 200 and "X-Cache-Status" not in answer.headers

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orthanc_cache_plugin.freshness import (GRACE, SETTLE, generation_time, later_generation,
-                                            may_change_stored_answers, new_generation,
-                                            resource_version)
+from orthanc_cache_plugin.freshness import (GRACE, SETTLE, RememberedUpdates, generation_time,
+                                            later_generation, may_change_stored_answers,
+                                            new_generation, resource_version)
 
 NOW = datetime(2023, 2, 20, 15, 0, 0, 500000, tzinfo=timezone.utc)
 
@@ -70,3 +70,31 @@ def test_unparsable_last_update_never_settles() -> None:
 ])
 def test_which_requests_announce_a_write(method: str, uri: str, expected: bool) -> None:
     assert may_change_stored_answers(method, uri) is expected
+
+
+# --- Remembered LastUpdates ----------------------------------------------------------------
+
+def test_remembered_updates_are_kept_until_anything_changes():
+    updates = RememberedUpdates()
+    epoch = updates.epoch
+    updates.remember("studies", "s", "20230220T140000", epoch)
+    assert updates.get("studies", "s") == "20230220T140000"
+    assert updates.get("series", "s") is None  # one id, another level: not the same resource
+    updates.forget_all()
+    assert updates.get("studies", "s") is None
+
+
+def test_a_value_read_before_a_change_is_not_remembered_after_it():
+    updates = RememberedUpdates()
+    epoch = updates.epoch  # taken before asking Orthanc
+    updates.forget_all()  # an instance is stored meanwhile
+    updates.remember("studies", "s", "20230220T140000", epoch)
+    assert updates.get("studies", "s") is None
+
+
+def test_remembered_updates_are_bounded():
+    updates = RememberedUpdates()
+    for number in range(RememberedUpdates.LIMIT + 1):
+        updates.remember("instances", str(number), "t", updates.epoch)
+    assert updates.get("instances", str(RememberedUpdates.LIMIT)) == "t"
+    assert updates.get("instances", "0") is None
