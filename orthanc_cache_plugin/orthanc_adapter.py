@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime
-from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import orthanc
 
@@ -27,6 +27,7 @@ from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
 from .statistics import Statistics
 from .store import FORMAT, Store
+from .thread_states import keep_thread_state
 from .warmup import WarmUp, warm_requests
 
 
@@ -149,26 +150,39 @@ class CachePlugin:
         """The REST callback of one route."""
 
         def on_request(output: Any, uri: str, **call: Any) -> None:
-            request = Request(route, tuple(call["groups"]), uri, call.get("get") or {},
-                              call.get("headers") or {})
-            if call["method"] != "GET":
-                reply = self.forward(request, call["method"], call.get("body") or b"")
-            else:
-                try:
-                    self._ensure_salt()
-                    reply = self.controller.serve(request)
-                except Exception as error:  # the cache must never turn an answer into a 500
-                    _warn("%s while serving %s: %s; answered without the cache"
-                          % (type(error).__name__, uri, error))
-                    reply = self.origin.plain_answer(request, "cache error")
-                    reply.outcome = "BYPASS"
-            _info("%s %s %s: %s" % (reply.outcome, call["method"], uri, reply.reason))
-            self.statistics.count(reply.outcome)
-            if self.settings.cache_status_header:
-                reply.headers[self.settings.cache_status_header] = reply.outcome
-            send(output, reply)
+            self._in_callback(self._answer, route, output, uri, call)
 
         return on_request
+
+    def _in_callback(self, work: Callable[..., None], *arguments: Any) -> None:
+        """Run ``work`` for a REST callback: with a thread state kept for the next
+        callbacks, and no SQLite connection left open after it (see Store)."""
+        keep_thread_state()
+        try:
+            work(*arguments)
+        finally:
+            self.store.close_thread_connection()
+
+    def _answer(self, route: Route, output: Any, uri: str, call: Dict[str, Any]) -> None:
+        """Serve one request of a cached route, log and count what the cache did."""
+        request = Request(route, tuple(call["groups"]), uri, call.get("get") or {},
+                          call.get("headers") or {})
+        if call["method"] != "GET":
+            reply = self.forward(request, call["method"], call.get("body") or b"")
+        else:
+            try:
+                self._ensure_salt()
+                reply = self.controller.serve(request)
+            except Exception as error:  # the cache must never turn an answer into a 500
+                _warn("%s while serving %s: %s; answered without the cache"
+                      % (type(error).__name__, uri, error))
+                reply = self.origin.plain_answer(request, "cache error")
+                reply.outcome = "BYPASS"
+        _info("%s %s %s: %s" % (reply.outcome, call["method"], uri, reply.reason))
+        self.statistics.count(reply.outcome)
+        if self.settings.cache_status_header:
+            reply.headers[self.settings.cache_status_header] = reply.outcome
+        send(output, reply)
 
     def forward(self, request: Request, method: str, body: bytes) -> Reply:
         """Hand a POST, PUT or DELETE to Orthanc's own route, as if the plugin were absent."""
@@ -200,6 +214,9 @@ class CachePlugin:
 
     def on_admin(self, output: Any, uri: str, **call: Any) -> None:
         """The admin API; every answer is JSON, unknown resources get Orthanc's 404."""
+        self._in_callback(self._administer, output, uri, call)
+
+    def _administer(self, output: Any, uri: str, call: Dict[str, Any]) -> None:
         method, groups = call["method"], tuple(call["groups"])
         prefix = self.settings.admin_prefix.rstrip("/")
         if uri == prefix + "/statistics":
@@ -231,6 +248,7 @@ class CachePlugin:
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Queue warm-up of stable resources; stop the worker with Orthanc."""
+        keep_thread_state()
         self.changes.forget_updates()  # a new or deleted resource may move a LastUpdate
         if change_type in HIDDEN_CHANGE_EVENTS:
             self.changes.after_change(change_type, resource_id)

@@ -15,6 +15,7 @@ import orthanc
 from .freshness import (LOGGED_HIDDEN_CHANGES, MARKER_METADATA, Generation,
                         RememberedUpdates, deleted_resource, may_change_stored_answers)
 from .store import Store
+from .thread_states import keep_thread_state
 
 LOG_PREFIX = "cache plugin: "
 
@@ -221,6 +222,7 @@ def watch_writes(changes: ChangeWatch) -> bool:
     """
     def build(chained: List[Callable[..., Any]]) -> Callable[..., bool]:
         def on_incoming_request(uri: str, **request: Any) -> bool:
+            keep_thread_state()
             allowed = bool(chained[0](uri, **request)) if chained else True
             method = _HTTP_METHODS.get(request.get("method"), "")
             if allowed and method != "GET":
@@ -246,6 +248,7 @@ def watch_stored_instances(changes: ChangeWatch) -> None:
     """
     def build(chained: List[Callable[..., Any]]) -> Callable[..., Any]:
         def on_stored_instance(dicom: Any, instance_id: str) -> Any:
+            keep_thread_state()
             changes.forget_updates()
             return chained[0](dicom, instance_id) if chained else None
         return on_stored_instance

@@ -225,6 +225,19 @@ class Store:
             self._hot.delete(key)
         self._call(lambda cache: cache.delete(key))
 
+    def close_thread_connection(self) -> None:
+        """Close the SQLite connection of the calling thread, if it opened one.
+
+        Called when a REST callback ends: the next request then opens a new
+        connection, which notices a store deleted or damaged on disk (an open
+        connection keeps working on an unlinked or overwritten file)."""
+        cache = self._cache
+        if cache is not None:
+            try:
+                cache.close()  # diskcache closes only this thread's connection
+            except Exception as error:
+                self._fail(error)
+
     def record_accesses(self) -> None:
         """Give the entries read from memory their access time on disk, in one transaction,
         so that the disk's least-recently-used eviction spares them.  Called periodically."""

@@ -417,3 +417,17 @@ def test_without_record_accesses_a_memory_hit_leaves_disk_order_alone(tmp_path, 
         store.set("cold-%d" % index, Entry("v", "t", b"c" * 8192))
     assert _on_disk(store, "hot") is None
     store.close()
+
+
+def test_close_thread_connection_closes_only_this_threads_connection(store):
+    """The next call opens a new connection, which is how a store deleted or damaged on
+    disk gets noticed (see Store.close_thread_connection)."""
+    store.set("k", Entry("v", "t", b"x"))
+    cache = store._cache  # pylint: disable=protected-access
+    assert getattr(cache._local, "con", None) is not None  # pylint: disable=protected-access
+    store.close_thread_connection()
+    assert getattr(cache._local, "con", None) is None  # pylint: disable=protected-access
+    assert store.get("k") == Entry("v", "t", b"x")
+    store.close_thread_connection()
+    store.close_thread_connection()  # nothing open: nothing happens
+    assert store.available
