@@ -150,11 +150,17 @@ class Version:
 
 def resource_version(last_update: str, generation: str, now: datetime) -> Version:
     """Combine a resource's ``LastUpdate`` and the store generation."""
-    times = [moment for moment in (parse_orthanc_timestamp(last_update),
-                                   generation_time(generation)) if moment is not None]
-    modified = max(times).replace(microsecond=0) if times else None
+    modified = _last_change(last_update, generation)
     settled = modified is not None and now >= modified + SETTLE
     return Version(last_update + "|" + generation, modified, settled)
+
+
+@lru_cache(maxsize=4096)  # on every request
+def _last_change(last_update: str, generation: str) -> Optional[datetime]:
+    """The later of ``LastUpdate`` and the generation's date, in whole seconds."""
+    times = [moment for moment in (parse_orthanc_timestamp(last_update),
+                                   generation_time(generation)) if moment is not None]
+    return max(times).replace(microsecond=0) if times else None
 
 
 #: POSTs that only read or add resources: LastUpdate shows what they change.

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Dict, FrozenSet, Mapping, Optional
+from typing import Dict, FrozenSet, Mapping, Optional, Tuple
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _LONG_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -118,6 +118,7 @@ def _opaque_tag(etag: str) -> str:
 _ENTITY_TAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(,|$)')
 
 
+@lru_cache(maxsize=256)  # parsed twice per conditional request, often the same value
 def parse_if_none_match(value: str) -> Optional[EntityTagCondition]:
     """Parse ``If-None-Match``; None when the field is malformed (then ignored).
 
@@ -202,21 +203,22 @@ def max_age_of(cache_control: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+@lru_cache(maxsize=4)  # the same second for every answer of that second
+def _date_and_expires(now: datetime, cache_control: str) -> Tuple[str, str]:
+    # RFC 9111 section 1.2.2: delta-seconds beyond 2^31 mean 2^31.
+    max_age = min(max_age_of(cache_control) or 0, 2 ** 31)
+    return format_http_date(now), format_http_date(now + timedelta(seconds=max_age))
+
+
 def caching_headers(validators: Validators, cache_control: str, now: datetime) -> Dict[str, str]:
     """Headers added to a 200 and repeated on its 304 (RFC 9110 section 15.4.5).
 
     ``Expires`` is ``Date + max-age`` when Cache-Control has a max-age, and
     equal to ``Date`` (already stale) otherwise, for HTTP/1.0 caches.
     """
-    now = now.replace(microsecond=0)
-    # RFC 9111 section 1.2.2: delta-seconds beyond 2^31 mean 2^31.
-    max_age = min(max_age_of(cache_control) or 0, 2 ** 31)
-    headers = {
-        "Date": format_http_date(now),
-        "ETag": validators.etag,
-        "Cache-Control": cache_control,
-        "Expires": format_http_date(now + timedelta(seconds=max_age)),
-    }
+    date, expires = _date_and_expires(now.replace(microsecond=0), cache_control)
+    headers = {"Date": date, "ETag": validators.etag, "Cache-Control": cache_control,
+               "Expires": expires}
     if validators.last_modified is not None:
         headers["Last-Modified"] = format_http_date(validators.last_modified)
     return headers
