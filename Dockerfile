@@ -11,3 +11,6 @@ RUN pip install --break-system-packages /tmp/orthanc-cache-plugin \
 # Loads the Python plugin with the startup script; settings go in the
 # CachePlugin section, e.g. ORTHANC__CACHE_PLUGIN__MAXIMUM_SIZE=2048.
 ENV ORTHANC__PYTHON_SCRIPT=/etc/orthanc/cache-plugin.py
+# Hits go on while Orthanc computes a miss (Python plugin 4.3 and later; see
+# docs/deployment.md for the trade-off).
+ENV ORTHANC__PYTHON__ALLOW_THREADS=true
