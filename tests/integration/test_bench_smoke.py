@@ -28,7 +28,7 @@ def test_quick_benchmark_writes_a_table_and_a_chart(repo_root: Path, tmp_path: P
 
     results = json.loads((out / "results.json").read_text())
     groups = {row["group"] for row in results["loads"]}
-    assert groups == {"hit", "304", "spec"}
+    assert groups == {"hit", "304", "spec", "mixed"}
     for row in results["loads"]:
         for server in ("plain", "plugin", "floor"):
             load = row[server]
@@ -38,6 +38,8 @@ def test_quick_benchmark_writes_a_table_and_a_chart(repo_root: Path, tmp_path: P
                 == ("200", "304", "304"), row
         elif row["group"] == "hit":
             assert {row[server]["statuses"] for server in ("plain", "plugin", "floor")} == {"200"}
+        elif row["group"] == "mixed":  # misses were asked for while the hits ran
+            assert all(row[server]["misses"] > 0 for server in ("plain", "plugin", "floor")), row
     assert [entry["server"] for entry in results["scale"]] == ["plugin", "plugin-100k"]
     assert results["scale"][1]["entries"] > results["scale"][0]["entries"]
     assert {row["kind"] for row in results["cold"]} == {"new key", "after write"}
