@@ -11,7 +11,8 @@ the hit path that was a quarter of the time (docs/performance.md).
 One extra ``PyGILState_Ensure`` on a thread, never released, keeps its
 state alive: the plugin's own Release then only hands the GIL back.  One
 state per Orthanc thread stays allocated (a few kilobytes each) until
-Orthanc stops.
+Orthanc stops; Orthanc's callbacks come from pools of long-lived threads
+(HTTP server, DICOM server, jobs, changes), so their number is bounded.
 """
 
 from __future__ import annotations
