@@ -168,8 +168,9 @@ def test_damaged_value_with_json_array_is_none_and_deleted(store):
     assert store.count() == 0
 
 
-def test_entries_expire(tmp_path, warnings):
-    store = Store(str(tmp_path / "store"), 64 * MB, 1, warn=warnings.append)
+@pytest.mark.parametrize("memory", [0, MB], ids=["disk only", "memory in front"])
+def test_entries_expire(tmp_path, warnings, memory):
+    store = Store(str(tmp_path / "store"), 64 * MB, 1, warn=warnings.append, memory=memory)
     store.set("k", Entry("v", "t", b"x"))
     assert store.get("k") is not None
     time.sleep(1.2)
@@ -381,15 +382,6 @@ def test_a_failing_disk_empties_memory(tmp_path, warnings, monkeypatch):
     monkeypatch.undo()
     clock.advance(Store.RETRY_DELAY)
     assert store.get("k") == Entry("v", "t", b"x")
-    store.close()
-
-
-def test_memory_entries_expire_with_the_disk_ones(tmp_path, warnings):
-    store = Store(str(tmp_path / "store"), 64 * MB, 1, warn=warnings.append, memory=MB)
-    store.set("k", Entry("v", "t", b"x"))
-    assert store.get("k") is not None
-    time.sleep(1.2)
-    assert store.get("k") is None
     store.close()
 
 
