@@ -95,6 +95,26 @@ class OrthancOrigin:
         return self.plain.answer(request, reason)
 
 
+#: Whether RestOutput.SendHttpStatus takes (status, text, length), as up to
+#: plugin 4.1, rather than (status, body bytes); learnt from the first call.
+_status_takes_text: List[bool] = []
+
+
+def _send_status_with_body(output: Any, status: int, body: bytes) -> None:
+    """An error answer with a body, with the signature of the running plugin."""
+    if not _status_takes_text:
+        try:
+            output.SendHttpStatus(status, body)
+            _status_takes_text.append(False)
+            return
+        except TypeError:  # raised while parsing the arguments: nothing was sent
+            _status_takes_text.append(True)
+    if _status_takes_text[0]:
+        output.SendHttpStatus(status, body.decode("utf-8"), len(body))
+    else:
+        output.SendHttpStatus(status, body)
+
+
 def send(output: Any, reply: Reply) -> None:
     """Write ``reply`` with Orthanc's RestOutput (headers first, as it requires)."""
     for name, value in reply.headers.items():
@@ -107,7 +127,7 @@ def send(output: Any, reply: Reply) -> None:
     elif reply.status == 405:
         output.SendMethodNotAllowed(reply.headers["Allow"])
     elif reply.body:
-        output.SendHttpStatus(reply.status, reply.body.decode("utf-8"), len(reply.body))
+        _send_status_with_body(output, reply.status, reply.body)
     else:
         output.SendHttpStatusCode(reply.status)
 
@@ -297,6 +317,18 @@ _STABLE_LEVELS = {
 }
 
 
+#: Every REST callback handed to Orthanc, referenced until the interpreter ends.
+#: When Orthanc stops, the Python plugin 7.1 drops its references to REST
+#: callbacks without holding the GIL: a callback that nothing else references
+#: is then freed there, and on Python 3.14 that is a segmentation fault.
+_REST_CALLBACKS: List[Callable[..., None]] = []
+
+
+def _register_rest(pattern: str, callback: Callable[..., None]) -> None:
+    _REST_CALLBACKS.append(callback)
+    orthanc.RegisterRestCallback(pattern, callback)
+
+
 def enable(overrides: Mapping[str, Any]) -> bool:
     """Read the settings and register everything (see ``enable_cache_plugin``)."""
     configuration = json.loads(orthanc.GetConfiguration())
@@ -316,12 +348,12 @@ def enable(overrides: Mapping[str, Any]) -> bool:
                          "registered before enable_cache_plugin()")
         return False
     for route in ROUTES:
-        orthanc.RegisterRestCallback(route.pattern, plugin.handler(route))
+        _register_rest(route.pattern, plugin.handler(route))
     prefix = settings.admin_prefix.rstrip("/")
-    orthanc.RegisterRestCallback(prefix + "/statistics", plugin.on_admin)
-    orthanc.RegisterRestCallback(prefix, plugin.on_admin)
-    orthanc.RegisterRestCallback(
-        prefix + "/(patients|studies|series|instances)/([^/]+)(/warm-up)?", plugin.on_admin)
+    _register_rest(prefix + "/statistics", plugin.on_admin)
+    _register_rest(prefix, plugin.on_admin)
+    _register_rest(prefix + "/(patients|studies|series|instances)/([^/]+)(/warm-up)?",
+                   plugin.on_admin)
     # Without the filter, a deleted resource's LastUpdate must be asked for every time.
     if settings.watch_http_writes and watch_writes(plugin.changes):
         watch_stored_instances(plugin.changes)

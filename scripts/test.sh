@@ -1,22 +1,34 @@
 #!/bin/sh
-# Sets up and runs the whole test suite (Debian 12, as root): unit tests, and
-# integration tests that start real Orthanc servers on free loopback ports.
+# Sets up and runs the whole test suite (Debian 12 or 13, as root): linters,
+# unit tests, then integration tests that start real Orthanc servers on free
+# loopback ports, on two Orthanc stacks (scripts/stack.sh):
+#   sid       Orthanc 1.13.0, Python plugin 7.1 (the orthancteam image): every test
+#   bookworm  Orthanc 1.10.1, Python plugin 4.0 (Debian 12): the tests marked old_stack
+# Arguments go to every pytest run (e.g. -q, -x, -k name).
 set -eu
 cd "$(dirname "$0")/.."
-./scripts/install.sh
 
-# The cluster tests start PostgreSQL and several Orthancs sharing its index;
-# the proxy tests start nginx in front of Orthanc (their own processes, on
-# free loopback ports: the services these packages install are not used).
-packages="postgresql orthanc-postgresql nginx"
+# The cluster tests start PostgreSQL, the proxy tests nginx, the benchmark's
+# smoke test wrk: their own processes on free loopback ports (the services
+# these packages install are not used).
+packages="debootstrap postgresql nginx wrk python3-pip python3-venv"
 if ! dpkg -s $packages >/dev/null 2>&1; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages
 fi
+
+# The two roots: built once (a few minutes each), checked and reused after.
+./scripts/stack.sh build sid
+./scripts/stack.sh build bookworm
 
 # Test tools live in a virtual environment made from the system interpreter.
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+
+failed=0
+.venv/bin/python -m pytest "$@" tests/unit || failed=1
+.venv/bin/python -m pytest "$@" --stack sid tests/integration || failed=1
+.venv/bin/python -m pytest "$@" --stack bookworm -m old_stack tests/integration || failed=1
+exit $failed

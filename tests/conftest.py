@@ -8,14 +8,33 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
+from support import stacks
 from support.orthanc_server import OrthancServer
 from support.postgres import OrthancCluster, PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--stack", choices=stacks.NAMES, default=stacks.current(),
+                     help="the Orthanc that integration tests start: sid (Orthanc 1.13, "
+                          "plugin 7.1; default), bookworm (1.10.1, plugin 4.0) or host "
+                          "(see scripts/stack.sh)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: starts real Orthanc processes")
+    config.addinivalue_line("markers", "old_stack: also runs on Debian 12's Orthanc 1.10.1 "
+                                       "(--stack bookworm), which keeps it working there")
+    stacks.select(config.getoption("--stack"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        found = ", ".join("%s %s" % item for item in sorted(stacks.versions().items()))
+    except Exception:  # noqa: BLE001 - a header must not stop the run
+        found = "not built (scripts/stack.sh build %s)" % stacks.current()
+    return "Orthanc stack: %s (%s)" % (stacks.current(), found)
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:

@@ -25,8 +25,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
-PYTHON_PLUGIN = os.environ.get("ORTHANC_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so")
+from support import stacks
+from support.stacks import ORTHANC_BINARY, PYTHON_PLUGIN
 
 _PORT_IN_USE = "TCP port of the HTTP server is privileged or already in use"
 _PR_SET_PDEATHSIG = 1
@@ -68,11 +68,14 @@ class OrthancServer:
         config: Optional[Dict[str, Any]] = None,
         env: Optional[Dict[str, str]] = None,
         log_flags: Sequence[str] = ("--verbose",),
+        use_checkout: bool = True,
     ) -> None:
-        """Prepare (not start) a server.
+        """Prepare (not start) a server, in the selected stack (:mod:`support.stacks`).
 
         ``env`` extends the inherited environment (e.g. ``{"TZ": "UTC"}``);
-        ``log_flags`` are Orthanc's log options (e.g. ``("--trace",)``).
+        ``log_flags`` are Orthanc's log options (e.g. ``("--trace",)``);
+        ``use_checkout`` makes the plugin's script import the package from this
+        checkout rather than from the interpreter's site-packages.
         """
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +104,7 @@ class OrthancServer:
         # The plugin embeds the system Python: don't leak the test runner's paths into it.
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.update(stacks.python_path(use_checkout))
         self.env.update(env or {})
         self.session = requests.Session()
         self.session.trust_env = False  # never route 127.0.0.1 through an HTTP proxy
@@ -254,11 +258,12 @@ class OrthancServer:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
         with self.log_path.open("ab") as log:
-            log.write(f"===== harness: starting {ORTHANC_BINARY} on port {self.port} =====\n".encode())
+            log.write(f"===== harness: starting {ORTHANC_BINARY} ({stacks.current()} stack) "
+                      f"on port {self.port} =====\n".encode())
             log.flush()
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                [ORTHANC_BINARY, *self.log_flags, str(self.config_path)],
+                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)]),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

@@ -30,11 +30,17 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
 
 from support.orthanc_server import PYTHON_PLUGIN, OrthancServer, free_port
+from support.stacks import POSTGRESQL_INDEX_PLUGIN
 
-POSTGRES_BIN_DIR = Path(os.environ.get("POSTGRES_BIN_DIR", "/usr/lib/postgresql/15/bin"))
-POSTGRESQL_INDEX_PLUGIN = os.environ.get(
-    "ORTHANC_POSTGRESQL_INDEX_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
-)
+
+def _newest_postgres() -> Path:
+    """The bin directory of the newest PostgreSQL installed (15 on Debian 12, 17 on 13)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+POSTGRES_BIN_DIR = Path(os.environ.get("POSTGRES_BIN_DIR", str(_newest_postgres())))
 SUPERUSER = "postgres"
 
 _PORT_IN_USE = "Address already in use"

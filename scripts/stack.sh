@@ -1,0 +1,160 @@
+#!/bin/sh
+# Orthanc stacks: a Debian root per Orthanc version that users run, made with
+# debootstrap from the Debian archive, so that tests and benchmarks run the
+# same Orthanc whatever the host's own release is (as root).
+#
+#   stack.sh build NAME     make NAME's root, or check the one already made
+#                           (rebuilt when missing or broken); install this
+#                           checkout in it as the Dockerfile does
+#   stack.sh root NAME      print NAME's root directory
+#   stack.sh versions NAME  print the versions the root holds
+#   stack.sh run NAME [--bind DIR]... [--] COMMAND [ARG]...
+#                           run COMMAND inside NAME's root, in a mount
+#                           namespace of its own where /tmp, /dev, /proc and
+#                           each DIR are the host's, at the same paths
+#
+# NAME is one of:
+#   bookworm  Debian 12: Orthanc 1.10.1, Python plugin 4.0, Python 3.11
+#   sid       the versions of the current orthancteam/orthanc image:
+#             Orthanc 1.13.0, Python plugin 7.1, Python 3.14
+#
+# Roots live in $ORTHANC_STACKS (default /var/cache/orthanc-cache-plugin/stacks),
+# outside the checkout: every clone on the machine shares them.
+set -eu
+
+STACKS=${ORTHANC_STACKS:-/var/cache/orthanc-cache-plugin/stacks}
+CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
+# What every root holds: Orthanc with the plugins the tests load, and what the
+# cache plugin needs from Debian (its own package comes from pip, as in the image).
+PACKAGES="orthanc orthanc-python orthanc-postgresql python3-diskcache python3-pip"
+# Bumped when PACKAGES or the steps below change: older roots are rebuilt.
+LAYOUT=1
+
+usage() {
+    sed -n '2,21p' "$0" >&2
+    exit 2
+}
+
+check_name() {
+    case "$1" in
+        bookworm|sid) ;;
+        *) echo "stack.sh: unknown stack '$1' (bookworm or sid)" >&2; exit 2 ;;
+    esac
+}
+
+# The Debian mirror that the host's apt uses (debootstrap needs one).
+mirror() {
+    found=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+            | sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' | head -n 1)
+    if [ -z "$found" ]; then
+        found=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+                | sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]*\/debian\)[[:space:]].*/\2/p' \
+                | head -n 1)
+    fi
+    if [ -z "$found" ]; then
+        echo "stack.sh: no Debian mirror in /etc/apt/sources.list*: cannot run debootstrap" >&2
+        exit 1
+    fi
+    echo "$found"
+}
+
+# True when ROOT runs its Orthanc and the embedded interpreter finds diskcache.
+healthy() {
+    [ -f "$1/.stack-layout" ] && [ "$(cat "$1/.stack-layout")" = "$LAYOUT" ] \
+        && chroot "$1" /usr/sbin/Orthanc --version >/dev/null 2>&1 \
+        && chroot "$1" /usr/bin/python3 -c 'import diskcache' >/dev/null 2>&1
+}
+
+versions_of() {
+    chroot "$1" dpkg-query -W -f '${Package} ${Version}\n' \
+        orthanc orthanc-python orthanc-postgresql python3 python3-diskcache
+}
+
+build() {
+    root="$STACKS/$1"
+    if ! healthy "$root"; then
+        if ! command -v debootstrap >/dev/null 2>&1; then
+            apt-get update -q
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+        fi
+        echo "stack.sh: building the $1 root in $root (a few minutes, once)" >&2
+        mkdir -p "$STACKS"
+        rm -rf "$root.new"
+        # apt-get, not debootstrap's --include, installs the packages: only apt
+        # resolves virtual dependencies (bookworm's libboost-regex1.74.0-icu72).
+        # policy-rc.d keeps the packages' scripts from starting Orthanc.
+        { debootstrap --variant=minbase "$1" "$root.new" "$(mirror)" \
+            && printf '#!/bin/sh\nexit 101\n' >"$root.new/usr/sbin/policy-rc.d" \
+            && chmod +x "$root.new/usr/sbin/policy-rc.d" \
+            && chroot "$root.new" apt-get update -q \
+            && DEBIAN_FRONTEND=noninteractive chroot "$root.new" \
+                apt-get install -y -q --no-install-recommends $PACKAGES \
+            && chroot "$root.new" apt-get clean; } >"$STACKS/$1.log" 2>&1 || {
+            tail -n 20 "$STACKS/$1.log" >&2
+            echo "stack.sh: building the $1 root failed (log: $STACKS/$1.log)" >&2
+            exit 1
+        }
+        echo "$LAYOUT" >"$root.new/.stack-layout"
+        versions_of "$root.new" >"$root.new/.stack-versions"
+        healthy "$root.new" || { echo "stack.sh: the new $1 root does not run Orthanc" >&2; exit 1; }
+        rm -rf "$root"
+        mv "$root.new" "$root"
+    fi
+    # The same install as the Dockerfile's: pip, into the interpreter Orthanc embeds.
+    copy="$root/tmp/orthanc-cache-plugin"
+    rm -rf "$copy"
+    mkdir -p "$copy"
+    (cd "$CHECKOUT" && tar --exclude=./.git --exclude=./.venv --exclude='*.egg-info' \
+        --exclude=./build --exclude=__pycache__ -cf - .) | tar -xf - -C "$copy"
+    # pip inside the root reaches the package index as the host does: same
+    # name servers, same certificate authorities (a proxy's may be among them).
+    cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+        cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    fi
+    env -u PIP_CERT -u PIP_FIND_LINKS PIP_QUIET=1 PIP_ROOT_USER_ACTION=ignore \
+        chroot "$root" pip install --break-system-packages /tmp/orthanc-cache-plugin
+    rm -rf "$copy"
+    cp "$CHECKOUT/example.py" "$root/etc/orthanc/cache-plugin.py"
+}
+
+run() {
+    root="$STACKS/$1"
+    shift
+    binds=/tmp
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --bind) binds="$binds
+$(cd "$2" && pwd)"; shift 2 ;;
+            --) shift; break ;;
+            *) break ;;
+        esac
+    done
+    [ $# -gt 0 ] || usage
+    [ -x "$root/usr/sbin/Orthanc" ] || { echo "stack.sh: no $root: run 'stack.sh build'" >&2; exit 1; }
+    # unshare and chroot exec in turn: COMMAND keeps this process's id, so
+    # signals sent to it reach COMMAND, and its mounts go when it ends.
+    exec unshare --mount --propagation private sh -c '
+        root=$1 binds=$2
+        shift 2
+        mount -t proc proc "$root/proc"
+        mount --rbind /dev "$root/dev"
+        echo "$binds" | while IFS= read -r dir; do
+            mkdir -p "$root$dir"
+            mount --bind "$dir" "$root$dir"
+        done
+        exec chroot "$root" "$@"' stack "$root" "$binds" "$@"
+}
+
+[ $# -ge 2 ] || usage
+command=$1
+name=$2
+shift 2
+check_name "$name"
+case "$command" in
+    build) build "$name" ;;
+    root) echo "$STACKS/$name" ;;
+    versions) cat "$STACKS/$name/.stack-versions" ;;
+    run) run "$name" "$@" ;;
+    *) usage ;;
+esac

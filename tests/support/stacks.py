@@ -1,0 +1,101 @@
+"""Which Orthanc the tests and the benchmark run, and how to start it.
+
+A *stack* is one Orthanc with its Python plugin and embedded Python.  The
+tests run against Debian roots made by ``scripts/stack.sh`` (so the versions
+do not depend on the host's release):
+
+* ``sid``: the versions of the current orthancteam/orthanc image (Orthanc
+  1.13.0, plugin 7.1, Python 3.14), which most users run; the default;
+* ``bookworm``: Debian 12's packages (Orthanc 1.10.1, plugin 4.0, Python 3.11);
+* ``host``: the Orthanc installed on this machine, run as it is.
+
+Inside a root, Orthanc sees the host's ``/tmp`` (where tests keep their
+files) and the checkout at their own paths.  The plugin is imported from the
+checkout (``PYTHONPATH``), so a test always runs the code it sits beside;
+tests of the installed package turn that off.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK_SCRIPT = REPO_ROOT / "scripts" / "stack.sh"
+NAMES = ("sid", "bookworm", "host")
+#: Paths inside the stack (and on the host for ``host``).
+ORTHANC_BINARY = "/usr/sbin/Orthanc"
+PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+POSTGRESQL_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+HOUSEKEEPER_PLUGIN = "/usr/share/orthanc/plugins/libHousekeeper.so"
+
+_current = os.environ.get("ORTHANC_STACK", "sid")
+
+
+def select(name: str) -> None:
+    """Run every Orthanc started from now on in stack ``name``."""
+    if name not in NAMES:
+        raise ValueError("unknown stack %r (one of %s)" % (name, ", ".join(NAMES)))
+    global _current
+    _current = name
+
+
+def current() -> str:
+    """The selected stack's name."""
+    return _current
+
+
+def command(arguments: List[str]) -> List[str]:
+    """The command that runs ``arguments`` (an absolute path first) in the selected stack."""
+    if _current == "host":
+        return arguments
+    return [str(STACK_SCRIPT), "run", _current, "--bind", str(REPO_ROOT), "--", *arguments]
+
+
+def python_path(use_checkout: bool) -> Dict[str, str]:
+    """Environment that makes the embedded Python import the plugin from the checkout."""
+    return {"PYTHONPATH": str(REPO_ROOT)} if use_checkout else {}
+
+
+def host_path(path: str) -> Path:
+    """Where a path of the selected stack is seen from the host."""
+    if _current == "host":
+        return Path(path)
+    return root() / path.lstrip("/")
+
+
+@lru_cache(maxsize=None)
+def _root(name: str) -> Path:
+    found = subprocess.run([str(STACK_SCRIPT), "root", name], capture_output=True, text=True,
+                           check=True)
+    return Path(found.stdout.strip())
+
+
+def root() -> Path:
+    """The selected stack's root directory (``/`` for ``host``)."""
+    return Path("/") if _current == "host" else _root(_current)
+
+
+@lru_cache(maxsize=None)
+def _versions(name: str) -> Dict[str, str]:
+    if name == "host":
+        listed = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "orthanc",
+                                 "orthanc-python", "python3"], capture_output=True, text=True)
+        text = listed.stdout
+    else:
+        text = (_root(name) / ".stack-versions").read_text(encoding="utf-8")
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+
+def versions() -> Dict[str, str]:
+    """Debian package versions of the selected stack (``orthanc``, ``orthanc-python``...)."""
+    return _versions(_current)
+
+
+def orthanc_version() -> Optional[str]:
+    """Orthanc's upstream version in the selected stack, e.g. ``1.13.0``."""
+    version = versions().get("orthanc")
+    return version.split("+")[0].split("-")[0] if version else None
