@@ -249,6 +249,14 @@ def make_server(workdir: Path, kind: str, cache_dir: Optional[Path] = None,
     return OrthancServer(workdir, config=config, **kwargs)
 
 
+def _stack_description() -> str:
+    _import_support()
+    from support import stacks
+    found = stacks.versions()
+    return "%s: orthanc %s, orthanc-python %s" % (stacks.current(), found.get("orthanc"),
+                                                  found.get("orthanc-python"))
+
+
 def fill_store(directory: Path, count: int, body_size: int = 1500) -> None:
     """Write ``count`` entries in the plugin's format straight into a diskcache directory.
 
@@ -506,6 +514,8 @@ class Bench:
         self.results.environment = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "orthanc": system.get("Version"),
+            "stack": _stack_description(),
+            "allow_threads": bool(COMMON_CONFIG.get("Python", {}).get("AllowThreads")),
             "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(),
             "python": platform.python_version(),
@@ -852,8 +862,9 @@ def markdown(results: Results) -> str:
     lines = [
         "# Benchmark results%s" % (" (--quick)" if plan["quick"] else ""),
         "",
-        "%s; Orthanc %s; %s CPUs (%s); plugin at %s%s; %s; wrk runs of %d s." % (
-            env.get("date"), env.get("orthanc"), env.get("cpus"), env.get("cpu_model"),
+        "%s; Orthanc %s (stack %s%s); %s CPUs (%s); plugin at %s%s; %s; wrk runs of %d s." % (
+            env.get("date"), env.get("orthanc"), env.get("stack", "bookworm"),
+            ", AllowThreads" if env.get("allow_threads") else "", env.get("cpus"), env.get("cpu_model"),
             env.get("plugin_commit"), (" + uncommitted changes" if env.get("plugin_tree_modified") else "")
             + ("" if env.get("plugin_path") == str(REPO) else " (package from %s)" % env.get("plugin_path"))
             + " (sources digest %s)" % env.get("plugin_digest"),
@@ -1102,6 +1113,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plugin-path", type=Path, default=REPO,
                         help="folder holding the orthanc_cache_plugin package to measure "
                              "(default: this working tree), e.g. a variant to compare")
+    parser.add_argument("--stack", choices=("sid", "bookworm", "host"), default="sid",
+                        help="the Orthanc to measure: a root of scripts/stack.sh (sid: Orthanc "
+                             "1.13.0, plugin 7.1; bookworm: 1.10.1, plugin 4.0) or the host's")
+    parser.add_argument("--allow-threads", action="store_true",
+                        help='run every Orthanc with "Python": {"AllowThreads": true} (plugin 4.3+)')
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: write the table and chart again from --out/results.json")
     parser.add_argument("--keep", action="store_true", help="keep the servers' working directory")
@@ -1112,6 +1128,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         render(Results(**json.loads((out / "results.json").read_text())), out)
         return 0
 
+    _import_support()
+    from support import stacks
+    stacks.select(args.stack)
+    if args.allow_threads:
+        COMMON_CONFIG["Python"] = {"AllowThreads": True}
     global PLUGIN_PATH
     PLUGIN_PATH = args.plugin_path.resolve()
     if not (PLUGIN_PATH / "orthanc_cache_plugin" / "__init__.py").is_file():

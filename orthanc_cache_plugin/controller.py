@@ -112,7 +112,7 @@ class CacheController:
         if precondition.not_modified and self._etag_sent(request, validators):
             return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
         stored = self.store.get(key)
-        current = stored if stored is not None and stored.version == version.token else None
+        current = stored if stored is not None and stored.version == self._stamp(version) else None
         if precondition.not_modified and current is not None:
             return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
         if current is not None and current.body is not None:
@@ -183,10 +183,15 @@ class CacheController:
             return False
         key = cache_key(request.uri, normalized_query(request.arguments), "")
         stored = self.store.get(key)
-        if stored is not None and stored.version == version.token and stored.body is not None:
+        if stored is not None and stored.version == self._stamp(version) and stored.body is not None:
             return False
         fetched = self.origin.fetch(request, normalized_query(request.arguments), "")
         return fetched is not None and self._keep(request, key, version, fetched)
+
+    def _stamp(self, version: Version) -> str:
+        """What a stored entry must carry to be current: the resource's version, and
+        the salt (an entry computed by another Orthanc version is never served)."""
+        return self.salt + "|" + version.token
 
     @staticmethod
     def _etag_sent(request: Request, validators: Validators) -> bool:
@@ -224,6 +229,6 @@ class CacheController:
     def _keep(self, request: Request, key: str, version: Version, fetched: Fetched) -> bool:
         """Store the answer, or only its validators when the body may not be kept."""
         body = fetched.body if self._storable(request.route, fetched) else None
-        written = self.store.set(key, Entry(version.token, fetched.content_type, body,
+        written = self.store.set(key, Entry(self._stamp(version), fetched.content_type, body,
                                             fetched.headers), tag=request.resource_id)
         return written and body is not None

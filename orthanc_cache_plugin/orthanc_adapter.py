@@ -163,8 +163,18 @@ class CachePlugin:
         with self._salt_lock:
             if not self.controller.salt:
                 system = json.loads(orthanc.RestApiGet("/system"))
-                self.controller.salt = "orthanc %s, plugin %s, format %d" % (
+                salt = "orthanc %s, plugin %s, format %d" % (
                     system.get("Version"), __version__, FORMAT)
+                # Output formats change between Orthanc versions: entries of
+                # another version never match (see CacheController._stamp);
+                # removing them frees their room at once.
+                if self.store.get_value("computed-by") != salt:
+                    removed = self.store.clear()
+                    self.store.set_value("computed-by", salt)
+                    if removed:
+                        _warn("%d stored answers removed: computed by another version "
+                              "(now %s)" % (removed, salt))
+                self.controller.salt = salt
 
     def handler(self, route: Route) -> Callable[..., None]:
         """The REST callback of one route."""
@@ -237,6 +247,7 @@ class CachePlugin:
         self._in_callback(self._administer, output, uri, call)
 
     def _administer(self, output: Any, uri: str, call: Dict[str, Any]) -> None:
+        self._ensure_salt()  # before a warm-up stores anything
         method, groups = call["method"], tuple(call["groups"])
         prefix = self.settings.admin_prefix.rstrip("/")
         if uri == prefix + "/statistics":

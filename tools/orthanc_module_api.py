@@ -10,7 +10,7 @@ renders the report as deterministic Markdown.
 Usage (from the repository root)::
 
     python3 tools/orthanc_module_api.py [--orthanc /usr/sbin/Orthanc]
-        [--plugin /usr/share/orthanc/plugins/libOrthancPython.so]
+        [--plugin /usr/share/orthanc/plugins/libOrthancPython.so] [--stack bookworm]
         [--output docs/orthanc-module-api.md] [--timeout 60]
 
 Standard library only; runs with any Python 3.9+.
@@ -115,7 +115,7 @@ def stop_orthanc(proc: subprocess.Popen[bytes]) -> None:
               file=sys.stderr)
 
 
-def run_once(orthanc: str, plugin: str, workdir: Path, port: int,
+def run_once(orthanc: list[str], plugin: str, workdir: Path, port: int,
              timeout: float) -> dict[str, Any]:
     """Start Orthanc once on ``port``, wait for the report, stop Orthanc."""
     storage = workdir / "storage"
@@ -146,7 +146,7 @@ def run_once(orthanc: str, plugin: str, workdir: Path, port: int,
     with open(log_path, "wb") as log:
         # New session: a terminal Ctrl-C reaches only us; we then stop Orthanc.
         try:
-            proc = subprocess.Popen([orthanc, str(config_path)], cwd=workdir, env=env,
+            proc = subprocess.Popen([*orthanc, str(config_path)], cwd=workdir, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
@@ -176,17 +176,25 @@ def run_once(orthanc: str, plugin: str, workdir: Path, port: int,
     return report
 
 
-def introspect(orthanc: str, plugin: str, timeout: float) -> dict[str, Any]:
-    """Run Orthanc with the introspection script, retrying on a port clash."""
-    for path, what in ((orthanc, "Orthanc executable"), (plugin, "Python plugin")):
-        if not Path(path).is_file():
-            raise GenerationError(f"{what} not found: {path}")
+def introspect(orthanc: str, plugin: str, timeout: float,
+               stack: str | None = None) -> dict[str, Any]:
+    """Run Orthanc with the introspection script, retrying on a port clash.
+
+    With ``stack``, Orthanc and the plugin are those of that root of
+    scripts/stack.sh (paths inside it)."""
+    command = [orthanc]
+    if stack:
+        command = [str(REPO_ROOT / "scripts" / "stack.sh"), "run", stack, "--", orthanc]
+    else:
+        for path, what in ((orthanc, "Orthanc executable"), (plugin, "Python plugin")):
+            if not Path(path).is_file():
+                raise GenerationError(f"{what} not found: {path}")
     with tempfile.TemporaryDirectory(prefix="orthanc-module-api-") as tmp:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             workdir = Path(tmp) / f"attempt-{attempt}"
             workdir.mkdir()
             try:
-                return run_once(orthanc, plugin, workdir, free_loopback_port(), timeout)
+                return run_once(command, plugin, workdir, free_loopback_port(), timeout)
             except GenerationError as exc:
                 port_clash = "already in use" in str(exc) or "HTTP_PORT_IN_USE" in str(exc)
                 if not port_clash or attempt == PORT_ATTEMPTS:
@@ -233,9 +241,12 @@ def md_table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
     return lines
 
 
-def regenerate_command(orthanc: str, plugin: str, output: Path) -> str:
+def regenerate_command(orthanc: str, plugin: str, output: Path,
+                       stack: str | None = None) -> str:
     """Return the canonical command (run from the repo root) that regenerates the doc."""
     argv = ["python3", "tools/orthanc_module_api.py"]
+    if stack:
+        argv += ["--stack", stack]
     if orthanc != DEFAULT_ORTHANC:
         argv += ["--orthanc", orthanc]
     if plugin != DEFAULT_PLUGIN:
@@ -249,7 +260,8 @@ def regenerate_command(orthanc: str, plugin: str, output: Path) -> str:
     return shlex.join(argv)
 
 
-def render(report: dict[str, Any], orthanc: str, plugin: str, output: Path) -> str:
+def render(report: dict[str, Any], orthanc: str, plugin: str, output: Path,
+           stack: str | None = None) -> str:
     """Render the introspection report as Markdown."""
     module = report["module"]
     python = report["python"]
@@ -292,7 +304,7 @@ def render(report: dict[str, Any], orthanc: str, plugin: str, output: Path) -> s
         "Regenerate from the repository root with:",
         "",
         "```sh",
-        regenerate_command(orthanc, plugin, output),
+        regenerate_command(orthanc, plugin, output, stack),
         "```",
         "",
         "Orthanc's version comes from `orthanc.RestApiGet('/system')` and the "
@@ -395,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Orthanc executable (default: {DEFAULT_ORTHANC})")
     parser.add_argument("--plugin", default=DEFAULT_PLUGIN,
                         help=f"Python plugin library (default: {DEFAULT_PLUGIN})")
+    parser.add_argument("--stack", choices=("bookworm", "sid"),
+                        help="run the Orthanc of this root of scripts/stack.sh")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="Markdown file to write "
                              "(default: docs/orthanc-module-api.md in the repo)")
@@ -407,14 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     plugin = os.path.abspath(args.plugin)
     output = Path(os.path.abspath(args.output))
     try:
-        report = introspect(orthanc, plugin, args.timeout)
+        report = introspect(orthanc, plugin, args.timeout, args.stack)
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; Orthanc was stopped", file=sys.stderr)
         return 130
-    text = render(report, orthanc, plugin, output)
+    text = render(report, orthanc, plugin, output, args.stack)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
     print(f"wrote {output} ({len(text.encode('utf-8'))} bytes)", file=sys.stderr)

@@ -21,6 +21,9 @@ from orthanc_cache_plugin.routes import ROUTES, match
 from support.oracle import Exchange, attachment_names, exchange, sample_files, upload_samples
 from support.orthanc_server import OrthancServer
 
+#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
+pytestmark = pytest.mark.old_stack
+
 SEED = "fidelity"
 PATIENT = "PAT-FIDELITY"
 UNKNOWN = "nonexistent"

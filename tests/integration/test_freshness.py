@@ -179,6 +179,9 @@ sys.path.insert(0, {repo!r})
 import orthanc
 from orthanc_cache_plugin import enable_cache_plugin
 
+#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
+pytestmark = pytest.mark.old_stack
+
 
 def on_stored_instance(dicom, instance_id):
     orthanc.LogWarning("script saw instance " + instance_id)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 import textwrap
 from pathlib import Path
 from typing import Callable
 
 from support.dicom_factory import make_pdf_instance, make_study
 from support.orthanc_server import OrthancServer
+
+#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
+pytestmark = pytest.mark.old_stack
 
 
 def test_plain_orthanc_stores_generated_study(orthanc_factory: Callable[..., OrthancServer]) -> None:

@@ -10,6 +10,8 @@ docs/performance.md).  A probe route counts its calls in a
 
 from __future__ import annotations
 
+import pytest
+
 import textwrap
 from pathlib import Path
 from typing import Callable, List, Tuple
@@ -17,6 +19,9 @@ from typing import Callable, List, Tuple
 import requests
 
 from support.orthanc_server import OrthancServer
+
+#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
+pytestmark = pytest.mark.old_stack
 
 PROBE = '''
 import json

@@ -69,14 +69,17 @@ class OrthancServer:
         env: Optional[Dict[str, str]] = None,
         log_flags: Sequence[str] = ("--verbose",),
         use_checkout: bool = True,
+        stack: Optional[str] = None,
     ) -> None:
         """Prepare (not start) a server, in the selected stack (:mod:`support.stacks`).
 
         ``env`` extends the inherited environment (e.g. ``{"TZ": "UTC"}``);
         ``log_flags`` are Orthanc's log options (e.g. ``("--trace",)``);
         ``use_checkout`` makes the plugin's script import the package from this
-        checkout rather than from the interpreter's site-packages.
+        checkout rather than from the interpreter's site-packages; ``stack``
+        names another stack than the selected one.
         """
+        self.stack = stack or stacks.current()
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "orthanc.json"
@@ -258,12 +261,12 @@ class OrthancServer:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
         with self.log_path.open("ab") as log:
-            log.write(f"===== harness: starting {ORTHANC_BINARY} ({stacks.current()} stack) "
+            log.write(f"===== harness: starting {ORTHANC_BINARY} ({self.stack} stack) "
                       f"on port {self.port} =====\n".encode())
             log.flush()
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)]),
+                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)], self.stack),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

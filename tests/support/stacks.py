@@ -48,11 +48,13 @@ def current() -> str:
     return _current
 
 
-def command(arguments: List[str]) -> List[str]:
-    """The command that runs ``arguments`` (an absolute path first) in the selected stack."""
-    if _current == "host":
+def command(arguments: List[str], stack: Optional[str] = None) -> List[str]:
+    """The command that runs ``arguments`` (an absolute path first) in ``stack``
+    (by default the selected one)."""
+    name = stack or _current
+    if name == "host":
         return arguments
-    return [str(STACK_SCRIPT), "run", _current, "--bind", str(REPO_ROOT), "--", *arguments]
+    return [str(STACK_SCRIPT), "run", name, "--bind", str(REPO_ROOT), "--", *arguments]
 
 
 def python_path(use_checkout: bool) -> Dict[str, str]:

@@ -181,7 +181,8 @@ def test_outdated_version_is_refetched_and_replaced(controller, origin, store):
     assert len(origin.fetches) == 2
     # the store never holds two versions of one key
     assert store.count() == 1
-    assert store.get(cache_key("/studies/st/shared-tags", "", "")).version == "20230220T150000"
+    assert store.get(cache_key("/studies/st/shared-tags", "", "")).version == \
+        controller.salt + "|20230220T150000"
 
     again = controller.serve(request)
     assert again.outcome == "HIT" and again.body == new.body
@@ -368,6 +369,17 @@ def test_if_none_match_takes_precedence(controller, origin):
 
 # --- Binary routes, sizes --------------------------------------------------------------------
 
+def test_an_answer_stored_by_another_orthanc_version_is_not_served(controller, origin):
+    """Output formats change between Orthanc versions: the salt names the version."""
+    request = make_request("/studies/st/shared-tags")
+    controller.serve(request)
+    assert controller.serve(request).outcome == "HIT"
+    controller.salt = controller.salt.replace("1.10.1", "1.13.0")
+    again = check_reply(controller.serve(request))
+    assert (again.outcome, len(origin.fetches)) == ("STALE-REFRESHED", 2)
+    assert controller.serve(request).outcome == "HIT"
+
+
 def test_binary_not_stored_when_store_binary_is_off(controller, origin, store):
     uri = "/studies/st/archive"
     first = check_reply(controller.serve(make_request(uri)))
@@ -375,7 +387,8 @@ def test_binary_not_stored_when_store_binary_is_off(controller, origin, store):
     assert "StoreBinary" in first.reason
     marker = store.get(cache_key(uri, "", ""))
     assert marker is not None and marker.body is None
-    assert marker.version == "20230220T140000" and marker.content_type == "application/zip"
+    assert marker.version == controller.salt + "|20230220T140000"
+    assert marker.content_type == "application/zip"
 
     second = check_reply(controller.serve(make_request(uri)))
     assert (second.status, second.outcome) == (200, "MISS")
