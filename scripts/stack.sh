@@ -15,6 +15,7 @@
 #
 # NAME is one of:
 #   bookworm  Debian 12: Orthanc 1.10.1, Python plugin 4.0, Python 3.11
+#   trixie    Debian 13: Orthanc 1.12.7, Python plugin 5.0, Python 3.13 (not in CI)
 #   sid       the versions of the current orthancteam/orthanc image:
 #             Orthanc 1.13.0, Python plugin 7.1, Python 3.14
 #
@@ -37,8 +38,8 @@ usage() {
 
 check_name() {
     case "$1" in
-        bookworm|sid) ;;
-        *) echo "stack.sh: unknown stack '$1' (bookworm or sid)" >&2; exit 2 ;;
+        bookworm|trixie|sid) ;;
+        *) echo "stack.sh: unknown stack '$1' (bookworm, trixie or sid)" >&2; exit 2 ;;
     esac
 }
 
