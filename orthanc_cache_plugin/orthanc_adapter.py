@@ -174,6 +174,7 @@ class CachePlugin:
                     if removed:
                         _warn("%d stored answers removed: computed by another version "
                               "(now %s)" % (removed, salt))
+                self.origin.plain.api_version = int(system.get("ApiVersion", 0))
                 self.controller.salt = salt
 
     def handler(self, route: Route) -> Callable[..., None]:

@@ -37,6 +37,17 @@ _RAW_FRAME_TYPES = {
     "1.2.840.10008.1.2.4.91": "image/jp2",
 }
 
+# Content-Disposition of /file, /archive and /media, as seen on ApiVersion 16
+# (Orthanc 1.10.1), 27 (1.12.7) and 31 (1.13.0); where it changed in between
+# is taken from Orthanc's release notes.
+#: From here, /file is named after the instance (before: its attachment's UUID)...
+_FILE_NAMED_AFTER_INSTANCE = 27
+#: ... and a ``filename`` GET argument names the download (Orthanc 1.12.7).
+_FILENAME_ARGUMENT = 27
+#: From here, quotes and line breaks are removed from it; an empty name sends none.
+_FILENAME_SANITIZED = 30
+_UNSAFE_IN_FILENAME = {ord('"'): None, ord("\r"): None, ord("\n"): None}
+
 _HTTP_REASONS = {400: "Bad Request", 404: "Not Found", 415: "Unsupported Media Type",
                  500: "Internal Server Error"}
 #: Orthanc error codes met on the cached routes: HTTP status and description.
@@ -85,9 +96,12 @@ def _status_only(status: int, reason: str, headers: Optional[Dict[str, str]] = N
 class PlainOrthanc:
     """Answers a request exactly as Orthanc alone would, when the cache steps aside."""
 
-    def __init__(self, get: Get, describe_errors: bool):
+    def __init__(self, get: Get, describe_errors: bool, api_version: int = 16):
         self._get = get
         self._describe_errors = describe_errors
+        #: The running Orthanc's ``ApiVersion`` (``/system``), which selects the
+        #: rules that changed between versions; set once Orthanc answers REST calls.
+        self.api_version = api_version
 
     # Labels of successful answers -------------------------------------------------
 
@@ -109,12 +123,22 @@ class PlainOrthanc:
     def extra_headers(self, request: Request, representation: str) -> Dict[str, str]:
         """Headers other than Content-Type that Orthanc adds to a 200 of ``request``."""
         name = request.route.name
-        if name in ("archive", "media"):
+        if name not in ("archive", "media") and not (name == "file" and representation == DICOM):
+            return {}
+        if self.api_version >= _FILENAME_ARGUMENT and "filename" in request.arguments:
+            chosen = request.arguments["filename"]
+            if self.api_version >= _FILENAME_SANITIZED:
+                chosen = chosen.translate(_UNSAFE_IN_FILENAME)
+                if not chosen:
+                    return {}
+            return {"Content-Disposition": 'filename="%s"' % chosen}
+        if name != "file":
             return {"Content-Disposition": 'filename="%s.zip"' % request.resource_id}
-        if name == "file" and representation == DICOM:
-            info = self._get("/instances/%s/attachments/dicom/info" % request.resource_id)
-            if isinstance(info, bytes):
-                return {"Content-Disposition": 'filename="%s.dcm"' % json.loads(info)["Uuid"]}
+        if self.api_version >= _FILE_NAMED_AFTER_INSTANCE:
+            return {"Content-Disposition": 'filename="%s.dcm"' % request.resource_id}
+        info = self._get("/instances/%s/attachments/dicom/info" % request.resource_id)
+        if isinstance(info, bytes):
+            return {"Content-Disposition": 'filename="%s.dcm"' % json.loads(info)["Uuid"]}
         return {}
 
     # Failures ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ do not depend on the host's release):
 * ``sid``: the versions of the current orthancteam/orthanc image (Orthanc
   1.13.0, plugin 7.1, Python 3.14), which most users run; the default;
 * ``bookworm``: Debian 12's packages (Orthanc 1.10.1, plugin 4.0, Python 3.11);
+* ``trixie``: Debian 13's (Orthanc 1.12.7, plugin 5.0, Python 3.13), for checks by hand;
 * ``host``: the Orthanc installed on this machine, run as it is.
 
 Inside a root, Orthanc sees the host's ``/tmp`` (where tests keep their
@@ -25,7 +26,7 @@ from typing import Dict, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO_ROOT / "scripts" / "stack.sh"
-NAMES = ("sid", "bookworm", "host")
+NAMES = ("sid", "bookworm", "trixie", "host")
 #: Paths inside the stack (and on the host for ``host``).
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"

@@ -347,6 +347,32 @@ def test_file_has_the_attachment_uuid():
     assert reply.headers == {"Content-Disposition": 'filename="3fe75e12-7b3e-44e6-986a-1d21959e42db.dcm"'}
 
 
+@pytest.mark.parametrize("api_version, uri, arguments, disposition", [
+    # Orthanc 1.10.1: the attachment's UUID; no filename argument.
+    (16, "/instances/%s/file" % MONO16, {}, "3fe75e12-7b3e-44e6-986a-1d21959e42db.dcm"),
+    (16, "/instances/%s/file" % MONO16, {"filename": "x.dcm"},
+     "3fe75e12-7b3e-44e6-986a-1d21959e42db.dcm"),
+    (16, "/studies/%s/archive" % STUDY, {"filename": "x.zip"}, STUDY + ".zip"),
+    # Orthanc 1.12.7: the instance id; the filename argument as it is.
+    (27, "/instances/%s/file" % MONO16, {}, MONO16 + ".dcm"),
+    (27, "/instances/%s/file" % MONO16, {"filename": 'a"b'}, 'a"b'),
+    (27, "/studies/%s/media" % STUDY, {"filename": "y"}, "y"),
+    # Orthanc 1.13.0: quotes and line breaks removed; an empty name sends no header.
+    (31, "/instances/%s/file" % MONO16, {"filename": 'a"\r\nb;c'}, "ab;c"),
+    (31, "/studies/%s/archive" % STUDY, {}, STUDY + ".zip"),
+    (31, "/studies/%s/archive" % STUDY, {"filename": '"'}, None),
+])
+def test_content_disposition_follows_the_running_version(api_version, uri, arguments,
+                                                         disposition):
+    info = json.dumps({"Uuid": "3fe75e12-7b3e-44e6-986a-1d21959e42db"})
+    get = FakeOrthanc({"/instances/%s/attachments/dicom/info" % MONO16: info.encode()})
+    plain = PlainOrthanc(get, True, api_version)
+    representation = "application/dicom" if uri.endswith("/file") else ""
+    headers = plain.extra_headers(make_request(uri, arguments), representation)
+    assert headers.get("Content-Disposition") == (
+        None if disposition is None else 'filename="%s"' % disposition)
+
+
 def test_file_with_dicomweb_accept_is_refused():
     uri = "/instances/%s/file" % MONO16
     reply = answer(FakeOrthanc({uri: b"DICM"}), uri, headers={"accept": "application/dicom+json"})
