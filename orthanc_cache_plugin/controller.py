@@ -21,7 +21,8 @@ from .negotiation import NotAcceptable, Unsupported, representation_of
 from .routes import Answer, Route
 from .settings import Settings
 from .store import Entry, Store
-from .validators import Evaluation, Validators, caching_headers, evaluate_preconditions, parse_if_none_match
+from .validators import (Evaluation, Validators, caching_headers, evaluate_preconditions,
+                         parse_if_none_match)
 
 @dataclass(frozen=True)
 class Request:

@@ -14,7 +14,7 @@ from support import stacks
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 
-#: Seconds after a change before answers are stored and validated by version (freshness.SETTLE, 3 s).
+#: Seconds after a change before answers are stored (freshness.SETTLE, 3 s).
 SETTLE = 3.1
 CLIENTS = 16  # the harness's HttpThreadsCount
 
