@@ -14,13 +14,15 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
+from .flights import Flight, Flights
 from .freshness import SETTLE, Version
 from .keys import cache_key, entity_tag, normalized_query
 from .negotiation import NotAcceptable, Unsupported, representation_of
 from .routes import Answer, Route
 from .settings import Settings
 from .store import Entry, Store
-from .validators import Validators, caching_headers, evaluate_preconditions, parse_if_none_match
+from .validators import (Evaluation, Validators, caching_headers, evaluate_preconditions,
+                         parse_if_none_match)
 
 @dataclass(frozen=True)
 class Request:
@@ -89,6 +91,8 @@ class CacheController:
         self.salt = salt
         self._vary = vary
         self._clock = clock
+        #: Misses being computed, by key and version: concurrent ones wait (flights.py).
+        self.flights: Flights[Fetched] = Flights()
 
     def serve(self, request: Request) -> Reply:
         """Answer one GET; never raises for a store failure."""
@@ -112,24 +116,87 @@ class CacheController:
         if precondition.not_modified and self._etag_sent(request, validators):
             return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
         stored = self.store.get(key)
-        current = stored if stored is not None and stored.version == self._stamp(version) else None
+        found = self._stored_reply(stored, version, precondition, headers)
+        if found is not None:
+            return found
+        return self._miss(request, key, query, representation, version, stored, precondition,
+                          headers)
+
+    def _miss(self, request: Request, key: str, query: str, representation: str,
+              version: Version, stored: Optional[Entry], precondition: Evaluation,
+              headers: Dict[str, str]) -> Reply:
+        """Nothing usable stored: compute the answer, once for concurrent requests.
+
+        The first request missing ``key`` at ``version`` leads a flight and
+        computes; those arriving meanwhile wait for it (at most LockTimeout
+        seconds) and use its answer, or compute on their own (flights.py).
+        """
+        if self.settings.lock_timeout <= 0:
+            return self._compute(request, key, query, representation, version, stored,
+                                 precondition, headers, None)
+
+        flight, leading = self.flights.join((key, version.token))
+        if not leading:
+            shared = flight.wait(self.settings.lock_timeout)
+            if shared is not None:
+                return self._shared_reply(shared, precondition, headers)
+            # Timed out, or the leader had nothing to share (Orthanc answered it an
+            # error, the store failed...): ask Orthanc ourselves, outside the flight.
+            return self._compute(request, key, query, representation, version, stored,
+                                 precondition, headers, None)
+        try:
+            if stored is None or stored.version != self._stamp(version):
+                # A flight that landed between our read and join() may have stored it.
+                stored = self.store.get(key)
+                if stored is not None and stored.version == self._stamp(version) \
+                        and stored.body is not None:
+                    flight.land(Fetched(stored.content_type, stored.body, stored.headers))
+                found = self._stored_reply(stored, version, precondition, headers)
+                if found is not None:
+                    return found
+            return self._compute(request, key, query, representation, version, stored,
+                                 precondition, headers, flight)
+        finally:
+            flight.land(None)  # no effect when the answer was shared
+
+    def _stored_reply(self, stored: Optional[Entry], version: Version, precondition: Evaluation,
+                      headers: Dict[str, str]) -> Optional[Reply]:
+        """The 304 or hit that a stored entry allows, if any."""
+        current = stored if stored is not None and stored.version == self._stamp(version) \
+            else None
         if precondition.not_modified and current is not None:
             return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
         if current is not None and current.body is not None:
             return Reply(200, "HIT", "stored at this version", current.content_type, current.body,
                          dict(current.headers, **headers))
+        return None
 
+    def _compute(self, request: Request, key: str, query: str, representation: str,
+                 version: Version, stored: Optional[Entry], precondition: Evaluation,
+                 headers: Dict[str, str], flight: Optional[Flight[Fetched]]) -> Reply:
+        """Ask Orthanc for the answer of a settled version, keep it, and share it
+        with the requests waiting on ``flight`` (when leading one)."""
         fetched = self.origin.fetch(request, query, representation)
         if fetched is None:
+            # Followers ask Orthanc themselves and get their own plain answer.
             return self.origin.plain_answer(request, "Orthanc answered an error")
-        stored_now = self._keep(request, key, version, fetched)
+        written, stored_now = self._keep(request, key, version, fetched)
+        if flight is not None and written:
+            # The version is settled, so the answer is the same for every request of
+            # this key and version: followers may use this very body whether it was
+            # stored whole or, as binaries without StoreBinary and answers above
+            # MaximumEntrySize, only as validators (reading it back from the store
+            # would not work for those, and would cost a read).  When the store
+            # failed, they ask Orthanc themselves, as every request does while the
+            # store is unavailable (BYPASS).
+            flight.land(fetched)
         if precondition.not_modified:
             return Reply(304, "REVALIDATED", precondition.reason + " (checked with Orthanc)",
                          headers=headers)
         outcome = "MISS"
         if stored is None:
             reason = "not stored"
-        elif current is None:
+        elif stored.version != self._stamp(version):
             outcome, reason = "STALE-REFRESHED", "outdated version replaced"
         else:
             reason = "only validators stored"
@@ -141,6 +208,17 @@ class CacheController:
         return Reply(200, outcome, reason, fetched.content_type, fetched.body,
                      dict(fetched.headers, **headers))
 
+    @staticmethod
+    def _shared_reply(shared: Fetched, precondition: Evaluation,
+                      headers: Dict[str, str]) -> Reply:
+        """The answer of a concurrent request of the same key and version (see _compute)."""
+        if precondition.not_modified:
+            return Reply(304, "REVALIDATED",
+                         precondition.reason + " (checked by a concurrent request)",
+                         headers=headers)
+        return Reply(200, "HIT", "computed by a concurrent request", shared.content_type,
+                     shared.body, dict(shared.headers, **headers))
+
     def _serve_unsettled(self, request: Request, key: str, query: str, representation: str,
                          version: Version, now: datetime) -> Reply:
         """Answer while the resource may still change under the same version.
@@ -148,6 +226,9 @@ class CacheController:
         Nothing is read from or written to the store.  The ETag covers a
         digest of the body, and Last-Modified is dated a second before the
         change, so a validator taken now never matches a later content.
+        Concurrent requests are not coalesced either: the content may change
+        under the same version token, so a request must not be handed an
+        answer computed before it arrived (and this lasts only SETTLE seconds).
         """
         fetched = self.origin.fetch(request, query, representation)
         if fetched is None:
@@ -186,7 +267,7 @@ class CacheController:
         if stored is not None and stored.version == self._stamp(version) and stored.body is not None:
             return False
         fetched = self.origin.fetch(request, normalized_query(request.arguments), "")
-        return fetched is not None and self._keep(request, key, version, fetched)
+        return fetched is not None and self._keep(request, key, version, fetched)[1]
 
     def _stamp(self, version: Version) -> str:
         """What a stored entry must carry to be current: the resource's version, and
@@ -226,9 +307,13 @@ class CacheController:
             return "binary (StoreBinary is off)"
         return "store unavailable"
 
-    def _keep(self, request: Request, key: str, version: Version, fetched: Fetched) -> bool:
-        """Store the answer, or only its validators when the body may not be kept."""
+    def _keep(self, request: Request, key: str, version: Version,
+              fetched: Fetched) -> Tuple[bool, bool]:
+        """Store the answer, or only its validators when the body may not be kept.
+
+        Returns whether the store wrote the entry, and whether it holds the body.
+        """
         body = fetched.body if self._storable(request.route, fetched) else None
         written = self.store.set(key, Entry(self._stamp(version), fetched.content_type, body,
                                             fetched.headers), tag=request.resource_id)
-        return written and body is not None
+        return written, written and body is not None

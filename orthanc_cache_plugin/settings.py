@@ -71,6 +71,11 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("AdminPrefix", str, "/cache",
             "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
             "DELETE {prefix}/{level}/{id}, POST {prefix}/{level}/{id}/warm-up."),
+    Setting("LockTimeout", int, 30,
+            "Seconds a request that misses waits for a concurrent request already computing "
+            "the same answer (same route, query, representation and version), then uses its "
+            "answer instead of asking Orthanc again; past it, or when that request fails, it "
+            "asks Orthanc itself. 0 to never wait.", minimum=0),
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -97,6 +102,7 @@ class Settings:
     cache_status_header: str
     watch_http_writes: bool
     admin_prefix: str
+    lock_timeout: int
 
     @property
     def maximum_size_bytes(self) -> int:

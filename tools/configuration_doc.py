@@ -52,6 +52,7 @@ EXAMPLES: Dict[str, Any] = {
     "CacheStatusHeader": "X-Orthanc-Cache",
     "WatchHttpWrites": False,
     "AdminPrefix": "/admin/cache",
+    "LockTimeout": 60,
 }
 
 #: The setting that the introduction and the Docker section take as example.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
@@ -11,6 +13,7 @@ import pytest
 
 from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
 from orthanc_cache_plugin import statistics
+from orthanc_cache_plugin.flights import Flights
 from orthanc_cache_plugin.freshness import SETTLE, Version
 from orthanc_cache_plugin.keys import cache_key, entity_tag
 from orthanc_cache_plugin.routes import match
@@ -625,3 +628,286 @@ def test_warm_waits_for_the_version_to_settle(tmp_path, store, origin):
                            lambda seconds: (naps.append(seconds),
                                             origin.set("st", "t", settled=True)))
     assert naps == [SETTLE.total_seconds()]
+
+
+# --- Concurrent misses: one computes, the others wait for it (flights.py) --------------------
+
+THREADS = 16
+
+
+class GatedOrigin(FakeOrigin):
+    """A FakeOrigin whose first fetch (every fetch with ``hold_all``) blocks until
+    ``gate`` is set; the first one fails or raises on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.first_fetch = threading.Event()
+        self.first_fails = False
+        self.first_raises = False
+        self.hold_all = False
+        self.started = 0
+        self._lock = threading.Lock()
+
+    def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
+        with self._lock:
+            first = not self.first_fetch.is_set()
+            self.first_fetch.set()
+            self.started += 1
+        if first or self.hold_all:
+            assert self.gate.wait(30)
+        if first:
+            if self.first_raises:
+                raise RuntimeError("Orthanc went away")
+            if self.first_fails:
+                self.fetches.append((request.uri, query, representation))
+                return None
+        with self._lock:
+            return super().fetch(request, query, representation)
+
+
+class CountingFlights(Flights):
+    """Flights that count the requests that found one in the air."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.followers = 0
+
+    def join(self, key):
+        flight, leading = super().join(key)
+        if not leading:
+            with self._lock:
+                self.followers += 1
+        return flight, leading
+
+
+@pytest.fixture
+def gated(origin) -> GatedOrigin:
+    fake = GatedOrigin()
+    fake.versions, fake.answers = origin.versions, origin.answers
+    return fake
+
+
+def concurrent_controller(tmp_path, store, origin, **overrides) -> CacheController:
+    controller = make_controller(tmp_path, store, origin, **overrides)
+    controller.flights = CountingFlights()
+    return controller
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def serve_together(controller: CacheController, origin: GatedOrigin, requests: List[Request],
+                   alone: bool = False) -> List[Reply]:
+    """Serve ``requests`` in threads started together.  The first fetch is held until
+    all the other requests wait for its flight; ``alone``: every fetch is held until
+    all requests fetch."""
+    origin.hold_all = alone
+    if alone:
+        def ready() -> bool:
+            return origin.started == len(requests)
+    else:
+        def ready() -> bool:
+            return controller.flights.followers == len(requests) - 1 and origin.first_fetch.is_set()
+    barrier = threading.Barrier(len(requests))
+    replies: List[Optional[Reply]] = [None] * len(requests)
+    errors: List[BaseException] = []
+
+    def body(index: int) -> None:
+        try:
+            barrier.wait(10)
+            replies[index] = controller.serve(requests[index])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=body, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(ready)
+    finally:
+        origin.gate.set()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+    assert len(controller.flights) == 0
+    assert errors == []
+    return [check_reply(reply) for reply in replies if reply is not None]
+
+
+def test_concurrent_misses_fetch_once_and_share_the_body(tmp_path, store, gated):
+    controller = concurrent_controller(tmp_path, store, gated)
+    uri = "/studies/st/shared-tags"
+    replies = serve_together(controller, gated, [make_request(uri) for _ in range(THREADS)])
+    assert len(gated.fetches) == 1
+    assert sorted(reply.outcome for reply in replies) == ["HIT"] * (THREADS - 1) + ["MISS"]
+    assert {reply.body for reply in replies} == {b'{"tags": 1}|20230220T140000||'}
+    assert {reply.reason for reply in replies if reply.outcome == "HIT"} == \
+        {"computed by a concurrent request"}
+    assert all(reply.headers == replies[0].headers for reply in replies)
+    assert all(reply.status == 200 and reply.content_type == JSON for reply in replies)
+    assert controller.serve(make_request(uri)).reason == "stored at this version"
+
+
+def test_a_waiting_conditional_request_gets_its_304(tmp_path, store, gated):
+    controller = concurrent_controller(tmp_path, store, gated)
+    uri = "/studies/st/shared-tags"
+    replies = serve_together(controller, gated, [
+        make_request(uri), make_request(uri, headers={"if-modified-since": SINCE_LATER}),
+        make_request(uri, headers={"if-none-match": '"other"'})])
+    assert len(gated.fetches) == 1
+    statuses = sorted((reply.status, reply.outcome) for reply in replies)
+    assert (304, "REVALIDATED") in statuses and statuses.count((200, "HIT")) + \
+        statuses.count((200, "MISS")) == 2
+    revalidated = [reply for reply in replies if reply.status == 304]
+    assert len(revalidated) == 1 and revalidated[0].body == b""
+
+
+def test_waiters_compute_themselves_when_the_leader_gets_an_error(tmp_path, store, gated):
+    gated.first_fails = True
+    controller = concurrent_controller(tmp_path, store, gated)
+    uri = "/instances/in/tags"
+    replies = serve_together(controller, gated, [make_request(uri) for _ in range(4)])
+    # The leader gets Orthanc's error, alone; the others ask Orthanc themselves.
+    assert len(gated.fetches) == 4
+    assert sorted(reply.status for reply in replies) == [200, 200, 200, 404]
+    assert [reply.body for reply in replies if reply.status == 404] == [b"plain"]
+    assert [reply.outcome for reply in replies if reply.status == 200] == ["MISS"] * 3
+
+
+def test_orthanc_errors_are_never_shared(tmp_path, store, gated):
+    gated.failing = True
+    controller = concurrent_controller(tmp_path, store, gated)
+    replies = serve_together(controller, gated,
+                             [make_request("/instances/in/tags") for _ in range(4)])
+    assert len(gated.fetches) == 4 and len(gated.plain) == 4
+    assert all(reply.body == b"plain" for reply in replies)
+
+
+def test_waiters_compute_themselves_when_the_leader_raises(tmp_path, store, gated):
+    gated.first_raises = True
+    controller = concurrent_controller(tmp_path, store, gated)
+    uri = "/studies/st/shared-tags"
+    requests = [make_request(uri) for _ in range(4)]
+    barrier = threading.Barrier(len(requests))
+    outcomes: List[object] = []
+
+    def body(request: Request) -> None:
+        barrier.wait(10)
+        try:
+            outcomes.append(controller.serve(request).outcome)
+        except RuntimeError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=body, args=(request,)) for request in requests]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: controller.flights.followers == 3)
+    gated.gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes, key=str)[-1] == "Orthanc went away"
+    assert len([o for o in outcomes if o in ("MISS", "HIT")]) == 3
+    assert len(controller.flights) == 0
+
+
+def test_a_waiter_computes_itself_after_lock_timeout(tmp_path, store, gated):
+    controller = concurrent_controller(tmp_path, store, gated, lock_timeout=1)
+    uri = "/studies/st/shared-tags"
+    leader = threading.Thread(target=controller.serve, args=(make_request(uri),))
+    leader.start()
+    try:
+        assert gated.first_fetch.wait(10)
+        started = time.monotonic()
+        reply = controller.serve(make_request(uri))
+        waited = time.monotonic() - started
+    finally:
+        gated.gate.set()
+        leader.join(30)
+    assert 0.9 <= waited < 10
+    assert (reply.status, reply.outcome) == (200, "MISS")
+    assert reply.body == b'{"tags": 1}|20230220T140000||'
+    assert len(gated.fetches) == 2
+
+
+def test_other_keys_and_versions_do_not_wait(tmp_path, store, gated):
+    controller = concurrent_controller(tmp_path, store, gated)
+    uri = "/studies/st/shared-tags"
+    leader = threading.Thread(target=controller.serve, args=(make_request(uri),))
+    leader.start()
+    try:
+        assert gated.first_fetch.wait(10)
+        others = [controller.serve(make_request(uri, {"short": ""})),
+                  controller.serve(make_request("/instances/in/tags")),
+                  controller.serve(make_request("/instances/in/preview",
+                                                headers={"accept": "image/jpeg"}))]
+        gated.set("st", "20230220T150000")  # a new version: does not wait for the old one
+        others.append(controller.serve(make_request(uri)))
+        assert not gated.gate.is_set() and leader.is_alive()
+    finally:
+        gated.gate.set()
+        leader.join(30)
+    assert [reply.outcome for reply in others] == ["MISS"] * 4
+    assert others[-1].body == b'{"tags": 1}|20230220T150000||'
+    assert controller.flights.followers == 0
+
+
+def test_unstored_binaries_are_shared(tmp_path, store, gated):
+    controller = concurrent_controller(tmp_path, store, gated)  # StoreBinary off
+    uri = "/studies/st/archive"
+    replies = serve_together(controller, gated, [make_request(uri) for _ in range(4)])
+    assert len(gated.fetches) == 1
+    assert sorted(reply.outcome for reply in replies) == ["HIT", "HIT", "HIT", "MISS"]
+    assert {reply.body for reply in replies} == {b"PK-archive|20230220T140000||"}
+    assert {reply.content_type for reply in replies} == {"application/zip"}
+
+
+def test_nothing_is_shared_when_the_store_fails(tmp_path, gated):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    broken = Store(str(blocker / "store"), 64 * MB, 3600, warn=lambda message: None)
+    controller = concurrent_controller(tmp_path, broken, gated)
+    replies = serve_together(controller, gated,
+                             [make_request("/studies/st/shared-tags") for _ in range(4)])
+    assert len(gated.fetches) == 4
+    assert [reply.outcome for reply in replies] == ["BYPASS"] * 4
+    assert controller.flights.followers == 3
+
+
+def test_unsettled_versions_are_not_coalesced(tmp_path, store, gated):
+    gated.set("st", "20230220T140000|g1", settled=False)
+    controller = concurrent_controller(tmp_path, store, gated)
+    replies = serve_together(controller, gated,
+                             [make_request("/studies/st/shared-tags") for _ in range(4)],
+                             alone=True)
+    assert len(gated.fetches) == 4
+    assert [reply.outcome for reply in replies] == ["MISS"] * 4
+
+
+def test_lock_timeout_zero_never_waits(tmp_path, store, gated):
+    controller = concurrent_controller(tmp_path, store, gated, lock_timeout=0)
+    replies = serve_together(controller, gated,
+                             [make_request("/studies/st/shared-tags") for _ in range(4)],
+                             alone=True)
+    assert len(gated.fetches) == 4
+    assert [reply.outcome for reply in replies] == ["MISS"] * 4
+
+
+def test_a_leader_reads_the_store_again_after_joining(controller, origin, store, monkeypatch):
+    uri = "/studies/st/shared-tags"
+    controller.serve(make_request(uri))
+    real_get, reads = store.get, []
+
+    def get_missing_once(key):
+        # As if a concurrent flight stored the answer between the first read and join().
+        reads.append(key)
+        return None if len(reads) == 1 else real_get(key)
+
+    monkeypatch.setattr(store, "get", get_missing_once)
+    reply = controller.serve(make_request(uri))
+    assert (reply.outcome, reply.reason) == ("HIT", "stored at this version")
+    assert len(reads) == 2 and len(origin.fetches) == 1

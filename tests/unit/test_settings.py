@@ -39,7 +39,7 @@ def test_as_configuration_uses_file_names():
     assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
                                    "CacheControl", "StoreBinary", "MaximumEntrySize", "MemorySize",
                                    "WarmUp", "WarmUpQueueSize", "CacheStatusHeader", "WatchHttpWrites",
-                                   "AdminPrefix"]
+                                   "AdminPrefix", "LockTimeout"]
 
 
 def test_every_setting_is_documented():
@@ -52,10 +52,10 @@ def test_section_values():
     section = {"Enable": False, "Directory": "/tmp/c", "MaximumSize": 10, "Expiration": 60,
                "CacheControl": "no-cache", "StoreBinary": True, "MaximumEntrySize": 2,
                "MemorySize": 0, "WarmUp": False, "WarmUpQueueSize": 5, "CacheStatusHeader": "",
-               "WatchHttpWrites": False, "AdminPrefix": "/admin/cache"}
+               "WatchHttpWrites": False, "AdminPrefix": "/admin/cache", "LockTimeout": 0}
     settings = load_settings({SECTION: section}, {})
     assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, 0, False, 5, "",
-                                False, "/admin/cache")
+                                False, "/admin/cache", 0)
     assert settings.as_configuration() == section
     assert settings.maximum_size_bytes == 10 * 1024 * 1024
 
