@@ -329,6 +329,23 @@ _STABLE_LEVELS = {
 }
 
 
+#: Routes whose answer is a ZIP archive that Orthanc builds.
+ARCHIVE_ROUTES = ("archive", "media")
+
+
+def _plugin_may_read_archives() -> bool:
+    """False where a plugin that asks Orthanc's REST API for an archive crashes it.
+
+    Orthanc 1.13.0 streams archives, and a plugin's ``RestApiGet`` or
+    ``RestApiPost`` of ``/archive`` or ``/media`` (synchronous, and
+    ``/jobs/{id}/archive`` after an asynchronous one) ends Orthanc with a
+    segmentation fault.  1.12.7 answers them.  A crash cannot be probed, so
+    the versions in between are treated like 1.13.0: their archives are only
+    left uncached.
+    """
+    return not orthanc.CheckVersionAdvanced(1, 12, 8)
+
+
 #: Every REST callback handed to Orthanc, referenced until the interpreter ends.
 #: When Orthanc stops, the Python plugin 7.1 drops its references to REST
 #: callbacks without holding the GIL: a callback that nothing else references
@@ -359,8 +376,14 @@ def enable(overrides: Mapping[str, Any]) -> bool:
         orthanc.LogError(LOG_PREFIX + "not started: Orthanc's change events go to a callback "
                          "registered before enable_cache_plugin()")
         return False
+    archives = _plugin_may_read_archives()
     for route in ROUTES:
+        if route.name in ARCHIVE_ROUTES and not archives:
+            continue
         _register_rest(route.pattern, plugin.handler(route))
+    if not archives:
+        orthanc.LogWarning(LOG_PREFIX + "archive and media left to Orthanc (not cached, no "
+                           "validators): this Orthanc cannot compute them for a plugin")
     prefix = settings.admin_prefix.rstrip("/")
     _register_rest(prefix + "/statistics", plugin.on_admin)
     _register_rest(prefix, plugin.on_admin)

@@ -20,6 +20,9 @@ import requests
 from support.dicom_factory import make_instance, make_study
 from support.orthanc_server import OrthancServer
 
+#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
+pytestmark = pytest.mark.old_stack
+
 NO_GZIP = {"Accept-Encoding": "identity"}
 #: freshness.SETTLE + freshness.GRACE: after a write, answers are stored again.
 QUIET = 5.2
@@ -178,9 +181,6 @@ sys.path.insert(0, {repo!r})
 
 import orthanc
 from orthanc_cache_plugin import enable_cache_plugin
-
-#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
-pytestmark = pytest.mark.old_stack
 
 
 def on_stored_instance(dicom, instance_id):
