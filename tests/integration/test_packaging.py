@@ -18,7 +18,7 @@ from support.orthanc_server import OrthancServer
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter that Orthanc's Python plugin embeds
 NAME = "orthanc-cache-plugin"
 _IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist",
-                                  ".pytest_cache", ".hypothesis")
+                                  ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache")
 
 STARTUP_SCRIPT = '''\
 """Packaging test: the cache plugin and diskcache from a virtual environment."""
