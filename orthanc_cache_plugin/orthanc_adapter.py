@@ -45,8 +45,9 @@ def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> 
         quality = jpeg_quality(arguments)
         if quality is None:
             return None
-        return orthanc.CompressJpegImage(pixel_format, width, height, image.GetImagePitch(),
-                                         buffer, quality)
+        jpeg: bytes = orthanc.CompressJpegImage(pixel_format, width, height,
+                                                image.GetImagePitch(), buffer, quality)
+        return jpeg
     channels, sample_bytes = {
         orthanc.PixelFormat.GRAYSCALE8: (1, 1),
         orthanc.PixelFormat.GRAYSCALE16: (1, 2),
@@ -85,9 +86,10 @@ class OrthancOrigin:
         if representation in (JPEG, PAM):
             if representation == JPEG and request.groups[-1] in ("image-uint16", "image-int16"):
                 return None  # Orthanc has no JPEG of 16-bit images
-            body = _reencode(body, representation, request.arguments)
-            if body is None:
+            reencoded = _reencode(body, representation, request.arguments)
+            if reencoded is None:
                 return None
+            body = reencoded
         return Fetched(self.plain.content_type(request, representation), body,
                        self.plain.extra_headers(request, representation))
 
@@ -134,7 +136,8 @@ def send(output: Any, reply: Reply) -> None:
 
 def _post(uri: str, body: bytes) -> Union[bytes, int]:
     try:
-        return orthanc.RestApiPost(uri, body)
+        answer: bytes = orthanc.RestApiPost(uri, body)
+        return answer
     except orthanc.OrthancException as error:
         return error.args[0] if error.args and isinstance(error.args[0], int) else -1
 
@@ -253,20 +256,23 @@ class CachePlugin:
         prefix = self.settings.admin_prefix.rstrip("/")
         if uri == prefix + "/statistics":
             if method != "GET":
-                return output.SendMethodNotAllowed("GET")
+                output.SendMethodNotAllowed("GET")
+                return
             entries, size, queue, done = self._store_figures()
             body = self.statistics.report(entries, size, self.store.directory,
                                           self.store.available,
                                           self.settings.as_configuration(), queue, done)
         elif uri == prefix:
             if method != "DELETE":
-                return output.SendMethodNotAllowed("DELETE")
+                output.SendMethodNotAllowed("DELETE")
+                return
             body = {"Removed": self.store.clear()}
             _warn("store emptied through the admin API")
         else:
             level, resource_id, action = groups
             if not isinstance(_get("/%s/%s" % (level, resource_id)), bytes):
-                return output.SendHttpStatusCode(404)
+                output.SendHttpStatusCode(404)
+                return
             if action and method == "POST":
                 stored = sum(self.controller.warm(request)
                              for request in warm_requests(Level(level), resource_id))
@@ -275,7 +281,8 @@ class CachePlugin:
                 body = {"Removed": sum(self.store.evict(tag)
                                        for tag in _resource_and_descendants(level, resource_id))}
             else:
-                return output.SendMethodNotAllowed("POST" if action else "DELETE")
+                output.SendMethodNotAllowed("POST" if action else "DELETE")
+                return
         output.AnswerBuffer(json.dumps(body, indent=3), JSON_TYPE)
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:

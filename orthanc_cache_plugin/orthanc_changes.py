@@ -27,7 +27,8 @@ def warn(message: str) -> None:
 def get(uri: str) -> Union[bytes, int]:
     """Orthanc's built-in answer to a GET: the body, or the error code."""
     try:
-        return orthanc.RestApiGet(uri)
+        answer: bytes = orthanc.RestApiGet(uri)
+        return answer
     except orthanc.OrthancException as error:
         return error.args[0] if error.args and isinstance(error.args[0], int) else -1
 
@@ -134,7 +135,8 @@ class ChangeWatch:
             self._save()
         if changes["Last"] != seen:
             self._store.set_value("changes-seen", str(changes["Last"]))
-        return changes["Last"]
+        last: int = changes["Last"]
+        return last
 
 
 def _parent_of(resource: str) -> Optional[str]:
