@@ -606,14 +606,15 @@ class Bench:
             stop = threading.Event()
             misses = [0]
 
-            def ask_misses(port: int = self.servers[name].port) -> None:
+            def ask_misses(port: int, name: str, stop: threading.Event, misses: List[int]) -> None:
                 client = Client(port)
                 while not stop.is_set():
                     misses[0] += 1
                     client.get(miss_url + "%s-%d" % (name, misses[0]))
                 client.close()
 
-            asking = threading.Thread(target=ask_misses, daemon=True)
+            asking = threading.Thread(target=ask_misses, daemon=True,
+                                      args=(self.servers[name].port, name, stop, misses))
             asking.start()
             load = self.wrk.run(self.servers[name], [(hit_url, "")], connections, plan.duration,
                                 "%s: %s" % (row["scenario"], name), wait_idle=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orthanc_cache_plugin.settings import SECTION, SETTINGS, Settings, SettingsError, load_settings
@@ -94,7 +96,7 @@ def test_overrides_do_not_modify_their_inputs():
 
 def test_settings_are_frozen():
     settings = load_settings({}, {})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         settings.directory = "/elsewhere"  # type: ignore[misc]
 
 
