@@ -129,7 +129,7 @@ class Plan:
     profile_duration: int = 20
 
     @classmethod
-    def quick_plan(cls) -> "Plan":
+    def quick_plan(cls) -> Plan:
         return cls(quick=True, duration=1, connections=(4,), small=5, big=20, spec_studies=3,
                    spec_connections=8, hit_studies=("small",), cold_repeats=2, ingest=30, ingest_rounds=1,
                    fill_small=10, fill_large=1000, scale_rounds=1, settle_wait=4.0,
@@ -264,6 +264,7 @@ def fill_store(directory: Path, count: int, body_size: int = 1500) -> None:
     (``keys.cache_key``) for shared-tags of studies that do not exist.
     """
     import diskcache
+
     from orthanc_cache_plugin.keys import cache_key
     from orthanc_cache_plugin.store import Entry
 
@@ -968,7 +969,6 @@ def chart(results: Results, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     plain_numbers = FuncFormatter(lambda value, _: "%g" % value)

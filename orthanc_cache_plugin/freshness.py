@@ -28,8 +28,8 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
 from .validators import parse_orthanc_timestamp

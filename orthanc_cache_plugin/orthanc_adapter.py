@@ -19,9 +19,16 @@ from . import __version__
 from .controller import CacheController, Fetched, Reply, Request
 from .freshness import Version, resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
-from .orthanc_changes import (HIDDEN_CHANGE_EVENTS, LOG_PREFIX, ChangeWatch, get as _get,
-                              warn as _warn, watch_changes, watch_stored_instances,
-                              watch_writes)
+from .orthanc_changes import (
+    HIDDEN_CHANGE_EVENTS,
+    LOG_PREFIX,
+    ChangeWatch,
+    get as _get,
+    warn as _warn,
+    watch_changes,
+    watch_stored_instances,
+    watch_writes,
+)
 from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings

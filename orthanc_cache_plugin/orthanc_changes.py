@@ -12,8 +12,14 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import orthanc
 
-from .freshness import (LOGGED_HIDDEN_CHANGES, MARKER_METADATA, Generation,
-                        RememberedUpdates, deleted_resource, may_change_stored_answers)
+from .freshness import (
+    LOGGED_HIDDEN_CHANGES,
+    MARKER_METADATA,
+    Generation,
+    RememberedUpdates,
+    deleted_resource,
+    may_change_stored_answers,
+)
 from .store import Store
 from .thread_states import keep_thread_state
 

@@ -18,8 +18,17 @@ from typing import Callable, Dict, Optional, Union
 
 from .controller import Reply, Request
 from .keys import with_query
-from .negotiation import (BAD_ACCEPT, DICOM, JPEG, NotAcceptable, Unsupported, jpeg_quality,
-                          negotiate_image, parse_unsigned, representation_of)
+from .negotiation import (
+    BAD_ACCEPT,
+    DICOM,
+    JPEG,
+    NotAcceptable,
+    Unsupported,
+    jpeg_quality,
+    negotiate_image,
+    parse_unsigned,
+    representation_of,
+)
 from .routes import Answer, Negotiation
 
 Get = Callable[[str], Union[bytes, int]]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import textwrap
 from pathlib import Path
 from typing import Callable
+
+import pytest
 
 from support.dicom_factory import make_pdf_instance, make_study
 from support.orthanc_server import OrthancServer

@@ -34,8 +34,13 @@ from urllib.parse import quote
 
 import pytest
 
-from support.oracle import (COMPARED_HEADERS, attachment_names, normalized_body, sample_files,
-                            upload_samples)
+from support.oracle import (
+    COMPARED_HEADERS,
+    attachment_names,
+    normalized_body,
+    sample_files,
+    upload_samples,
+)
 from support.orthanc_server import OrthancServer
 
 SEED = "hostile"
@@ -322,7 +327,7 @@ class Generator:
 
     # Validators ------------------------------------------------------------
 
-    def validators(self, issued: "Issued", target_key: Tuple) -> Dict[str, bytes]:
+    def validators(self, issued: Issued, target_key: Tuple) -> Dict[str, bytes]:
         """Random conditional headers, built from junk and from validators the plugin issued."""
         rng = self.rng
         headers: Dict[str, bytes] = {}

@@ -48,7 +48,7 @@ ACCESS_LOG = ("method", "uri", "status", "cache", "upstream_status", "user")
 _PORT_IN_USE = "Address already in use"
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-_running: Set["NginxServer"] = set()
+_running: Set[NginxServer] = set()
 
 _MAIN_CONFIGURATION = """\
 # Written by tests/support/nginx.py.
@@ -135,7 +135,7 @@ class NginxServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> "NginxServer":
+    def start(self) -> NginxServer:
         """Create the directory, launch nginx and wait until it accepts connections."""
         if self.is_running:
             raise RuntimeError("nginx is already running")
@@ -178,7 +178,7 @@ class NginxServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def __enter__(self) -> "NginxServer":
+    def __enter__(self) -> NginxServer:
         if not self.is_running:
             self.start()
         return self
@@ -218,7 +218,7 @@ class NginxServer:
         """A file of the server's directory, e.g. a log that the site writes to ``@PREFIX@/...``."""
         return (self._workdir / relative).read_text(encoding="utf-8", errors="replace")
 
-    def wait_for_access_log(self, pattern: str, timeout: float = 5) -> "re.Match[str]":
+    def wait_for_access_log(self, pattern: str, timeout: float = 5) -> re.Match[str]:
         """Wait until the raw access log matches the regex ``pattern``."""
         deadline = time.monotonic() + timeout
         while True:

@@ -46,7 +46,7 @@ SUPERUSER = "postgres"
 _PORT_IN_USE = "Address already in use"
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-_running: Set["PostgresServer"] = set()
+_running: Set[PostgresServer] = set()
 
 # Throw-away data: durability is useless, speed is welcome.
 _SERVER_SETTINGS = {
@@ -75,7 +75,7 @@ def _die_with_parent() -> None:
 class OrthancCluster(NamedTuple):
     """Orthanc nodes sharing one PostgreSQL index (:attr:`postgres`) and one storage directory."""
 
-    postgres: "PostgresServer"
+    postgres: PostgresServer
     nodes: List[OrthancServer]
     storage_dir: Path
 
@@ -119,7 +119,7 @@ class PostgresServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         """Create the directory, ``initdb``, launch ``postgres``, wait for it, create the database."""
         if self.is_running:
             raise RuntimeError("PostgreSQL is already running")
@@ -157,7 +157,7 @@ class PostgresServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         if not self.is_running:
             self.start()
         return self

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Tuple
 import diskcache
 import pytest
 
-from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
 from orthanc_cache_plugin import statistics
+from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
 from orthanc_cache_plugin.flights import Flights
 from orthanc_cache_plugin.freshness import SETTLE, Version
 from orthanc_cache_plugin.keys import cache_key, entity_tag
