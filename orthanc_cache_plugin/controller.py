@@ -270,7 +270,8 @@ class CacheController:
             return False
         key = cache_key(request.uri, normalized_query(request.arguments), "")
         stored = self.store.get(key)
-        if stored is not None and stored.version == self._stamp(version) and stored.body is not None:
+        if (stored is not None and stored.version == self._stamp(version)
+                and stored.body is not None):
             return False
         fetched = self.origin.fetch(request, normalized_query(request.arguments), "")
         return fetched is not None and self._keep(request, key, version, fetched)[1]

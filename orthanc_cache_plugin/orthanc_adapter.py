@@ -1,7 +1,7 @@
 """The thin layer between Orthanc's Python plugin and the cache.
 
-With :mod:`.orthanc_changes`, the only module importing ``orthanc``: it registers one REST callback per
-route of :data:`.routes.ROUTES`, turns Orthanc's callback arguments into a
+With :mod:`.orthanc_changes`, the only module importing ``orthanc``: it registers one REST
+callback per route of :data:`.routes.ROUTES`, turns Orthanc's callback arguments into a
 :class:`.controller.Request`, sends the controller's :class:`.controller.Reply`
 back, forwards other methods, and runs warm-up on Orthanc's change events.
 """

@@ -225,7 +225,8 @@ class PlainOrthanc:
         instance = "/instances/%s" % request.resource_id
         if not isinstance(self._get(request.uri), bytes):
             if not isinstance(self._get(instance), bytes):
-                other_level = any(isinstance(self._get("/%s/%s" % (level, request.resource_id)), bytes)
+                other_level = any(isinstance(self._get("/%s/%s" % (level, request.resource_id)),
+                                             bytes)
                                   for level in ("patients", "studies", "series"))
                 return self._unsupported_image(request, "not an instance") if other_level \
                     else _status_only(404, "unknown instance")

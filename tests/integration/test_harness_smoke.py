@@ -15,7 +15,8 @@ from support.orthanc_server import OrthancServer
 pytestmark = pytest.mark.old_stack
 
 
-def test_plain_orthanc_stores_generated_study(orthanc_factory: Callable[..., OrthancServer]) -> None:
+def test_plain_orthanc_stores_generated_study(
+        orthanc_factory: Callable[..., OrthancServer]) -> None:
     orthanc = orthanc_factory()
     study = make_study("PAT-SMOKE", n_series=2, n_instances=3, seed="smoke")
     pdf = make_pdf_instance("PAT-SMOKE", seed="smoke")

@@ -226,7 +226,8 @@ class NginxServer:
             if match:
                 return match
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{pattern!r} not in nginx's access log:\n{self._read('access.log')}")
+                raise TimeoutError(f"{pattern!r} not in nginx's access log:\n"
+                                   f"{self._read('access.log')}")
             time.sleep(0.05)
 
     # -- internals --------------------------------------------------------
@@ -270,7 +271,8 @@ class NginxServer:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise NginxStartError(f"nginx not ready after {self.start_timeout} s:\n{self.error_log()}")
+                raise NginxStartError(f"nginx not ready after {self.start_timeout} s:\n"
+                                      f"{self.error_log()}")
             time.sleep(0.02)
 
     def _kill(self) -> None:

@@ -250,8 +250,10 @@ class OrthancServer:
         return self.request("DELETE", path, **kwargs)
 
     def upload(self, dicom: bytes) -> Dict[str, Any]:
-        """``POST /instances``; returns Orthanc's JSON answer (``ID``, ``ParentStudy``, ``Status``...)."""
-        response = self.post("/instances", data=dicom, headers={"Content-Type": "application/dicom"})
+        """``POST /instances``; returns Orthanc's JSON answer (``ID``, ``ParentStudy``,
+        ``Status``...)."""
+        response = self.post("/instances", data=dicom,
+                             headers={"Content-Type": "application/dicom"})
         response.raise_for_status()
         return response.json()
 
@@ -266,7 +268,8 @@ class OrthancServer:
             log.flush()
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)], self.stack),
+                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)],
+                               self.stack),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -288,11 +291,13 @@ class OrthancServer:
         while True:
             if self.process.poll() is not None:
                 raise OrthancStartError(
-                    f"Orthanc exited with code {self.process.returncode} during start-up:\n{self.log_tail()}"
+                    f"Orthanc exited with code {self.process.returncode} during start-up:\n"
+                    f"{self.log_tail()}"
                 )
             try:
                 response = self.session.get(self.url + "/system", timeout=1)
-                if response.status_code == 200 and response.json().get("Name") == self.config["Name"]:
+                if (response.status_code == 200
+                        and response.json().get("Name") == self.config["Name"]):
                     return
             except (requests.RequestException, ValueError):
                 pass

@@ -15,7 +15,8 @@ def test_normalized_query_empty():
 
 
 def test_normalized_query_sorted_by_name():
-    assert normalized_query({"simplify": "", "expand": "1", "short": ""}) == "expand=1&short=&simplify="
+    assert normalized_query({"simplify": "", "expand": "1",
+                             "short": ""}) == "expand=1&short=&simplify="
     assert normalized_query({"b": "2", "a": "1"}) == normalized_query({"a": "1", "b": "2"})
 
 

@@ -40,7 +40,8 @@ def test_as_configuration_uses_file_names():
     assert configuration == {setting.name: setting.default for setting in SETTINGS}
     assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
                                    "CacheControl", "StoreBinary", "MaximumEntrySize", "MemorySize",
-                                   "WarmUp", "WarmUpQueueSize", "CacheStatusHeader", "WatchHttpWrites",
+                                   "WarmUp", "WarmUpQueueSize", "CacheStatusHeader",
+                                   "WatchHttpWrites",
                                    "AdminPrefix", "LockTimeout"]
 
 
