@@ -45,7 +45,8 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("variants", nargs="+", type=parse_variant, metavar="name=folder")
     parser.add_argument("--quick", action="store_true", help="tiny data, 1 s wrk runs")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default 5)")
-    parser.add_argument("--out", type=Path, default=run.BENCH_DIR / "results", help="output directory")
+    parser.add_argument("--out", type=Path, default=run.BENCH_DIR / "results",
+                        help="output directory")
     args = parser.parse_args(argv)
     run.ensure_environment(profile=False)
 
@@ -77,7 +78,8 @@ def main(argv: Sequence[str] = None) -> int:
             shutil.copytree(loader.storage_dir, workdir / name / "storage")
         bench.servers["floor"] = run.make_server(workdir / "floor", "floor")
         for name, path in args.variants:
-            bench.servers[name] = run.make_server(workdir / name, "plugin", workdir / name / "cache", path)
+            bench.servers[name] = run.make_server(workdir / name, "plugin",
+                                                  workdir / name / "cache", path)
         for server in bench.servers.values():
             server.start(60)  # from this thread (see run.Bench.set_up)
         for name, path in args.variants:
@@ -95,8 +97,10 @@ def main(argv: Sequence[str] = None) -> int:
                     raise RuntimeError("priming %s failed" % url)
 
         scenarios = [
-            ("hit shared-tags, %d instances" % plan.small, "/studies/%s/shared-tags" % small, False, 8),
-            ("hit shared-tags, %d instances" % plan.small, "/studies/%s/shared-tags" % small, False, 64),
+            ("hit shared-tags, %d instances" % plan.small, "/studies/%s/shared-tags" % small,
+             False, 8),
+            ("hit shared-tags, %d instances" % plan.small, "/studies/%s/shared-tags" % small,
+             False, 64),
             ("revalidate shared-tags, %d instances" % plan.small, "/studies/%s/shared-tags" % small,
              True, 8),
             ("hit instances-tags, %d instances" % plan.big, "/studies/%s/instances-tags" % large,

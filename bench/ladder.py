@@ -53,8 +53,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--rung", action="append", metavar="PARTS",
                         help="measure these rungs instead (BENCH_LADDER parts, e.g. 'store' or "
-                             "'filter,lastupdate'; '' is the floor, 'plugin' the plugin); repeatable")
-    parser.add_argument("--out", type=Path, default=run.BENCH_DIR / "results", help="output directory")
+                             "'filter,lastupdate'; '' is the floor, 'plugin' the plugin); "
+                             "repeatable")
+    parser.add_argument("--out", type=Path, default=run.BENCH_DIR / "results",
+                        help="output directory")
     args = parser.parse_args(argv)
     run.ensure_environment(profile=False)
     run._import_support()
@@ -74,7 +76,8 @@ def main(argv: Sequence[str] = None) -> int:
     try:
         loader = run.make_server(workdir / "loader", "plain")
         loader.start()
-        _, studies = run.upload_all(loader.port, make_study("LADDER", 1, args.instances, seed="ladder"), 4)
+        _, studies = run.upload_all(loader.port,
+                                    make_study("LADDER", 1, args.instances, seed="ladder"), 4)
         loader.stop()
         url = "/studies/%s/shared-tags" % studies[0]
         for index, (_, parts) in enumerate(rungs):
@@ -84,8 +87,9 @@ def main(argv: Sequence[str] = None) -> int:
                 server = run.make_server(folder, "plugin", folder / "cache")
             else:
                 server = OrthancServer(folder, python_script=SCRIPT, config=dict(run.COMMON_CONFIG),
-                                       log_flags=(), env={"BENCH_LADDER": parts,
-                                                          "BENCH_LADDER_STORE": str(folder / "store")})
+                                       log_flags=(),
+                                       env={"BENCH_LADDER": parts,
+                                            "BENCH_LADDER_STORE": str(folder / "store")})
             server.start(60)  # from this thread (see run.Bench.set_up)
             servers.append(server)
         time.sleep(run.Plan().settle_wait)  # the plugin stores nothing changed < 3 s ago
@@ -106,7 +110,8 @@ def main(argv: Sequence[str] = None) -> int:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    lines = ["wrk -c%d on `GET /studies/{id}/shared-tags` (%d instances), median of %d runs of %d s." % (
+    lines = ["wrk -c%d on `GET /studies/{id}/shared-tags` (%d instances), "
+             "median of %d runs of %d s." % (
         args.connections, args.instances, args.rounds, args.duration), "",
         "| Rung | req/s | ÷ first | µs per request | added µs |", "|---|--:|--:|--:|--:|"]
     rows = []

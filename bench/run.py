@@ -89,7 +89,8 @@ def ensure_environment(profile: bool) -> None:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"]
         if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL,
+                           check=True)
             subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=True)
     missing = []
     try:
@@ -129,9 +130,10 @@ class Plan:
     profile_duration: int = 20
 
     @classmethod
-    def quick_plan(cls) -> "Plan":
+    def quick_plan(cls) -> Plan:
         return cls(quick=True, duration=1, connections=(4,), small=5, big=20, spec_studies=3,
-                   spec_connections=8, hit_studies=("small",), cold_repeats=2, ingest=30, ingest_rounds=1,
+                   spec_connections=8, hit_studies=("small",), cold_repeats=2, ingest=30,
+                   ingest_rounds=1,
                    fill_small=10, fill_large=1000, scale_rounds=1, settle_wait=4.0,
                    profile_duration=3)
 
@@ -146,7 +148,8 @@ class Client:
         self._connection: Optional[http.client.HTTPConnection] = None
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes, float]:
+                headers: Optional[Dict[str, str]] = None,
+                ) -> Tuple[int, Dict[str, str], bytes, float]:
         """(status, headers, body, seconds from sending to the last byte)."""
         for attempt in (1, 2):
             if self._connection is None:
@@ -166,7 +169,8 @@ class Client:
         raise AssertionError("unreachable")
 
     def get(self, path: str, **headers: str) -> Tuple[int, Dict[str, str], bytes, float]:
-        return self.request("GET", path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        return self.request("GET", path,
+                            headers={k.replace("_", "-"): v for k, v in headers.items()})
 
     def close(self) -> None:
         if self._connection is not None:
@@ -226,7 +230,8 @@ def make_server(workdir: Path, kind: str, cache_dir: Optional[Path] = None,
     from support.orthanc_server import OrthancServer
 
     config = dict(COMMON_CONFIG)
-    kwargs: Dict[str, Any] = {"log_flags": ()}  # no --verbose: the plugin logs every request at info
+    # No --verbose: the plugin logs every request at info.
+    kwargs: Dict[str, Any] = {"log_flags": ()}
     if kind == "plugin":
         config["CachePlugin"] = {"Directory": str(cache_dir)}
         plugin_path = (plugin_path or PLUGIN_PATH).resolve()
@@ -264,6 +269,7 @@ def fill_store(directory: Path, count: int, body_size: int = 1500) -> None:
     (``keys.cache_key``) for shared-tags of studies that do not exist.
     """
     import diskcache
+
     from orthanc_cache_plugin.keys import cache_key
     from orthanc_cache_plugin.store import Entry
 
@@ -445,7 +451,8 @@ class Results:
 
 
 class Bench:
-    def __init__(self, plan: Plan, out: Path, workdir: Path, profile: bool, wrk_log: str = "wrk.log"):
+    def __init__(self, plan: Plan, out: Path, workdir: Path, profile: bool,
+                 wrk_log: str = "wrk.log"):
         self.plan = plan
         self.out = out
         self.workdir = workdir
@@ -470,7 +477,8 @@ class Bench:
         for number in range(plan.spec_studies):
             base += make_study("BENCH-%03d" % number, 1, plan.small, seed="bench-small-%d" % number)
         big = make_study("BENCH-BIG", 1, plan.big, seed="bench-big")
-        ingest = [make_study("BENCH-INGEST-%d" % round_, 1, plan.ingest, seed="bench-ingest-%d" % round_)
+        ingest = [make_study("BENCH-INGEST-%d" % round_, 1, plan.ingest,
+                             seed="bench-ingest-%d" % round_)
                   for round_ in range(plan.ingest_rounds)]
         _log("generated %d + %d + %d x %d instances of 32x32 pixels in %.1f s"
              % (len(base), len(big), len(ingest), plan.ingest, time.perf_counter() - began))
@@ -506,7 +514,8 @@ class Bench:
             # started it ends (PR_SET_PDEATHSIG), so never from a pool's thread.
             server.start(60)
         for name in ("plugin", "plugin-100k"):
-            self.servers[name].wait_for_log(r"cache plugin: version \S+ active, store in .* \(available\)")
+            self.servers[name].wait_for_log(r"cache plugin: version \S+ active, store in .* "
+                                            r"\(available\)")
         self.servers["floor"].wait_for_log("benchmark floor:")
         self.clients = {name: Client(server.port) for name, server in self.servers.items()}
         self.wrk.quiet_pids = [server.pid for server in self.servers.values()]
@@ -521,7 +530,8 @@ class Bench:
             "python": platform.python_version(),
             "wrk": " ".join(subprocess.run(["wrk", "-v"], capture_output=True,
                                           text=True).stdout.split()[:2]),
-            "plugin_commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            "plugin_commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short",
+                                             "HEAD"],
                                             capture_output=True, text=True).stdout.strip(),
             "plugin_path": str(PLUGIN_PATH),
             "plugin_digest": _package_digest(),
@@ -546,7 +556,8 @@ class Bench:
             missing = [url for url in urls if not stored(self.cache_dirs[name], url + "?#")]
             if missing:
                 raise RuntimeError("%s did not store %s" % (name, missing))
-        self.results.memory_idle = {name: memory_of(server.pid) for name, server in self.servers.items()}
+        self.results.memory_idle = {name: memory_of(server.pid)
+                                    for name, server in self.servers.items()}
         _log("primed %d URLs; stores hold %d and %d entries" % (
             len(urls), store_entries(self.cache_dirs["plugin"]),
             store_entries(self.cache_dirs["plugin-100k"])))
@@ -573,7 +584,8 @@ class Bench:
                     for connections in plan.connections:
                         row = {"group": "304" if revalidate else "hit",
                                "scenario": "%s %s, %d instances" % (
-                                   "revalidate" if revalidate else "hit", route, self.size_of(study)),
+                                   "revalidate" if revalidate else "hit", route,
+                                   self.size_of(study)),
                                "connections": connections}
                         for name in SERVERS:
                             etag = etags[name] if revalidate else ""
@@ -606,14 +618,15 @@ class Bench:
             stop = threading.Event()
             misses = [0]
 
-            def ask_misses(port: int = self.servers[name].port) -> None:
+            def ask_misses(port: int, name: str, stop: threading.Event, misses: List[int]) -> None:
                 client = Client(port)
                 while not stop.is_set():
                     misses[0] += 1
                     client.get(miss_url + "%s-%d" % (name, misses[0]))
                 client.close()
 
-            asking = threading.Thread(target=ask_misses, daemon=True)
+            asking = threading.Thread(target=ask_misses, daemon=True,
+                                      args=(self.servers[name].port, name, stop, misses))
             asking.start()
             load = self.wrk.run(self.servers[name], [(hit_url, "")], connections, plan.duration,
                                 "%s: %s" % (row["scenario"], name), wait_idle=False)
@@ -647,7 +660,8 @@ class Bench:
                 "p50_ms": statistics.mean(load.p50_ms for load in loads),
                 "p99_ms": statistics.mean(load.p99_ms for load in loads),
                 "runs": [load.as_dict() for load in loads]})
-            _log("scale %s (%d entries): %.0f req/s" % (name, entries, self.results.scale[-1]["rps"]))
+            _log("scale %s (%d entries): %.0f req/s" % (name, entries,
+                                                        self.results.scale[-1]["rps"]))
 
     def cold(self) -> None:
         """First GET of a new key (stored), and first GET after a write (unsettled), vs plain."""
@@ -666,7 +680,8 @@ class Bench:
                             status, headers, _, seconds = client.get("%s?bench=%d" % (url, counter))
                         else:
                             before = client.get(url)[1].get("ETag") if name == "plugin" else None
-                            put = client.request("PUT", "/studies/%s/metadata/1024" % self.studies[study],
+                            put = client.request("PUT",
+                                                 "/studies/%s/metadata/1024" % self.studies[study],
                                                  b"bench %d" % repeat)[0]
                             if put != 200:
                                 raise RuntimeError("PUT metadata answered %d" % put)
@@ -697,8 +712,10 @@ class Bench:
                 watch = CpuWatch(self.servers[name].pid)
                 seconds, _ = upload_all(self.servers[name].port, files, self.plan.upload_threads)
                 runs[name].append({"instances": len(files), "seconds": seconds,
-                                   "per_second": len(files) / seconds, "foreign_cpu": watch.foreign()})
-                _log("ingest round %d, %s: %.0f instances/s" % (round_ + 1, name, len(files) / seconds))
+                                   "per_second": len(files) / seconds,
+                                   "foreign_cpu": watch.foreign()})
+                _log("ingest round %d, %s: %.0f instances/s" % (round_ + 1, name,
+                                                                len(files) / seconds))
         for name, rounds in runs.items():
             instances = sum(run["instances"] for run in rounds)
             seconds = sum(run["seconds"] for run in rounds)
@@ -734,7 +751,8 @@ class Bench:
             command = [py_spy, "record", "--pid", str(server.pid), "--rate", str(rate),
                        "--duration", str(plan.profile_duration), "--format", "raw",
                        "--output", str(output), *flags]
-            spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
             time.sleep(0.5)
             load = self.wrk.run(server, [(url, "")], 8, plan.profile_duration + 1,
                                 "profile %s: plugin" % mode)
@@ -823,7 +841,8 @@ def evaluate_targets(results: Results) -> List[Dict[str, Any]]:
         idle = results.memory_idle["plugin"]["VmRSS"] - results.memory_idle["plain"]["VmRSS"] \
             if results.memory_idle else extra
         targets.append({"target": "memory", "goal": "<= plain + 100 MB (resident)",
-                        "measured": "plain %+.0f MB after priming, %+.0f MB after the run" % (idle, extra),
+                        "measured": "plain %+.0f MB after priming, %+.0f MB after the run"
+                                    % (idle, extra),
                         "status": "met" if max(idle, extra) <= 100 else "MISSED"})
     return targets
 
@@ -864,9 +883,11 @@ def markdown(results: Results) -> str:
         "",
         "%s; Orthanc %s (stack %s%s); %s CPUs (%s); plugin at %s%s; %s; wrk runs of %d s." % (
             env.get("date"), env.get("orthanc"), env.get("stack", "bookworm"),
-            ", AllowThreads" if env.get("allow_threads") else "", env.get("cpus"), env.get("cpu_model"),
-            env.get("plugin_commit"), (" + uncommitted changes" if env.get("plugin_tree_modified") else "")
-            + ("" if env.get("plugin_path") == str(REPO) else " (package from %s)" % env.get("plugin_path"))
+            ", AllowThreads" if env.get("allow_threads") else "", env.get("cpus"),
+            env.get("cpu_model"), env.get("plugin_commit"),
+            (" + uncommitted changes" if env.get("plugin_tree_modified") else "")
+            + ("" if env.get("plugin_path") == str(REPO)
+               else " (package from %s)" % env.get("plugin_path"))
             + " (sources digest %s)" % env.get("plugin_digest"),
             env.get("wrk"), plan["duration"]),
         "",
@@ -877,7 +898,8 @@ def markdown(results: Results) -> str:
         "",
         "Requests/s, and latency p50 / p99 in ms. Ratios are of requests/s.",
         "",
-        "| Scenario | Conns | plain req/s | plugin req/s | floor req/s | plugin ÷ plain | plugin ÷ floor "
+        "| Scenario | Conns | plain req/s | plugin req/s | floor req/s | plugin ÷ plain | plugin ÷ "
+        "floor "
         "| plain p50 / p99 | plugin p50 / p99 | floor p50 / p99 |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
@@ -899,14 +921,17 @@ def markdown(results: Results) -> str:
                                                  for name in SERVERS))]
     if noisy:
         lines += ["", "† other processes used more than %d %% of the CPUs during one of the row's "
-                  "runs (see `foreign_cpu` in results.json, an estimate that errs low)." % (100 * NOISY)]
-    lines += ["", "Revalidation rows send `If-None-Match` with the ETag of one earlier GET of the same "
+                  "runs (see `foreign_cpu` in results.json, an estimate that errs low)."
+                  % (100 * NOISY)]
+    lines += ["",
+              "Revalidation rows send `If-None-Match` with the ETag of one earlier GET of the same "
               "server (plain Orthanc sends no ETag, so it gets the plugin's, and answers 200).", ""]
     if results.scale:
         lines += ["## Scale: hits with a small and a large store", "",
                   "The spec scenario's requests, on the plugin with a store of each size "
                   "(mean of %d alternating runs)." % plan["scale_rounds"], "",
-                  "| Server | Entries in store | req/s | p50 / p99 ms | ratio |", "|---|--:|--:|--:|--:|"]
+                  "| Server | Entries in store | req/s | p50 / p99 ms | ratio |",
+                  "|---|--:|--:|--:|--:|"]
         for row in results.scale:
             lines.append("| %s | %d | %.0f | %s | %.2f |" % (
                 row["server"], row["entries"], row["rps"], _load_cell(row),
@@ -915,11 +940,15 @@ def markdown(results: Results) -> str:
     if results.cold:
         lines += ["## Cold misses", "",
                   "Latency of one GET (ms, median / max of %d, one keep-alive connection). "
-                  "*new key*: a query string never asked before (`?bench=N`), so the plugin computes "
-                  "and stores it; *after write*: `PUT /studies/{id}/metadata/1024` then `GET`, which "
-                  "the plugin answers unsettled (computed by Orthanc, not stored) for 5 s. The floor "
+                  "*new key*: a query string never asked before (`?bench=N`), so the plugin "
+                  "computes "
+                  "and stores it; *after write*: `PUT /studies/{id}/metadata/1024` then `GET`, "
+                  "which "
+                  "the plugin answers unsettled (computed by Orthanc, not stored) for 5 s. The "
+                  "floor "
                   "has no notion of change: not measured." % plan["cold_repeats"], "",
-                  "| Scenario | plain median / max | plugin median / max | plugin ÷ plain (median) |",
+                  "| Scenario | plain median / max | plugin median / max | plugin ÷ plain (median) "
+                  "|",
                   "|---|--:|--:|--:|"]
         for row in results.cold:
             lines.append("| %s | %s / %s | %s / %s | %.2f |" % (
@@ -929,8 +958,10 @@ def markdown(results: Results) -> str:
     if results.ingest:
         plain = results.ingest["plain"]["per_second"]
         lines += ["## Ingest", "",
-                  "%d new studies of %d instances each uploaded to every server with %d connections "
-                  "(`POST /instances`), the servers' order rotating; warm-up on (default `StableAge`: "
+                  "%d new studies of %d instances each uploaded to every server with %d "
+                  "connections "
+                  "(`POST /instances`), the servers' order rotating; warm-up on (default "
+                  "`StableAge`: "
                   "it runs 60 s after the last upload)." % (
                       plan["ingest_rounds"], plan["ingest"], plan["upload_threads"]), "",
                   "| Server | instances/s (all rounds) | per round | ratio to plain |",
@@ -938,12 +969,15 @@ def markdown(results: Results) -> str:
         for name in SERVERS:
             value = results.ingest[name]["per_second"]
             lines.append("| %s | %.0f | %s | %.2f |" % (
-                name, value, ", ".join("%.0f" % run["per_second"]
-                                       for run in results.ingest[name].get("rounds", [])), value / plain))
+                name, value,
+                ", ".join("%.0f" % run["per_second"]
+                          for run in results.ingest[name].get("rounds", [])),
+                value / plain))
         lines.append("")
     if results.memory:
         lines += ["## Memory", "", "Resident memory of each Orthanc process (`VmRSS`, and the peak "
-                  "`VmHWM`, from /proc/PID/status), once started and primed, and at the end of the run. "
+                  "`VmHWM`, from /proc/PID/status), once started and primed, and at the end of the "
+                  "run. "
                   "Large answers computed or sent by many threads at once leave freed memory in "
                   "glibc's per-thread arenas: the figures after the run mostly tell how much of "
                   "that each server went through.", "",
@@ -967,7 +1001,6 @@ def chart(results: Results, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FuncFormatter
 
     plain_numbers = FuncFormatter(lambda value, _: "%g" % value)
@@ -982,7 +1015,8 @@ def chart(results: Results, path: Path) -> None:
     width = 0.27
     for offset, name in enumerate(SERVERS):
         xs = [index + (offset - 1) * width for index in range(len(results.loads))]
-        main.bar(xs, [row[name]["rps"] for row in results.loads], width, label=name, color=colors[name])
+        main.bar(xs, [row[name]["rps"] for row in results.loads], width, label=name,
+                 color=colors[name])
     main.set_xticks(range(len(results.loads)))
     main.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     main.set_yscale("log")
@@ -1027,8 +1061,10 @@ def chart(results: Results, path: Path) -> None:
         names = list(results.memory)
         xs = range(len(names))
         if results.memory_idle:
-            memory.bar([x - 0.2 for x in xs], [results.memory_idle[name]["VmRSS"] for name in names],
-                       0.4, color=[colors[name] for name in names], alpha=0.45, label="after priming")
+            memory.bar([x - 0.2 for x in xs],
+                       [results.memory_idle[name]["VmRSS"] for name in names],
+                       0.4, color=[colors[name] for name in names], alpha=0.45,
+                       label="after priming")
         memory.bar([x + 0.2 for x in xs], [results.memory[name]["VmRSS"] for name in names], 0.4,
                    color=[colors[name] for name in names], label="after the run")
         memory.set_xticks(list(xs))
@@ -1051,7 +1087,8 @@ _ADDRESS = re.compile(r"^0x[0-9a-f]+ \((.*)\)$")
 
 
 def _frame_name(frame: str, lines: bool) -> str:
-    """``func (file:line)`` -> ``func (file)`` unless ``lines``; ``0x7f.. (lib.so)`` -> ``[lib.so]``."""
+    """``func (file:line)`` -> ``func (file)`` unless ``lines``;
+    ``0x7f.. (lib.so)`` -> ``[lib.so]``."""
     address = _ADDRESS.match(frame)
     if address:
         return "[%s]" % address.group(1)
@@ -1082,7 +1119,8 @@ def summarize_profile(raw: Path, top: int = 20, within: Optional[str] = None) ->
         samples += count
         names = [_frame_name(frame, False) for frame in frames]
         own[names[-1]] = own.get(names[-1], 0) + count
-        own_lines[_frame_name(frames[-1], True)] = own_lines.get(_frame_name(frames[-1], True), 0) + count
+        own = _frame_name(frames[-1], True)
+        own_lines[own] = own_lines.get(own, 0) + count
         for name in set(names):
             total[name] = total.get(name, 0) + count
     if not samples:
@@ -1117,9 +1155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the Orthanc to measure: a root of scripts/stack.sh (sid: Orthanc "
                              "1.13.0, plugin 7.1; bookworm: 1.10.1, plugin 4.0) or the host's")
     parser.add_argument("--allow-threads", action="store_true",
-                        help='run every Orthanc with "Python": {"AllowThreads": true} (plugin 4.3+)')
+                        help='run every Orthanc with "Python": {"AllowThreads": true} '
+                             '(plugin 4.3+)')
     parser.add_argument("--render", action="store_true",
-                        help="measure nothing: write the table and chart again from --out/results.json")
+                        help="measure nothing: write the table and chart again from "
+                             "--out/results.json")
     parser.add_argument("--keep", action="store_true", help="keep the servers' working directory")
     args = parser.parse_args(argv)
     ensure_environment(args.profile)
@@ -1172,7 +1212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results.environment["seconds"] = round(time.monotonic() - began)
     (out / "results.json").write_text(json.dumps(results.__dict__, indent=2))
     render(results, out)
-    _log("done in %d s: %s, %s" % (results.environment["seconds"], out / "results.md", out / "chart.png"))
+    _log("done in %d s: %s, %s" % (results.environment["seconds"], out / "results.md",
+                                   out / "chart.png"))
     return 0
 
 

@@ -8,9 +8,9 @@ names its outcome and the reason for it, which the adapter logs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import hashlib
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
@@ -21,8 +21,14 @@ from .negotiation import NotAcceptable, Unsupported, representation_of
 from .routes import Answer, Route
 from .settings import Settings
 from .store import Entry, Store
-from .validators import (Evaluation, Validators, caching_headers, evaluate_preconditions,
-                         parse_if_none_match)
+from .validators import (
+    Evaluation,
+    Validators,
+    caching_headers,
+    evaluate_preconditions,
+    parse_if_none_match,
+)
+
 
 @dataclass(frozen=True)
 class Request:
@@ -264,7 +270,8 @@ class CacheController:
             return False
         key = cache_key(request.uri, normalized_query(request.arguments), "")
         stored = self.store.get(key)
-        if stored is not None and stored.version == self._stamp(version) and stored.body is not None:
+        if (stored is not None and stored.version == self._stamp(version)
+                and stored.body is not None):
             return False
         fetched = self.origin.fetch(request, normalized_query(request.arguments), "")
         return fetched is not None and self._keep(request, key, version, fetched)[1]

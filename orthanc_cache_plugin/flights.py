@@ -57,7 +57,7 @@ class Flight(Generic[T]):
 
     __slots__ = ("_flights", "_key", "_landed", "_value")
 
-    def __init__(self, flights: "Flights[T]", key: Hashable):
+    def __init__(self, flights: Flights[T], key: Hashable):
         self._flights = flights
         self._key = key
         self._landed = threading.Event()

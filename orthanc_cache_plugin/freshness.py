@@ -28,8 +28,8 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
 from .validators import parse_orthanc_timestamp
@@ -119,7 +119,8 @@ class RememberedUpdates:
         return self._values.get((level, resource_id))
 
     def remember(self, level: str, resource_id: str, last_update: str, epoch: int) -> None:
-        """Keep ``last_update``, read after :attr:`epoch` was ``epoch``, if nothing changed since."""
+        """Keep ``last_update``, read after :attr:`epoch` was ``epoch``, if nothing changed
+        since."""
         with self._lock:
             if epoch != self.epoch:
                 return

@@ -41,7 +41,7 @@ class HotEntries:
         self.capacity = capacity
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: "OrderedDict[str, _Kept]" = OrderedDict()
+        self._entries: OrderedDict[str, _Kept] = OrderedDict()
         self._by_tag: Dict[str, Set[str]] = {}
         self._touched: Set[str] = set()
         self.size = 0

@@ -1,7 +1,7 @@
 """The thin layer between Orthanc's Python plugin and the cache.
 
-With :mod:`.orthanc_changes`, the only module importing ``orthanc``: it registers one REST callback per
-route of :data:`.routes.ROUTES`, turns Orthanc's callback arguments into a
+With :mod:`.orthanc_changes`, the only module importing ``orthanc``: it registers one REST
+callback per route of :data:`.routes.ROUTES`, turns Orthanc's callback arguments into a
 :class:`.controller.Request`, sends the controller's :class:`.controller.Reply`
 back, forwards other methods, and runs warm-up on Orthanc's change events.
 """
@@ -19,9 +19,16 @@ from . import __version__
 from .controller import CacheController, Fetched, Reply, Request
 from .freshness import Version, resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
-from .orthanc_changes import (HIDDEN_CHANGE_EVENTS, LOG_PREFIX, ChangeWatch, get as _get,
-                              warn as _warn, watch_changes, watch_stored_instances,
-                              watch_writes)
+from .orthanc_changes import (
+    HIDDEN_CHANGE_EVENTS,
+    LOG_PREFIX,
+    ChangeWatch,
+    get as _get,
+    warn as _warn,
+    watch_changes,
+    watch_stored_instances,
+    watch_writes,
+)
 from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
@@ -45,8 +52,9 @@ def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> 
         quality = jpeg_quality(arguments)
         if quality is None:
             return None
-        return orthanc.CompressJpegImage(pixel_format, width, height, image.GetImagePitch(),
-                                         buffer, quality)
+        jpeg: bytes = orthanc.CompressJpegImage(pixel_format, width, height,
+                                                image.GetImagePitch(), buffer, quality)
+        return jpeg
     channels, sample_bytes = {
         orthanc.PixelFormat.GRAYSCALE8: (1, 1),
         orthanc.PixelFormat.GRAYSCALE16: (1, 2),
@@ -85,9 +93,10 @@ class OrthancOrigin:
         if representation in (JPEG, PAM):
             if representation == JPEG and request.groups[-1] in ("image-uint16", "image-int16"):
                 return None  # Orthanc has no JPEG of 16-bit images
-            body = _reencode(body, representation, request.arguments)
-            if body is None:
+            reencoded = _reencode(body, representation, request.arguments)
+            if reencoded is None:
                 return None
+            body = reencoded
         return Fetched(self.plain.content_type(request, representation), body,
                        self.plain.extra_headers(request, representation))
 
@@ -134,7 +143,8 @@ def send(output: Any, reply: Reply) -> None:
 
 def _post(uri: str, body: bytes) -> Union[bytes, int]:
     try:
-        return orthanc.RestApiPost(uri, body)
+        answer: bytes = orthanc.RestApiPost(uri, body)
+        return answer
     except orthanc.OrthancException as error:
         return error.args[0] if error.args and isinstance(error.args[0], int) else -1
 
@@ -253,20 +263,23 @@ class CachePlugin:
         prefix = self.settings.admin_prefix.rstrip("/")
         if uri == prefix + "/statistics":
             if method != "GET":
-                return output.SendMethodNotAllowed("GET")
+                output.SendMethodNotAllowed("GET")
+                return
             entries, size, queue, done = self._store_figures()
             body = self.statistics.report(entries, size, self.store.directory,
                                           self.store.available,
                                           self.settings.as_configuration(), queue, done)
         elif uri == prefix:
             if method != "DELETE":
-                return output.SendMethodNotAllowed("DELETE")
+                output.SendMethodNotAllowed("DELETE")
+                return
             body = {"Removed": self.store.clear()}
             _warn("store emptied through the admin API")
         else:
             level, resource_id, action = groups
             if not isinstance(_get("/%s/%s" % (level, resource_id)), bytes):
-                return output.SendHttpStatusCode(404)
+                output.SendHttpStatusCode(404)
+                return
             if action and method == "POST":
                 stored = sum(self.controller.warm(request)
                              for request in warm_requests(Level(level), resource_id))
@@ -275,7 +288,8 @@ class CachePlugin:
                 body = {"Removed": sum(self.store.evict(tag)
                                        for tag in _resource_and_descendants(level, resource_id))}
             else:
-                return output.SendMethodNotAllowed("POST" if action else "DELETE")
+                output.SendMethodNotAllowed("POST" if action else "DELETE")
+                return
         output.AnswerBuffer(json.dumps(body, indent=3), JSON_TYPE)
 
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:

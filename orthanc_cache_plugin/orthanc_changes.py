@@ -12,8 +12,14 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import orthanc
 
-from .freshness import (LOGGED_HIDDEN_CHANGES, MARKER_METADATA, Generation,
-                        RememberedUpdates, deleted_resource, may_change_stored_answers)
+from .freshness import (
+    LOGGED_HIDDEN_CHANGES,
+    MARKER_METADATA,
+    Generation,
+    RememberedUpdates,
+    deleted_resource,
+    may_change_stored_answers,
+)
 from .store import Store
 from .thread_states import keep_thread_state
 
@@ -27,7 +33,8 @@ def warn(message: str) -> None:
 def get(uri: str) -> Union[bytes, int]:
     """Orthanc's built-in answer to a GET: the body, or the error code."""
     try:
-        return orthanc.RestApiGet(uri)
+        answer: bytes = orthanc.RestApiGet(uri)
+        return answer
     except orthanc.OrthancException as error:
         return error.args[0] if error.args and isinstance(error.args[0], int) else -1
 
@@ -134,7 +141,8 @@ class ChangeWatch:
             self._save()
         if changes["Last"] != seen:
             self._store.set_value("changes-seen", str(changes["Last"]))
-        return changes["Last"]
+        last: int = changes["Last"]
+        return last
 
 
 def _parent_of(resource: str) -> Optional[str]:

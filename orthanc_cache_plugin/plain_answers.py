@@ -18,8 +18,17 @@ from typing import Callable, Dict, Optional, Union
 
 from .controller import Reply, Request
 from .keys import with_query
-from .negotiation import (BAD_ACCEPT, DICOM, JPEG, NotAcceptable, Unsupported, jpeg_quality,
-                          negotiate_image, parse_unsigned, representation_of)
+from .negotiation import (
+    BAD_ACCEPT,
+    DICOM,
+    JPEG,
+    NotAcceptable,
+    Unsupported,
+    jpeg_quality,
+    negotiate_image,
+    parse_unsigned,
+    representation_of,
+)
 from .routes import Answer, Negotiation
 
 Get = Callable[[str], Union[bytes, int]]
@@ -216,7 +225,8 @@ class PlainOrthanc:
         instance = "/instances/%s" % request.resource_id
         if not isinstance(self._get(request.uri), bytes):
             if not isinstance(self._get(instance), bytes):
-                other_level = any(isinstance(self._get("/%s/%s" % (level, request.resource_id)), bytes)
+                other_level = any(isinstance(self._get("/%s/%s" % (level, request.resource_id)),
+                                             bytes)
                                   for level in ("patients", "studies", "series"))
                 return self._unsupported_image(request, "not an instance") if other_level \
                     else _status_only(404, "unknown instance")

@@ -54,7 +54,7 @@ class Entry:
         return json.dumps(meta, sort_keys=True).encode() + b"\n" + body
 
     @classmethod
-    def decode(cls, raw: bytes) -> Optional["Entry"]:
+    def decode(cls, raw: bytes) -> Optional[Entry]:
         """The entry in ``raw``, or None when it is not one this version wrote."""
         meta_line, separator, body = raw.partition(b"\n")
         if not separator:

@@ -42,7 +42,8 @@ def format_http_date(moment: datetime) -> str:
         utc.hour, utc.minute, utc.second)
 
 
-def _utc(year: int, month: int, day: int, hour: int, minute: int, second: int) -> Optional[datetime]:
+def _utc(year: int, month: int, day: int, hour: int, minute: int,
+         second: int) -> Optional[datetime]:
     try:
         return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
     except ValueError:  # 31 Feb, 25:00 and friends

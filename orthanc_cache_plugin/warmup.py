@@ -32,7 +32,7 @@ class WarmUp:
     def __init__(self, controller: CacheController, queue_size: int,
                  info: Callable[[str], None], warn: Callable[[str], None]):
         self._controller = controller
-        self._queue: "queue.Queue[Optional[Tuple[Level, str]]]" = queue.Queue(queue_size)
+        self._queue: queue.Queue[Optional[Tuple[Level, str]]] = queue.Queue(queue_size)
         self._info = info
         self._warn = warn
         self._stopping = threading.Event()

@@ -28,6 +28,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 failed=0
+# Linters (configured in pyproject.toml): a finding fails the run; the tests still run.
+.venv/bin/python -m ruff check orthanc_cache_plugin tests bench tools example.py || failed=1
+.venv/bin/python -m mypy || failed=1
 .venv/bin/python -m pytest "$@" tests/unit || failed=1
 .venv/bin/python -m pytest "$@" --stack sid tests/integration || failed=1
 .venv/bin/python -m pytest "$@" --stack bookworm -m old_stack tests/integration || failed=1

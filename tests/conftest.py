@@ -125,7 +125,8 @@ def cluster(example_script: Path, tmp_path: Path) -> Iterator[Callable[..., Orth
             merged = result.postgres.orthanc_config(python_plugin=python_script is not None)
             merged.update({"StorageDirectory": str(result.storage_dir), "CachePlugin": section})
             merged.update(config or {})
-            node = OrthancServer(base / f"node-{index}", python_script=python_script, config=merged, **kwargs)
+            node = OrthancServer(base / f"node-{index}", python_script=python_script, config=merged,
+                                 **kwargs)
             result.nodes.append(node)
             node.start()  # one after the other: the first node creates the database schema
         return result

@@ -187,7 +187,8 @@ def _setting_reference(setting: Setting) -> List[str]:
         "| Type | %s |" % _type_of(setting),
         "| Default | `%s` |" % _json(setting.default),
         "| Example | `%s` |" % _json(example),
-        "| Keyword argument | `enable_cache_plugin(%s=%r)` |" % (keyword_argument(setting.name), example),
+        "| Keyword argument | `enable_cache_plugin(%s=%r)` |" % (keyword_argument(setting.name),
+                                                                 example),
         "| Environment variable | `%s=%s` |" % (variable, shlex.quote(environment_value(example))),
         "",
     ]
@@ -199,7 +200,8 @@ def render() -> str:
         check_names(setting)
     examples = {setting.name: example_of(setting) for setting in SETTINGS}
     if FEATURED not in examples:
-        raise DocumentationError("the introduction's setting %s is gone: change FEATURED" % FEATURED)
+        raise DocumentationError("the introduction's setting %s is gone: change FEATURED"
+                                 % FEATURED)
     maximum_size = FEATURED
     first_variable = environment_variable(SECTION, maximum_size)
     lines: List[str] = [
@@ -238,7 +240,8 @@ def render() -> str:
     ]
     for setting in SETTINGS:
         lines.append("| [`%s`](#%s) | %s | `%s` | `%s` |" % (
-            setting.name, setting.name.lower(), _JSON_TYPES.get(setting.type, setting.type.__name__),
+            setting.name, setting.name.lower(),
+            _JSON_TYPES.get(setting.type, setting.type.__name__),
             _json(setting.default), environment_variable(SECTION, setting.name)))
     lines += ["", "## Settings", ""]
     for setting in SETTINGS:
@@ -280,7 +283,8 @@ def render() -> str:
         "    build: .",
         "    environment:",
     ]
-    lines += ["      %s: %s" % (variable, json.dumps(text)) for variable, text in environment.items()]
+    lines += ["      %s: %s" % (variable, json.dumps(text))
+              for variable, text in environment.items()]
     lines += [
         "```",
         "",
@@ -311,7 +315,8 @@ def main(argv: Sequence[str] = ()) -> int:
         print("error: %s" % error, file=sys.stderr)
         return 2
     if arguments.check:
-        current = arguments.output.read_text(encoding="utf-8") if arguments.output.exists() else None
+        current = (arguments.output.read_text(encoding="utf-8") if arguments.output.exists()
+                   else None)
         if current != text:
             print("%s is out of date: run python3 tools/configuration_doc.py" % arguments.output,
                   file=sys.stderr)

@@ -21,14 +21,16 @@ SPEC_CACHE_CONTROL = "max-age=604800, s-maxage=604800, public"
 ENTITY_TAG = re.compile(r'^(W/)?"[\x21\x23-\x7e]*"$')
 
 
-#: Seconds after a change before answers are stored and validated by version (freshness.SETTLE, 3 s).
+#: Seconds after a change before answers are stored and validated by version
+#: (freshness.SETTLE, 3 s).
 SETTLE = 3.1
 
 
 def upload_study(server: OrthancServer, seed: str = "caching", series: int = 2,
                  instances: int = 3, settle: bool = True) -> List[Dict[str, Any]]:
     """Upload a study; by default, wait until the plugin trusts its version."""
-    uploaded = [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances, seed=seed)]
+    uploaded = [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances,
+                                                             seed=seed)]
     if settle:
         time.sleep(SETTLE)
     return uploaded
@@ -108,11 +110,13 @@ def test_if_modified_since_in_the_three_date_formats(server: OrthancServer) -> N
     formats = (
         lambda moment: http_date(moment),
         lambda moment: moment.strftime("%A, %d-%b-%y %H:%M:%S GMT"),
-        lambda moment: moment.strftime("%a %b ") + ("%2d" % moment.day) + moment.strftime(" %H:%M:%S %Y"),
+        lambda moment: (moment.strftime("%a %b ") + ("%2d" % moment.day)
+                        + moment.strftime(" %H:%M:%S %Y")),
     )
     for render in formats:
         assert get(server, path, **{"If-Modified-Since": render(modified)}).status_code == 304
-        earlier = get(server, path, **{"If-Modified-Since": render(modified - timedelta(seconds=1))})
+        earlier = get(server, path,
+                      **{"If-Modified-Since": render(modified - timedelta(seconds=1))})
         assert earlier.status_code == 200 and earlier.content == first.content
     for invalid in ("yesterday", "Mon, 32 Feb 2023 10:00:00 GMT", ""):
         assert get(server, path, **{"If-Modified-Since": invalid}).status_code == 200
@@ -141,17 +145,20 @@ def test_binary_routes_are_validated_but_not_stored_by_default(server: OrthancSe
     assert "Accept" in first.headers["Vary"]
 
 
-def test_store_binary_keeps_each_representation_apart(cached_orthanc: Callable[..., OrthancServer]) -> None:
+def test_store_binary_keeps_each_representation_apart(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
     server = cached_orthanc({"StoreBinary": True})
     instance = upload_study(server)[0]["ID"]
     path = "/instances/%s/preview" % instance
     png = [get(server, path) for _ in range(2)]
     jpeg = [get(server, path, Accept="image/jpeg") for _ in range(2)]
     assert decisions(server, path) == ["MISS", "HIT", "MISS", "HIT"]
-    assert [answer.headers["Content-Type"] for answer in png + jpeg] == ["image/png"] * 2 + ["image/jpeg"] * 2
+    assert ([answer.headers["Content-Type"] for answer in png + jpeg]
+            == ["image/png"] * 2 + ["image/jpeg"] * 2)
     assert png[0].content == png[1].content and jpeg[0].content == jpeg[1].content
     assert png[0].headers["ETag"] != jpeg[0].headers["ETag"]
-    assert get(server, path, Accept="image/jpeg", **{"If-None-Match": png[0].headers["ETag"]}).status_code == 200
+    assert get(server, path, Accept="image/jpeg",
+               **{"If-None-Match": png[0].headers["ETag"]}).status_code == 200
 
 
 def test_a_new_instance_replaces_the_stored_answer(server: OrthancServer) -> None:
@@ -168,7 +175,8 @@ def test_a_new_instance_replaces_the_stored_answer(server: OrthancServer) -> Non
     assert decisions(server, path) == ["MISS", "MISS"]
 
 
-def test_warm_up_stores_answers_before_the_first_request(cached_orthanc: Callable[..., OrthancServer]) -> None:
+def test_warm_up_stores_answers_before_the_first_request(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
     server = cached_orthanc(config={"StableAge": 1})
     study = upload_study(server)[0]["ParentStudy"]
     server.wait_for_log(r"warm-up of studies %s: \d+ answers stored" % study, timeout=20)
@@ -244,7 +252,8 @@ def test_last_modified_is_utc_whatever_orthancs_time_zone(
     before = datetime.now(timezone.utc).replace(microsecond=0)
     study = upload_study(server, settle=False)[0]["ParentStudy"]
     after = datetime.now(timezone.utc)
-    modified = parse_http_date(get(server, "/studies/%s/shared-tags" % study).headers["Last-Modified"])
+    modified = parse_http_date(get(server,
+                                   "/studies/%s/shared-tags" % study).headers["Last-Modified"])
     assert before - timedelta(seconds=1) <= modified <= after
 
 

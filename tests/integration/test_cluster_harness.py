@@ -94,7 +94,8 @@ def test_nodes_share_index_and_storage(cluster: Callable[..., OrthancCluster], e
     assert stored.content == dicom
 
 
-def test_each_node_has_its_cache_directory_and_index_connections(cluster: Callable[..., OrthancCluster]) -> None:
+def test_each_node_has_its_cache_directory_and_index_connections(
+        cluster: Callable[..., OrthancCluster]) -> None:
     created = cluster(n=3)
     node_configs = [node.config for node in created.nodes]
 
@@ -103,8 +104,10 @@ def test_each_node_has_its_cache_directory_and_index_connections(cluster: Callab
     assert {config["PostgreSQL"]["Port"] for config in node_configs} == {created.postgres.port}
     assert all(config["PostgreSQL"]["Lock"] is False for config in node_configs)
     connections = created.postgres.psql(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-    assert int(connections) == sum(config["PostgreSQL"]["IndexConnectionsCount"] for config in node_configs)
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()")
+    assert int(connections) == sum(config["PostgreSQL"]["IndexConnectionsCount"]
+                                   for config in node_configs)
 
 
 def test_global_properties_are_per_node_by_default(cluster: Callable[..., OrthancCluster],

@@ -64,7 +64,8 @@ def assert_fresh(server: OrthancServer, before: Dict[str, requests.Response],
 
 
 def upload(server: OrthancServer, seed: str, series: int = 2, instances: int = 2) -> List[dict]:
-    uploaded = [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances, seed=seed)]
+    uploaded = [server.upload(dicom) for dicom in make_study("PAT-" + seed, series, instances,
+                                                             seed=seed)]
     time.sleep(QUIET)
     return uploaded
 
@@ -146,7 +147,8 @@ def test_a_restart_keeps_valid_entries_and_never_revives_stale_ones(cached_ortha
 def test_overwriting_an_instance_refreshes_its_routes(cached_orthanc) -> None:
     server = cached_orthanc(config={"OverwriteInstances": True})
     first = upload(server, "overwrite", series=1, instances=1)[0]
-    paths = ["/instances/%s/tags?simplify" % first["ID"], "/series/%s/instances-tags" % first["ParentSeries"]]
+    paths = ["/instances/%s/tags?simplify" % first["ID"],
+             "/series/%s/instances-tags" % first["ParentSeries"]]
     before = stored(server, paths)
     replacement = make_instance("PAT-overwrite", seed="overwrite", instance_number=1,
                                 series_description="Overwritten")
@@ -161,11 +163,14 @@ def test_changes_through_another_node_are_seen_within_the_bound(cluster) -> None
     instances = upload(writer, "cluster")
     first = instances[0]
     paths = parent_routes(first["ParentStudy"], first["ParentSeries"], first["ParentPatient"])
-    paths += ["/instances/%s/metadata" % instances[1]["ID"], "/studies/%s/attachments" % first["ParentStudy"]]
+    paths += ["/instances/%s/metadata" % instances[1]["ID"],
+              "/studies/%s/attachments" % first["ParentStudy"]]
     before = stored(reader, paths)
     assert writer.delete("/instances/%s" % first["ID"]).status_code == 200
-    assert writer.put("/instances/%s/metadata/1024" % instances[1]["ID"], data="x").status_code == 200
-    assert writer.put("/studies/%s/attachments/1030" % first["ParentStudy"], data="n").status_code == 200
+    assert writer.put("/instances/%s/metadata/1024" % instances[1]["ID"],
+                      data="x").status_code == 200
+    assert writer.put("/studies/%s/attachments/1030" % first["ParentStudy"],
+                      data="n").status_code == 200
     time.sleep(OTHER_NODE_BOUND)
     assert_fresh(reader, before, writer.get)
     assert get(reader, "/instances/%s/tags" % first["ID"]).status_code == 404

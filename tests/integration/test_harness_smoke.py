@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import textwrap
 from pathlib import Path
 from typing import Callable
+
+import pytest
 
 from support.dicom_factory import make_pdf_instance, make_study
 from support.orthanc_server import OrthancServer
@@ -15,7 +15,8 @@ from support.orthanc_server import OrthancServer
 pytestmark = pytest.mark.old_stack
 
 
-def test_plain_orthanc_stores_generated_study(orthanc_factory: Callable[..., OrthancServer]) -> None:
+def test_plain_orthanc_stores_generated_study(
+        orthanc_factory: Callable[..., OrthancServer]) -> None:
     orthanc = orthanc_factory()
     study = make_study("PAT-SMOKE", n_series=2, n_instances=3, seed="smoke")
     pdf = make_pdf_instance("PAT-SMOKE", seed="smoke")

@@ -13,8 +13,8 @@ must be legitimate (the validator is one the plugin issued with a 200 of the
 same content, ``*``, or a date not before the Last-Modified of that 200).
 
 Both servers must still be up at the end.  ``FUZZ_SEED`` changes the requests;
-``FUZZ_REPORT=<file>`` writes every problem there, whole, to replay it.  Invalid UTF-8 in the path or a
-header is left to :func:`test_invalid_utf8_is_answered_like_orthanc` (a known
+``FUZZ_REPORT=<file>`` writes every problem there, whole, to replay it.  Invalid UTF-8 in the
+path or a header is left to :func:`test_invalid_utf8_is_answered_like_orthanc` (a known
 limitation of Orthanc's Python plugin).  Bounded: ``FUZZ_CASES`` requests or
 ``FUZZ_SECONDS``, whichever comes first (environment variables).
 """
@@ -34,8 +34,13 @@ from urllib.parse import quote
 
 import pytest
 
-from support.oracle import (COMPARED_HEADERS, attachment_names, normalized_body, sample_files,
-                            upload_samples)
+from support.oracle import (
+    COMPARED_HEADERS,
+    attachment_names,
+    normalized_body,
+    sample_files,
+    upload_samples,
+)
 from support.orthanc_server import OrthancServer
 
 SEED = "hostile"
@@ -143,7 +148,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory, example_script: Path) -> Iter
         files = sample_files(PATIENT, SEED, series=1, instances=2)
         ids = upload_samples(plain, files)
         assert upload_samples(cached, files) == ids, "the same files must get the same ids"
-        renamings = {server.url: attachment_names(server.get, {name: ids[name] for name in INSTANCES})
+        renamings = {server.url: attachment_names(server.get,
+                                                  {name: ids[name] for name in INSTANCES})
                      for server in (plain, cached)}
         # Wait until versions are settled (3 s), so that answers are stored and hit.
         probe = "/studies/%s/shared-tags" % ids["study"]
@@ -322,7 +328,7 @@ class Generator:
 
     # Validators ------------------------------------------------------------
 
-    def validators(self, issued: "Issued", target_key: Tuple) -> Dict[str, bytes]:
+    def validators(self, issued: Issued, target_key: Tuple) -> Dict[str, bytes]:
         """Random conditional headers, built from junk and from validators the plugin issued."""
         rng = self.rng
         headers: Dict[str, bytes] = {}
@@ -495,7 +501,8 @@ def run_fuzz(pair: Pair, cases: int, seconds: float, seed: int) -> Report:
         if plain.status >= 500:
             report.plain_5xx.append("%s\n    plain: %s" % (described, plain))
         if answer.status >= 500 and plain.status < 500:
-            report.plugin_5xx.append("%s\n    plain:  %s\n    plugin: %s" % (described, plain, answer))
+            report.plugin_5xx.append("%s\n    plain:  %s\n    plugin: %s" % (described, plain,
+                                                                             answer))
         elif known_difference(target, route, headers):
             report.known += 1
         else:
@@ -517,7 +524,8 @@ def run_fuzz(pair: Pair, cases: int, seconds: float, seed: int) -> Report:
             elif answer.status == 304:
                 report.not_modified += 1
                 if legitimate_304(conditional, expected, issued, key) is None:
-                    report.wrong_304.append("%s\n    plain:  %s\n    plugin: 304" % (described, plain))
+                    report.wrong_304.append("%s\n    plain:  %s\n    plugin: 304" % (described,
+                                                                                     plain))
             elif not known_difference(target, route, headers):
                 actual = pair.comparable(pair.cached, answer)
                 if actual != expected:
@@ -551,9 +559,10 @@ def test_fuzzed_requests_get_orthancs_answers(pair: Pair) -> None:
     if os.environ.get("FUZZ_REPORT"):  # every problem, for a closer look
         Path(os.environ["FUZZ_REPORT"]).write_text("\n".join(problems + ["plain 5xx:"]
                                                              + report.plain_5xx))
-    assert not problems, "%d problems (5xx: %d, differences: %d, wrong 304: %d), first ones:\n%s" % (
+    assert not problems, (
+        "%d problems (5xx: %d, differences: %d, wrong 304: %d), first ones:\n%s" % (
         len(problems), len(report.plugin_5xx), len(report.differences), len(report.wrong_304),
-        "\n".join(problems[:15]))
+        "\n".join(problems[:15])))
 
 
 # --- Regressions found by the fuzz -----------------------------------------------------------

@@ -316,7 +316,8 @@ class Load:
                 if held[1] != comparable(expected):
                     figures.stale.append("%s: 304, but the body held for that ETag is\n  %s\n"
                                          "and plain Orthanc answers\n  %s"
-                                         % (what, describe(held[1]), describe(comparable(expected))))
+                                         % (what, describe(held[1]),
+                                            describe(comparable(expected))))
             else:
                 figures.compared += 1
                 if comparable(answer) != comparable(expected):
@@ -464,7 +465,8 @@ class Load:
 
     def _metadata_put(self, rng: random.Random, session, plain_session) -> str:
         path = "/instances/%s/metadata/1024" % self._live_instance(rng)
-        self.both(session, plain_session, "PUT", path, data=("v%d" % rng.randrange(10 ** 6)).encode())
+        self.both(session, plain_session, "PUT", path,
+                  data=("v%d" % rng.randrange(10 ** 6)).encode())
         return "metadata-put"
 
     def _metadata_delete(self, rng: random.Random, session, plain_session) -> str:
@@ -537,7 +539,8 @@ def test_load_with_writes_then_stop_under_load(
     summary = (
         "load: %d clients for %.1f s: %d reads (%.0f/s; %d conditional, %d answered 304), "
         "%d compared with plain Orthanc, %d writes %s; outcomes %s; plugin 5xx: %d, "
-        "plain 5xx: %d, stale: %d, errors: %d, stalled: %d; latency p50 %.3f s, p99 %.3f s, max %.3f s (%s); "
+        "plain 5xx: %d, stale: %d, errors: %d, stalled: %d; latency p50 %.3f s, p99 %.3f s, "
+        "max %.3f s (%s); "
         "stop under load: code %s in %.2f s%s"
         % (CLIENTS, measured, figures.reads, figures.reads / measured, figures.conditional,
            figures.not_modified, figures.compared, sum(figures.writes.values()),

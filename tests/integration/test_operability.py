@@ -27,7 +27,8 @@ def metrics(server: OrthancServer) -> Dict[str, float]:
             re.findall(r"^(orthanc_cache_\w+) (\S+)", text, re.MULTILINE)}
 
 
-def test_the_status_header_says_what_the_cache_did(cached_orthanc: Callable[..., OrthancServer]) -> None:
+def test_the_status_header_says_what_the_cache_did(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
     server = cached_orthanc()
     study = upload(server, "status")[0]["ParentStudy"]
     path = "/studies/%s/shared-tags" % study

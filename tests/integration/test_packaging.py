@@ -18,7 +18,7 @@ from support.orthanc_server import OrthancServer
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter that Orthanc's Python plugin embeds
 NAME = "orthanc-cache-plugin"
 _IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist",
-                                  ".pytest_cache", ".hypothesis")
+                                  ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache")
 
 STARTUP_SCRIPT = '''\
 """Packaging test: the cache plugin and diskcache from a virtual environment."""
@@ -40,7 +40,8 @@ orthanc_cache_plugin.enable_cache_plugin()
 def run(*command: str, cwd: Path) -> str:
     """Run a command; its standard output, or a failure showing both outputs."""
     done = subprocess.run(list(command), cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, "%s failed:\n%s\n%s" % (" ".join(command), done.stdout, done.stderr)
+    assert done.returncode == 0, "%s failed:\n%s\n%s" % (" ".join(command), done.stdout,
+                                                         done.stderr)
     return done.stdout
 
 
@@ -75,7 +76,8 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
         repo_root: Path, tmp_path: Path, orthanc_factory: Callable[..., OrthancServer]) -> None:
     source = clean_copy(repo_root, tmp_path / "source")
     assert (source / "pyproject.toml").is_file() and not (source / ".venv").exists()
-    declared = re.search(r'^__version__ = "([^"]+)"', (source / "orthanc_cache_plugin" / "__init__.py")
+    declared = re.search(r'^__version__ = "([^"]+)"',
+                         (source / "orthanc_cache_plugin" / "__init__.py")
                          .read_text(encoding="utf-8"), re.MULTILINE)
     assert declared, "no __version__ in orthanc_cache_plugin/__init__.py"
     version = declared.group(1)
@@ -94,7 +96,8 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
                                                   % version).decode("utf-8"))
     packaged = {name.split("/")[0] for name in names}
     assert packaged == {"orthanc_cache_plugin", "orthanc_cache_plugin-%s.dist-info" % version}
-    modules = sorted(name.split("/")[1] for name in names if name.startswith("orthanc_cache_plugin/"))
+    modules = sorted(name.split("/")[1] for name in names
+                     if name.startswith("orthanc_cache_plugin/"))
     assert modules == sorted(path.name for path in (source / "orthanc_cache_plugin").glob("*.py"))
     assert metadata["Name"] == NAME and metadata["Version"] == version
     assert metadata["License"] == "AGPL-3.0-or-later"
@@ -102,7 +105,8 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
     requirements: List[str] = metadata.get_all("Requires-Dist") or []
     assert [r for r in requirements if "extra ==" not in r] == ["diskcache>=5.4"]
     classifiers = metadata.get_all("Classifier") or []
-    declared_classifiers = re.search(r"^classifiers = \[(.*?)\]", pyproject, re.MULTILINE | re.DOTALL)
+    declared_classifiers = re.search(r"^classifiers = \[(.*?)\]", pyproject,
+                                     re.MULTILINE | re.DOTALL)
     assert declared_classifiers
     assert classifiers == re.findall(r'"([^"]+)"', declared_classifiers.group(1))
     assert "License :: OSI Approved :: GNU Affero General Public License v3 or later (AGPLv3+)" \
@@ -117,11 +121,13 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
     shown = pip_show(python)
     assert shown["Name"] == NAME and shown["Version"] == version
     assert shown["License"] == "AGPL-3.0-or-later" and shown["Requires"] == "diskcache"
-    site_packages = run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+    site_packages = run(str(python), "-c",
+                        "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                         cwd=tmp_path).strip()
     assert Path(shown["Location"]) == Path(site_packages)
     # The pure modules import without Orthanc.
-    run(str(python), "-c", "from orthanc_cache_plugin.settings import load_settings; load_settings({}, {})",
+    run(str(python), "-c",
+        "from orthanc_cache_plugin.settings import load_settings; load_settings({}, {})",
         cwd=tmp_path)
 
     # Orthanc loads the package (and diskcache) from the virtual environment.
@@ -139,14 +145,16 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
     study = server.upload(make_study("PAT-packaging", 1, 2, seed="packaging")[0])["ParentStudy"]
     answer = server.get("/studies/%s/shared-tags" % study)
     assert answer.status_code == 200 and answer.headers["ETag"]
-    again = server.get("/studies/%s/shared-tags" % study, headers={"If-None-Match": answer.headers["ETag"]})
+    again = server.get("/studies/%s/shared-tags" % study,
+                       headers={"If-None-Match": answer.headers["ETag"]})
     assert again.status_code == 304
     assert "cache plugin: REVALIDATED GET /studies/%s/shared-tags" % study in server.log_text()
 
 
 def test_the_clean_copy_is_the_working_tree_without_debris(repo_root: Path, tmp_path: Path) -> None:
     copy = clean_copy(repo_root, tmp_path / "copy")
-    for relative in ("orthanc_cache_plugin/__init__.py", "pyproject.toml", "README.md", "example.py"):
+    for relative in ("orthanc_cache_plugin/__init__.py", "pyproject.toml", "README.md",
+                     "example.py"):
         assert (copy / relative).read_bytes() == (repo_root / relative).read_bytes()
     debris = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis"}
     assert not [path for path in copy.rglob("*") if debris & set(path.relative_to(copy).parts)]

@@ -80,7 +80,8 @@ def proxy_log(proxy: NginxServer, uri: str, method: Optional[str] = "GET", at_le
     deadline = time.monotonic() + timeout
     while True:
         text = proxy.read_file("orthanc-access.log")
-        entries = [(int(m["status"]), m["cache"], m["upstream"]) for m in _ACCESS_LINE.finditer(text)
+        entries = [(int(m["status"]), m["cache"],
+                    m["upstream"]) for m in _ACCESS_LINE.finditer(text)
                    if method in (None, m["method"]) and m["uri"] == uri]
         if len(entries) >= at_least or time.monotonic() > deadline:
             return entries
@@ -218,7 +219,8 @@ def test_nginx_revalidates_its_copies_with_the_plugin(
 
     # Every revalidation reached the plugin as a conditional GET answered 304.
     assert decisions(orthanc, uri, at_least=6) == ["MISS"] + ["REVALIDATED"] * 5
-    assert proxy_log(proxy, uri, at_least=5) == [(200, "MISS", "200")] + [(200, "REVALIDATED", "304")] * 3 \
+    assert proxy_log(proxy, uri,
+                     at_least=5) == [(200, "MISS", "200")] + [(200, "REVALIDATED", "304")] * 3 \
         + [(304, "REVALIDATED", "304")]
 
     # Routes without validators are passed on and never stored.

@@ -10,12 +10,11 @@ docs/performance.md).  A probe route counts its calls in a
 
 from __future__ import annotations
 
-import pytest
-
 import textwrap
 from pathlib import Path
 from typing import Callable, List, Tuple
 
+import pytest
 import requests
 
 from support.orthanc_server import OrthancServer

@@ -343,12 +343,12 @@ class Report:
     seed: str
     asked: int
     operations: int = 0
-    writes: "collections.Counter[str]" = field(default_factory=collections.Counter)
+    writes: collections.Counter[str] = field(default_factory=collections.Counter)
     reads: int = 0
     conditional_reads: int = 0
     not_modified: int = 0
-    routes_read: "collections.Counter[str]" = field(default_factory=collections.Counter)
-    outcomes: "collections.Counter[str]" = field(default_factory=collections.Counter)
+    routes_read: collections.Counter[str] = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     warm_ups: int = 0
     warmed_answers: int = 0
     violations: List[Violation] = field(default_factory=list)

@@ -48,7 +48,7 @@ ACCESS_LOG = ("method", "uri", "status", "cache", "upstream_status", "user")
 _PORT_IN_USE = "Address already in use"
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-_running: Set["NginxServer"] = set()
+_running: Set[NginxServer] = set()
 
 _MAIN_CONFIGURATION = """\
 # Written by tests/support/nginx.py.
@@ -135,7 +135,7 @@ class NginxServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> "NginxServer":
+    def start(self) -> NginxServer:
         """Create the directory, launch nginx and wait until it accepts connections."""
         if self.is_running:
             raise RuntimeError("nginx is already running")
@@ -178,7 +178,7 @@ class NginxServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def __enter__(self) -> "NginxServer":
+    def __enter__(self) -> NginxServer:
         if not self.is_running:
             self.start()
         return self
@@ -218,7 +218,7 @@ class NginxServer:
         """A file of the server's directory, e.g. a log that the site writes to ``@PREFIX@/...``."""
         return (self._workdir / relative).read_text(encoding="utf-8", errors="replace")
 
-    def wait_for_access_log(self, pattern: str, timeout: float = 5) -> "re.Match[str]":
+    def wait_for_access_log(self, pattern: str, timeout: float = 5) -> re.Match[str]:
         """Wait until the raw access log matches the regex ``pattern``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -226,7 +226,8 @@ class NginxServer:
             if match:
                 return match
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{pattern!r} not in nginx's access log:\n{self._read('access.log')}")
+                raise TimeoutError(f"{pattern!r} not in nginx's access log:\n"
+                                   f"{self._read('access.log')}")
             time.sleep(0.05)
 
     # -- internals --------------------------------------------------------
@@ -270,7 +271,8 @@ class NginxServer:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise NginxStartError(f"nginx not ready after {self.start_timeout} s:\n{self.error_log()}")
+                raise NginxStartError(f"nginx not ready after {self.start_timeout} s:\n"
+                                      f"{self.error_log()}")
             time.sleep(0.02)
 
     def _kill(self) -> None:

@@ -89,7 +89,8 @@ def attachment_names(server_get: Callable[[str], requests.Response],
 
 
 def sample_files(patient: str, seed: str, series: int, instances: int) -> List[bytes]:
-    """A study of ``series`` x ``instances`` images, a 2-frame instance, an RGB one and a PDF one."""
+    """A study of ``series`` x ``instances`` images, a 2-frame instance, an RGB one and a PDF
+    one."""
     return make_study(patient, n_series=series, n_instances=instances, seed=seed) + [
         make_instance(patient, series_number=3, frames=2, seed=seed),
         make_instance(patient, series_number=4, rgb=True, seed=seed),

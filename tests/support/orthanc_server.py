@@ -31,7 +31,7 @@ from support.stacks import ORTHANC_BINARY, PYTHON_PLUGIN
 _PORT_IN_USE = "TCP port of the HTTP server is privileged or already in use"
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-_running: Set["OrthancServer"] = set()
+_running: Set[OrthancServer] = set()
 
 
 class OrthancStartError(RuntimeError):
@@ -143,7 +143,7 @@ class OrthancServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self, timeout: float = 30) -> "OrthancServer":
+    def start(self, timeout: float = 30) -> OrthancServer:
         """Launch Orthanc and wait until ``GET /system`` answers 200 with our ``Name``."""
         if self.is_running:
             raise RuntimeError("Orthanc is already running")
@@ -195,7 +195,7 @@ class OrthancServer:
         self.start(timeout)
         return result
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         if not self.is_running:
             self.start()
         return self
@@ -215,7 +215,7 @@ class OrthancServer:
         """The last ``lines`` lines of the log."""
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def wait_for_log(self, pattern: str, timeout: float = 10) -> "re.Match[str]":
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> re.Match[str]:
         """Wait until the log of the current run matches the regex ``pattern``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -250,8 +250,10 @@ class OrthancServer:
         return self.request("DELETE", path, **kwargs)
 
     def upload(self, dicom: bytes) -> Dict[str, Any]:
-        """``POST /instances``; returns Orthanc's JSON answer (``ID``, ``ParentStudy``, ``Status``...)."""
-        response = self.post("/instances", data=dicom, headers={"Content-Type": "application/dicom"})
+        """``POST /instances``; returns Orthanc's JSON answer (``ID``, ``ParentStudy``,
+        ``Status``...)."""
+        response = self.post("/instances", data=dicom,
+                             headers={"Content-Type": "application/dicom"})
         response.raise_for_status()
         return response.json()
 
@@ -266,7 +268,8 @@ class OrthancServer:
             log.flush()
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)], self.stack),
+                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)],
+                               self.stack),
                 cwd=self.workdir,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -288,11 +291,13 @@ class OrthancServer:
         while True:
             if self.process.poll() is not None:
                 raise OrthancStartError(
-                    f"Orthanc exited with code {self.process.returncode} during start-up:\n{self.log_tail()}"
+                    f"Orthanc exited with code {self.process.returncode} during start-up:\n"
+                    f"{self.log_tail()}"
                 )
             try:
                 response = self.session.get(self.url + "/system", timeout=1)
-                if response.status_code == 200 and response.json().get("Name") == self.config["Name"]:
+                if (response.status_code == 200
+                        and response.json().get("Name") == self.config["Name"]):
                     return
             except (requests.RequestException, ValueError):
                 pass

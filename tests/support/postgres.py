@@ -36,7 +36,8 @@ from support.stacks import POSTGRESQL_INDEX_PLUGIN
 def _newest_postgres() -> Path:
     """The bin directory of the newest PostgreSQL installed (15 on Debian 12, 17 on 13)."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-                   key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0)
+                   key=lambda path: (int(path.parent.parent.name)
+                                     if path.parent.parent.name.isdigit() else 0))
     return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
 
 
@@ -46,7 +47,7 @@ SUPERUSER = "postgres"
 _PORT_IN_USE = "Address already in use"
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
-_running: Set["PostgresServer"] = set()
+_running: Set[PostgresServer] = set()
 
 # Throw-away data: durability is useless, speed is welcome.
 _SERVER_SETTINGS = {
@@ -75,7 +76,7 @@ def _die_with_parent() -> None:
 class OrthancCluster(NamedTuple):
     """Orthanc nodes sharing one PostgreSQL index (:attr:`postgres`) and one storage directory."""
 
-    postgres: "PostgresServer"
+    postgres: PostgresServer
     nodes: List[OrthancServer]
     storage_dir: Path
 
@@ -119,8 +120,9 @@ class PostgresServer:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> "PostgresServer":
-        """Create the directory, ``initdb``, launch ``postgres``, wait for it, create the database."""
+    def start(self) -> PostgresServer:
+        """Create the directory, ``initdb``, launch ``postgres``, wait for it, create the
+        database."""
         if self.is_running:
             raise RuntimeError("PostgreSQL is already running")
         try:
@@ -143,7 +145,8 @@ class PostgresServer:
         return self
 
     def stop(self, timeout: float = 10) -> None:
-        """Fast shutdown (SIGINT disconnects clients), SIGKILL after ``timeout``; remove the directory."""
+        """Fast shutdown (SIGINT disconnects clients), SIGKILL after ``timeout``; remove the
+        directory."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -157,7 +160,7 @@ class PostgresServer:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         if not self.is_running:
             self.start()
         return self
@@ -168,7 +171,8 @@ class PostgresServer:
     # -- SQL ----------------------------------------------------------------
 
     def psql(self, sql: str, database: Optional[str] = None) -> str:
-        """Run ``sql`` with ``psql`` (unaligned, tuples only); returns its stdout, raises on error."""
+        """Run ``sql`` with ``psql`` (unaligned, tuples only); returns its stdout, raises on
+        error."""
         return self._client("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                             "-d", database or self.database, "-c", sql)
 
@@ -259,16 +263,19 @@ class PostgresServer:
             str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
             "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
         if initdb.wait(self.start_timeout) != 0:
-            raise PostgresStartError(f"initdb exited with code {initdb.returncode}:\n{self.log_tail()}")
+            raise PostgresStartError(f"initdb exited with code {initdb.returncode}:\n"
+                                     f"{self.log_tail()}")
         (self.data_dir / "pg_hba.conf").write_text(_HBA, encoding="utf-8")
 
     def _launch(self) -> None:
-        settings = dict(_SERVER_SETTINGS, port=str(self.port), unix_socket_directories=str(self._workdir))
+        settings = dict(_SERVER_SETTINGS, port=str(self.port),
+                        unix_socket_directories=str(self._workdir))
         command = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
         # Own process group, so that a kill also reaches the backends.
-        self.process = self._as_server_user(command, start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = self._as_server_user(command, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
         _running.add(self)
 
     def _wait_ready(self) -> None:
@@ -277,26 +284,32 @@ class PostgresServer:
         while True:
             if self.process.poll() is not None:
                 raise PostgresStartError(
-                    f"postgres exited with code {self.process.returncode} during start-up:\n{self.log_tail()}")
+                    f"postgres exited with code {self.process.returncode} during start-up:\n"
+                    f"{self.log_tail()}")
             probe = [str(self.bin_dir / "pg_isready"), "-q", "-t", "1",
                      "-h", self.host, "-p", str(self.port), "-U", SUPERUSER]
-            if subprocess.run(probe, env=self._env(), stdin=subprocess.DEVNULL, check=False).returncode == 0:
+            if subprocess.run(probe, env=self._env(), stdin=subprocess.DEVNULL,
+                              check=False).returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise PostgresStartError(f"postgres not ready after {self.start_timeout} s:\n{self.log_tail()}")
+                raise PostgresStartError(f"postgres not ready after {self.start_timeout} s:\n"
+                                         f"{self.log_tail()}")
             time.sleep(0.05)
 
     def _client(self, program: str, *args: str) -> str:
         """Run a client program over TCP as the superuser; returns stdout, raises on error."""
         result = subprocess.run(
-            [str(self.bin_dir / program), "-h", self.host, "-p", str(self.port), "-U", SUPERUSER, *args],
+            [str(self.bin_dir / program), "-h", self.host, "-p", str(self.port), "-U", SUPERUSER,
+             *args],
             env=self._env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise RuntimeError(f"{program} {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+            raise RuntimeError(f"{program} {' '.join(args)} failed ({result.returncode}): "
+                               f"{result.stderr}")
         return result.stdout
 
     def _kill_group(self) -> None:
-        """SIGKILL the postmaster's process group (backends included) if it is still alive; reap it."""
+        """SIGKILL the postmaster's process group (backends included) if it is still alive;
+        reap it."""
         if self.process is None or self.process.poll() is not None:
             return  # backends of a dead postmaster notice its death and exit
         os.killpg(self.process.pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -70,7 +70,7 @@ def host_path(path: str) -> Path:
     return root() / path.lstrip("/")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _root(name: str) -> Path:
     found = subprocess.run([str(STACK_SCRIPT), "root", name], capture_output=True, text=True,
                            check=True)
@@ -82,7 +82,7 @@ def root() -> Path:
     return Path("/") if _current == "host" else _root(_current)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _versions(name: str) -> Dict[str, str]:
     if name == "host":
         listed = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "orthanc",

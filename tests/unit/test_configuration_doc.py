@@ -47,7 +47,8 @@ def test_every_setting_is_documented(tool: ModuleType) -> None:
     text = COMMITTED.read_text(encoding="utf-8")
     for setting in SETTINGS:
         assert "### `%s`\n\n%s\n" % (setting.name, setting.description) in text
-        assert "| Environment variable | `%s=" % tool.environment_variable(SECTION, setting.name) in text
+        assert "| Environment variable | `%s=" % tool.environment_variable(SECTION,
+                                                                           setting.name) in text
 
 
 def test_every_example_is_a_valid_value_that_differs_from_the_default(tool: ModuleType) -> None:
@@ -61,11 +62,13 @@ def test_every_example_is_a_valid_value_that_differs_from_the_default(tool: Modu
 
 
 def test_the_images_rule_maps_every_variable_onto_its_setting(tool: ModuleType) -> None:
-    assert tool.environment_variable("CachePlugin", "MaximumSize") == "ORTHANC__CACHE_PLUGIN__MAXIMUM_SIZE"
+    assert tool.environment_variable("CachePlugin",
+                                     "MaximumSize") == "ORTHANC__CACHE_PLUGIN__MAXIMUM_SIZE"
     assert tool.configuration_from_environment({"ORTHANC__CACHE_PLUGIN__MAXIMUM_SIZE": "2048"}) \
         == {"CachePlugin": {"MaximumSize": 2048}}
     # The Orthanc Book's own examples of the rule.
-    assert tool.environment_variable("DicomWeb", "StudiesMetadata") == "ORTHANC__DICOM_WEB__STUDIES_METADATA"
+    assert tool.environment_variable("DicomWeb",
+                                     "StudiesMetadata") == "ORTHANC__DICOM_WEB__STUDIES_METADATA"
     assert tool.configuration_from_environment({
         "ORTHANC__STABLE_AGE": "30", "ORTHANC__DICOM_WEB__ROOT": "/dicom-web/", "PATH": "/bin",
     }) == {"StableAge": 30, "DicomWeb": {"Root": "/dicom-web/"}}
@@ -73,7 +76,8 @@ def test_the_images_rule_maps_every_variable_onto_its_setting(tool: ModuleType) 
     environment = {tool.environment_variable(SECTION, setting.name):
                    tool.environment_value(tool.example_of(setting)) for setting in SETTINGS}
     configuration = tool.configuration_from_environment(environment)
-    assert configuration == {SECTION: {setting.name: tool.example_of(setting) for setting in SETTINGS}}
+    assert configuration == {SECTION: {setting.name: tool.example_of(setting)
+                                       for setting in SETTINGS}}
     assert load_settings(configuration, {}).as_configuration() == configuration[SECTION]
 
 
@@ -90,7 +94,8 @@ def test_values_survive_the_image(tool: ModuleType, value: object, text: str) ->
     assert tool.value_from_environment(text) == value
 
 
-def test_a_setting_without_example_is_refused(tool: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_setting_without_example_is_refused(tool: ModuleType,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(tool.EXAMPLES, "MaximumSize")
     with pytest.raises(tool.DocumentationError, match="MaximumSize has no example"):
         tool.render()

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Tuple
 import diskcache
 import pytest
 
-from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
 from orthanc_cache_plugin import statistics
+from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
 from orthanc_cache_plugin.flights import Flights
 from orthanc_cache_plugin.freshness import SETTLE, Version
 from orthanc_cache_plugin.keys import cache_key, entity_tag
@@ -104,7 +104,8 @@ def controller(tmp_path, store, origin) -> CacheController:
     return make_controller(tmp_path, store, origin)
 
 
-def our_etag(uri: str, token: str = "20230220T140000", query: str = "", representation: str = "") -> str:
+def our_etag(uri: str, token: str = "20230220T140000", query: str = "",
+             representation: str = "") -> str:
     return entity_tag(SALT, cache_key(uri, query, representation), token)
 
 
@@ -227,7 +228,8 @@ def test_arguments_are_normalized(controller, origin):
 
 def test_304_with_our_etag_without_a_stored_entry(controller, origin, store):
     uri = "/studies/st/shared-tags"
-    reply = check_reply(controller.serve(make_request(uri, headers={"if-none-match": our_etag(uri)})))
+    reply = check_reply(controller.serve(make_request(uri,
+                                                      headers={"if-none-match": our_etag(uri)})))
     assert (reply.status, reply.outcome) == (304, "REVALIDATED")
     assert reply.body == b""
     assert reply.headers["ETag"] == our_etag(uri)
@@ -329,14 +331,16 @@ SINCE_LATER = "Mon, 20 Feb 2023 14:30:00 GMT"
 def test_if_modified_since_gives_304_when_stored(controller, origin):
     uri = "/studies/st/shared-tags"
     controller.serve(make_request(uri))
-    reply = check_reply(controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})))
+    reply = check_reply(controller.serve(make_request(uri,
+                                                      headers={"if-modified-since": SINCE_LATER})))
     assert reply.status == 304
     assert len(origin.fetches) == 1
 
 
 def test_if_modified_since_gives_304_when_fetched(controller, origin):
     uri = "/studies/st/shared-tags"
-    reply = check_reply(controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})))
+    reply = check_reply(controller.serve(make_request(uri,
+                                                      headers={"if-modified-since": SINCE_LATER})))
     assert reply.status == 304
     assert len(origin.fetches) == 1
 
@@ -344,21 +348,24 @@ def test_if_modified_since_gives_304_when_fetched(controller, origin):
 def test_if_modified_since_never_gives_304_when_the_origin_fails(controller, origin):
     origin.failing = True
     uri = "/studies/st/shared-tags"
-    reply = check_reply(controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})))
+    reply = check_reply(controller.serve(make_request(uri,
+                                                      headers={"if-modified-since": SINCE_LATER})))
     assert reply.status == 404 and reply.body == b"plain"
 
 
 def test_if_modified_since_older_gives_200(controller, origin):
     uri = "/studies/st/shared-tags"
     controller.serve(make_request(uri))
-    reply = controller.serve(make_request(uri, headers={"if-modified-since": "Mon, 20 Feb 2023 13:59:59 GMT"}))
+    earlier = {"if-modified-since": "Mon, 20 Feb 2023 13:59:59 GMT"}
+    reply = controller.serve(make_request(uri, headers=earlier))
     assert (reply.status, reply.outcome) == (200, "HIT")
 
 
 def test_if_modified_since_in_the_future_gives_200(controller, origin):
     uri = "/studies/st/shared-tags"
     controller.serve(make_request(uri))
-    reply = controller.serve(make_request(uri, headers={"if-modified-since": "Mon, 20 Feb 2023 15:00:01 GMT"}))
+    future = {"if-modified-since": "Mon, 20 Feb 2023 15:00:01 GMT"}
+    reply = controller.serve(make_request(uri, headers=future))
     assert reply.status == 200
 
 
@@ -405,7 +412,8 @@ def test_binary_without_body_is_still_validated(controller, origin):
     etag = controller.serve(make_request(uri)).headers["ETag"]
     assert controller.serve(make_request(uri, headers={"if-none-match": etag})).status == 304
     assert controller.serve(make_request(uri, headers={"if-none-match": "*"})).status == 304
-    assert controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})).status == 304
+    assert controller.serve(make_request(uri,
+                                         headers={"if-modified-since": SINCE_LATER})).status == 304
     assert len(origin.fetches) == 1
 
 
@@ -469,8 +477,10 @@ def test_unavailable_store_gives_bypass_and_the_right_body(tmp_path, origin):
         assert reply.headers["ETag"] == our_etag(uri)
     assert len(origin.fetches) == 2
     # validators still work without a store
-    assert controller.serve(make_request(uri, headers={"if-none-match": our_etag(uri)})).status == 304
-    assert controller.serve(make_request(uri, headers={"if-modified-since": SINCE_LATER})).status == 304
+    assert controller.serve(make_request(uri,
+                                         headers={"if-none-match": our_etag(uri)})).status == 304
+    assert controller.serve(make_request(uri,
+                                         headers={"if-modified-since": SINCE_LATER})).status == 304
     assert len(warnings) == 1
 
 
@@ -600,10 +610,12 @@ def test_unsettled_etag_follows_the_content_and_if_modified_since_never_matches(
     uri = "/studies/st/shared-tags"
     origin.set("st", "20230220T140000|g1", settled=False)
     first = controller.serve(make_request(uri))
-    assert first.headers["Last-Modified"] == format_http_date(MODIFIED.replace(second=0) - timedelta(seconds=1))
+    assert first.headers["Last-Modified"] == format_http_date(MODIFIED.replace(second=0)
+                                                              - timedelta(seconds=1))
     same = controller.serve(make_request(uri, headers={"if-none-match": first.headers["ETag"]}))
     assert same.status == 304
-    since = controller.serve(make_request(uri, headers={"if-modified-since": format_http_date(NOW)}))
+    since = controller.serve(make_request(uri,
+                                          headers={"if-modified-since": format_http_date(NOW)}))
     assert since.status == 200
     origin.answers[uri] = (JSON, b'{"tags": 2}')  # changed within the same LastUpdate second
     changed = controller.serve(make_request(uri, headers={"if-none-match": first.headers["ETag"]}))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from orthanc_cache_plugin.keys import cache_key, entity_tag, normalized_query
 
@@ -16,7 +15,8 @@ def test_normalized_query_empty():
 
 
 def test_normalized_query_sorted_by_name():
-    assert normalized_query({"simplify": "", "expand": "1", "short": ""}) == "expand=1&short=&simplify="
+    assert normalized_query({"simplify": "", "expand": "1",
+                             "short": ""}) == "expand=1&short=&simplify="
     assert normalized_query({"b": "2", "a": "1"}) == normalized_query({"a": "1", "b": "2"})
 
 

@@ -70,12 +70,14 @@ CAPTURED_WRONG_LEVEL_HEADER = (
 # GET /instances/{mono16}/frames/x/numpy
 CAPTURED_NUMPY_FRAME = (
     '{\n\t"Details" : "Expected an unsigned integer for the \\"frame\\" argument",'
-    '\n\t"HttpError" : "Bad Request",\n\t"HttpStatus" : 400,\n\t"Message" : "Parameter out of range",'
+    '\n\t"HttpError" : "Bad Request",\n\t"HttpStatus" : 400,'
+    '\n\t"Message" : "Parameter out of range",'
     '\n\t"Method" : "GET",\n\t"OrthancError" : "Parameter out of range",\n\t"OrthancStatus" : 3,'
     '\n\t"Uri" : "/instances/460c0b95-207e217b-6298cfb4-e3e6ad87-e1864068/frames/x/numpy"\n}\n')
 # GET /instances/{mono16}/frames/1/raw (a single-frame instance)
 CAPTURED_FRAME_OUT_OF_RANGE = (
-    '{\n\t"HttpError" : "Bad Request",\n\t"HttpStatus" : 400,\n\t"Message" : "Parameter out of range",'
+    '{\n\t"HttpError" : "Bad Request",\n\t"HttpStatus" : 400,'
+    '\n\t"Message" : "Parameter out of range",'
     '\n\t"Method" : "GET",\n\t"OrthancError" : "Parameter out of range",\n\t"OrthancStatus" : 3,'
     '\n\t"Uri" : "/instances/460c0b95-207e217b-6298cfb4-e3e6ad87-e1864068/frames/1/raw"\n}\n')
 # GET /instances/{pdf}/frames/0/raw
@@ -155,7 +157,8 @@ def test_error_body_is_byte_exact(code, uri, method, details, captured):
 
 def test_error_body_other_codes():
     body = json.loads(error_body(8, "/x"))
-    assert (body["HttpStatus"], body["HttpError"], body["Message"]) == (400, "Bad Request", "Bad request")
+    assert (body["HttpStatus"], body["HttpError"], body["Message"]) == (400, "Bad Request",
+                                                                        "Bad request")
     body = json.loads(error_body(12, "/x"))
     assert (body["HttpStatus"], body["OrthancError"]) == (400, "Badly formatted URI")
 
@@ -341,10 +344,12 @@ def test_query_is_forwarded_normalized():
 def test_file_has_the_attachment_uuid():
     uri = "/instances/%s/file" % MONO16
     info = json.dumps({"Uuid": "3fe75e12-7b3e-44e6-986a-1d21959e42db", "UncompressedSize": 3806})
-    get = FakeOrthanc({uri: b"DICM", "/instances/%s/attachments/dicom/info" % MONO16: info.encode()})
+    get = FakeOrthanc({uri: b"DICM",
+                       "/instances/%s/attachments/dicom/info" % MONO16: info.encode()})
     reply = answer(get, uri)
     assert (reply.status, reply.content_type) == (200, "application/dicom")
-    assert reply.headers == {"Content-Disposition": 'filename="3fe75e12-7b3e-44e6-986a-1d21959e42db.dcm"'}
+    assert reply.headers == {
+        "Content-Disposition": 'filename="3fe75e12-7b3e-44e6-986a-1d21959e42db.dcm"'}
 
 
 @pytest.mark.parametrize("api_version, uri, arguments, disposition", [
@@ -410,7 +415,8 @@ def _mono16(extra: Optional[Dict[str, Union[bytes, int]]] = None) -> FakeOrthanc
 def test_image_unknown_id_is_404_empty():
     for arguments in ({}, {"returnUnsupportedImage": ""}, {"quality": "200"}):
         status_only(answer(FakeOrthanc(), "/instances/nonexistent/preview", arguments), 404)
-        status_only(answer(FakeOrthanc(), "/instances/nonexistent/frames/0/preview", arguments), 404)
+        status_only(answer(FakeOrthanc(), "/instances/nonexistent/frames/0/preview", arguments),
+                    404)
 
 
 @pytest.mark.parametrize("level_uri", ["/studies/%s" % STUDY, "/patients/%s" % STUDY,
@@ -454,7 +460,8 @@ def test_image_frame_not_parsed_is_404_before_any_lookup(frame):
 
 
 def test_image_frame_out_of_range_is_404():
-    get = FakeOrthanc({"/instances/%s" % MONO16_2F: b"{}", "/instances/%s/frames" % MONO16_2F: b"[0, 1]",
+    get = FakeOrthanc({"/instances/%s" % MONO16_2F: b"{}",
+                       "/instances/%s/frames" % MONO16_2F: b"[0, 1]",
                        "/instances/%s/frames/0/preview" % MONO16_2F: b"PNG"})
     for frame in ("2", "5", "-1", "4294967295"):
         status_only(answer(get, "/instances/%s/frames/%s/preview" % (MONO16_2F, frame),
@@ -513,7 +520,8 @@ def test_rendered_arguments():
         status_only(answer(_mono16(), uri, arguments), 404)
     status_only(answer(_mono16(), uri, {"smooth": "maybe"}), 415)
     reply = answer(_mono16(), uri, {"smooth": "maybe", "returnUnsupportedImage": ""})
-    assert reply.status == 301 and reply.headers["Location"] == "../../../../app/images/unsupported.png"
+    assert reply.status == 301
+    assert reply.headers["Location"] == "../../../../app/images/unsupported.png"
 
 
 def test_rendered_valid_arguments_then_quality():

@@ -22,15 +22,27 @@ from typing import Dict, List, Optional
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import assume, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 
 from orthanc_cache_plugin.keys import cache_key, entity_tag, normalized_query
-from orthanc_cache_plugin.negotiation import (BAD_ACCEPT, JPEG, NO_MATCH, PAM, PNG, NotAcceptable,
-                                              jpeg_quality, negotiate_image, parse_unsigned)
-from orthanc_cache_plugin.validators import (Validators, evaluate_preconditions,
-                                             format_http_date, parse_http_date,
-                                             parse_if_none_match)
+from orthanc_cache_plugin.negotiation import (
+    BAD_ACCEPT,
+    JPEG,
+    NO_MATCH,
+    PAM,
+    PNG,
+    NotAcceptable,
+    jpeg_quality,
+    negotiate_image,
+    parse_unsigned,
+)
+from orthanc_cache_plugin.validators import (
+    Validators,
+    evaluate_preconditions,
+    format_http_date,
+    parse_http_date,
+    parse_if_none_match,
+)
 
 UTC = timezone.utc
 NOW = datetime(2023, 2, 20, 15, 0, 0, tzinfo=UTC)

@@ -104,7 +104,8 @@ def test_route_names_are_unique_per_level():
     assert len(keys) == len(set(keys))
 
 
-@pytest.mark.parametrize("route", ROUTES, ids=lambda route: "%s-%s" % (route.level.value, route.name))
+@pytest.mark.parametrize("route", ROUTES,
+                         ids=lambda route: "%s-%s" % (route.level.value, route.name))
 def test_pattern_is_registered_form(route):
     assert route.pattern.startswith("/%s/([^/?]+)" % route.level.value)
     assert route.pattern == "/%s/([^/?]+)%s" % (route.level.value, route.suffix)

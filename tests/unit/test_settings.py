@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orthanc_cache_plugin.settings import SECTION, SETTINGS, Settings, SettingsError, load_settings
@@ -38,7 +40,8 @@ def test_as_configuration_uses_file_names():
     assert configuration == {setting.name: setting.default for setting in SETTINGS}
     assert list(configuration) == ["Enable", "Directory", "MaximumSize", "Expiration",
                                    "CacheControl", "StoreBinary", "MaximumEntrySize", "MemorySize",
-                                   "WarmUp", "WarmUpQueueSize", "CacheStatusHeader", "WatchHttpWrites",
+                                   "WarmUp", "WarmUpQueueSize", "CacheStatusHeader",
+                                   "WatchHttpWrites",
                                    "AdminPrefix", "LockTimeout"]
 
 
@@ -94,7 +97,7 @@ def test_overrides_do_not_modify_their_inputs():
 
 def test_settings_are_frozen():
     settings = load_settings({}, {})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         settings.directory = "/elsewhere"  # type: ignore[misc]
 
 

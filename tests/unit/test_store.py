@@ -295,7 +295,7 @@ def test_separate_failure_episodes_each_warn(store, warnings, clock, monkeypatch
     def broken(*args, **kwargs):
         raise OSError("no space left on device")
 
-    for episode in range(3):
+    for _ in range(3):
         monkeypatch.setattr(diskcache.Cache, "set", broken)
         assert store.set("k", Entry("v", "t", b"x")) is False
         monkeypatch.undo()

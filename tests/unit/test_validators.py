@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from orthanc_cache_plugin.validators import (
     EntityTagCondition,
@@ -220,7 +219,8 @@ def test_condition_matches_weakly():
 
 _ETAGC = st.characters(codec="latin-1").filter(lambda c: c == "!" or "#" <= c <= "~" or c >= "\x80")
 _OPAQUE = st.text(_ETAGC, max_size=12).map(lambda text: '"%s"' % text)
-_ENTITY_TAG = st.tuples(st.booleans(), _OPAQUE).map(lambda pair: ("W/" if pair[0] else "") + pair[1])
+_ENTITY_TAG = st.tuples(st.booleans(),
+                        _OPAQUE).map(lambda pair: ("W/" if pair[0] else "") + pair[1])
 _OWS = st.sampled_from(["", " ", "  ", "\t", " \t"])
 
 
@@ -269,7 +269,8 @@ def test_if_none_match_matches(value):
     assert result.reason
 
 
-@pytest.mark.parametrize("value", ['"other"', 'W/"0123456789abcdeF"', '"a", "b"', 'W/"0123456789abcde"'])
+@pytest.mark.parametrize("value",
+                         ['"other"', 'W/"0123456789abcdeF"', '"a", "b"', 'W/"0123456789abcde"'])
 def test_if_none_match_does_not_match(value):
     assert not evaluate({"if-none-match": value}).not_modified
 
@@ -309,7 +310,8 @@ def test_if_modified_since_in_the_future_is_ignored():
     assert not evaluate({"if-modified-since": "Fri, 31 Dec 9999 23:59:59 GMT"}).not_modified
 
 
-@pytest.mark.parametrize("since", ["yesterday", "", "Mon, 20 Feb 2023 14:00:00", "Mon, 31 Feb 2023 14:00:00 GMT"])
+@pytest.mark.parametrize("since", ["yesterday", "", "Mon, 20 Feb 2023 14:00:00",
+                                   "Mon, 31 Feb 2023 14:00:00 GMT"])
 def test_invalid_if_modified_since_is_ignored(since):
     result = evaluate({"if-modified-since": since})
     assert not result.not_modified
@@ -369,7 +371,8 @@ def test_caching_headers_with_max_age():
     }
 
 
-@pytest.mark.parametrize("cache_control", ["no-cache", "public", "s-maxage=100, public", "max-age=0"])
+@pytest.mark.parametrize("cache_control",
+                         ["no-cache", "public", "s-maxage=100, public", "max-age=0"])
 def test_caching_headers_expires_equals_date_without_max_age(cache_control):
     headers = caching_headers(VALIDATORS, cache_control, NOW)
     assert headers["Expires"] == headers["Date"] == "Mon, 20 Feb 2023 15:00:00 GMT"

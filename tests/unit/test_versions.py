@@ -6,9 +6,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orthanc_cache_plugin.freshness import (GRACE, SETTLE, RememberedUpdates, generation_time,
-                                            later_generation, may_change_stored_answers,
-                                            new_generation, resource_version)
+from orthanc_cache_plugin.freshness import (
+    GRACE,
+    SETTLE,
+    RememberedUpdates,
+    generation_time,
+    later_generation,
+    may_change_stored_answers,
+    new_generation,
+    resource_version,
+)
 
 NOW = datetime(2023, 2, 20, 15, 0, 0, 500000, tzinfo=timezone.utc)
 
