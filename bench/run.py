@@ -271,7 +271,8 @@ def fill_store(directory: Path, count: int, body_size: int = 1500) -> None:
     import diskcache
 
     from orthanc_cache_plugin.keys import cache_key
-    from orthanc_cache_plugin.store import Entry
+    from orthanc_cache_plugin.store import COMPUTED_BY, Entry, Store, computed_by
+    from support import stacks
 
     cache = diskcache.Cache(str(directory), size_limit=1024 * MB,
                             eviction_policy="least-recently-used", statistics=False)
@@ -287,6 +288,10 @@ def fill_store(directory: Path, count: int, body_size: int = 1500) -> None:
                 cache.set(cache_key("/studies/%s/shared-tags" % fake_id, "", ""), raw,
                           expire=604800)
     cache.close()
+    # Computed by this Orthanc: the plugin would empty a store of another version.
+    store = Store(str(directory), 1024 * MB, 604800, warn=_log)
+    store.set_value(COMPUTED_BY, computed_by(stacks.orthanc_version() or ""))
+    store.close()
 
 
 def store_entries(directory: Path) -> int:

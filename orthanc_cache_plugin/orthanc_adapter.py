@@ -8,6 +8,7 @@ back, forwards other methods, and runs warm-up on Orthanc's change events.
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import orthanc
 
 from . import __version__
+from .clean_exit import avoid_plugin_teardown
 from .controller import CacheController, Fetched, Reply, Request
 from .freshness import Version, resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
@@ -24,6 +26,8 @@ from .orthanc_changes import (
     LOG_PREFIX,
     ChangeWatch,
     get as _get,
+    keep_alive,
+    stop_watching_changes,
     warn as _warn,
     watch_changes,
     watch_stored_instances,
@@ -33,7 +37,7 @@ from .plain_answers import JSON_TYPE, PlainOrthanc
 from .routes import ROUTES, Level, Route
 from .settings import Settings, SettingsError, load_settings
 from .statistics import Statistics
-from .store import FORMAT, Store
+from .store import COMPUTED_BY, Store, computed_by
 from .thread_states import keep_thread_state
 from .warmup import WarmUp, warm_requests
 
@@ -173,14 +177,13 @@ class CachePlugin:
         with self._salt_lock:
             if not self.controller.salt:
                 system = json.loads(orthanc.RestApiGet("/system"))
-                salt = "orthanc %s, plugin %s, format %d" % (
-                    system.get("Version"), __version__, FORMAT)
+                salt = computed_by(str(system.get("Version")))
                 # Output formats change between Orthanc versions: entries of
                 # another version never match (see CacheController._stamp);
                 # removing them frees their room at once.
-                if self.store.get_value("computed-by") != salt:
+                if self.store.get_value(COMPUTED_BY) != salt:
                     removed = self.store.clear()
-                    self.store.set_value("computed-by", salt)
+                    self.store.set_value(COMPUTED_BY, salt)
                     if removed:
                         _warn("%d stored answers removed: computed by another version "
                               "(now %s)" % (removed, salt))
@@ -292,6 +295,20 @@ class CachePlugin:
                 return
         output.AnswerBuffer(json.dumps(body, indent=3), JSON_TYPE)
 
+    def shutdown(self) -> None:
+        """Stop the plugin's threads and close the store (again: no effect).
+
+        Called on ORTHANC_STOPPED, and when the interpreter finalizes: the
+        Python plugin 7.1 may finalize before that event is delivered, and a
+        thread still calling into Orthanc then corrupts the heap (seen on
+        Orthanc 1.13.0 with Python 3.14).
+        """
+        stop_watching_changes()
+        self.changes.stop()
+        if self.warm_up is not None:
+            self.warm_up.stop()
+        self.store.close()
+
     def on_change(self, change_type: int, level: int, resource_id: str) -> None:
         """Queue warm-up of stable resources; stop the worker with Orthanc."""
         keep_thread_state()
@@ -302,10 +319,7 @@ class CachePlugin:
             self._ensure_salt()
             self.changes.start()
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
-            self.changes.stop()
-            if self.warm_up is not None:
-                self.warm_up.stop()
-            self.store.close()
+            self.shutdown()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
 
@@ -360,16 +374,8 @@ def _plugin_may_read_archives() -> bool:
     return not orthanc.CheckVersionAdvanced(1, 12, 8)
 
 
-#: Every REST callback handed to Orthanc, referenced until the interpreter ends.
-#: When Orthanc stops, the Python plugin 7.1 drops its references to REST
-#: callbacks without holding the GIL: a callback that nothing else references
-#: is then freed there, and on Python 3.14 that is a segmentation fault.
-_REST_CALLBACKS: List[Callable[..., None]] = []
-
-
 def _register_rest(pattern: str, callback: Callable[..., None]) -> None:
-    _REST_CALLBACKS.append(callback)
-    orthanc.RegisterRestCallback(pattern, callback)
+    orthanc.RegisterRestCallback(pattern, keep_alive(callback))
 
 
 def enable(overrides: Mapping[str, Any]) -> bool:
@@ -384,6 +390,7 @@ def enable(overrides: Mapping[str, Any]) -> bool:
         orthanc.LogWarning(LOG_PREFIX + "disabled by the setting Enable")
         return False
     plugin = CachePlugin(settings, configuration)
+    atexit.register(plugin.shutdown)
     # First: without change events the cache could serve stale answers.
     if not watch_changes(plugin.on_change):
         plugin.store.close()
@@ -406,6 +413,9 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     # Without the filter, a deleted resource's LastUpdate must be asked for every time.
     if settings.watch_http_writes and watch_writes(plugin.changes):
         watch_stored_instances(plugin.changes)
+    exit_note = avoid_plugin_teardown()
+    if exit_note is not None:
+        orthanc.LogWarning(LOG_PREFIX + exit_note)
     orthanc.LogWarning(LOG_PREFIX + "version %s active, store in %s (%s)" % (
         __version__, settings.directory,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))

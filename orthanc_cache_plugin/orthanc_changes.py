@@ -6,9 +6,10 @@ With :mod:`.orthanc_adapter`, the only module importing ``orthanc``.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import orthanc
 
@@ -181,6 +182,22 @@ _HTTP_METHODS = {
 }
 
 
+#: Every callable handed to Orthanc, referenced until the process ends.  When
+#: Orthanc stops, the Python plugin 7.1 drops its references to callbacks where
+#: Python 3.14 cannot free them: a callback that nothing else references (a
+#: closure, a bound method) is then freed there, and Orthanc ends with a
+#: segmentation fault or a corrupted heap instead of exiting cleanly.
+_KEPT: List[Callable[..., Any]] = []
+
+_Callback = TypeVar("_Callback", bound=Callable[..., Any])
+
+
+def keep_alive(callback: _Callback) -> _Callback:
+    """``callback``, referenced for good: hand only such callables to Orthanc."""
+    _KEPT.append(callback)
+    return callback
+
+
 def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callable[..., Any]],
                     consequence: str) -> bool:
     """Register our callback with ``orthanc.<name>``, of which the Python plugin accepts
@@ -192,7 +209,7 @@ def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callab
     """
     chained: List[Callable[..., Any]] = []
     try:
-        getattr(orthanc, name)(ours(chained))
+        getattr(orthanc, name)(keep_alive(ours(chained)))
     except RuntimeError as error:
         warn("cannot register orthanc.%s (%s): call it after enable_cache_plugin() in your "
              "script; until then, %s" % (name, error, consequence))
@@ -205,18 +222,49 @@ def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callab
     return True
 
 
+#: Change events, as Orthanc reported them, waiting for the delivery thread.
+_events: queue.SimpleQueue[Optional[Tuple[int, int, str]]] = queue.SimpleQueue()
+
+
+def _enqueue_change(change_type: int, level: int, resource_id: str) -> None:
+    """What Orthanc calls for each change: queue it and return at once.
+
+    The Python plugin 7.1 runs its change callback on a thread that it stops
+    when Orthanc stops; a callback still busy then (any work, a closure) made
+    Orthanc 1.13.0 end with a corrupted heap or a segmentation fault in most
+    stops.  A module function that only queues does not.
+    """
+    _events.put((change_type, level, resource_id))
+
+
+def stop_watching_changes() -> None:
+    """End the delivery thread once the events queued before are delivered."""
+    _events.put(None)
+
+
 def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
-    """Register ``on_change`` for Orthanc's change events; a callback that a startup
-    script registers after enable_cache_plugin() is called after it, for every event.
-    False when a script registered one before: the cache cannot work without events."""
+    """Deliver Orthanc's change events to ``on_change``, in order, on a thread of the
+    plugin; a callback that a startup script registers after enable_cache_plugin()
+    is called after it, for every event.  False when a script registered one
+    before: the cache cannot work without events."""
     def build(chained: List[Callable[..., Any]]) -> Callable[[int, int, str], None]:
-        def on_change_event(change_type: int, level: int, resource_id: str) -> None:
-            try:
-                on_change(change_type, level, resource_id)
-            finally:
-                if chained:
-                    chained[0](change_type, level, resource_id)
-        return on_change_event
+        def deliver() -> None:
+            while True:
+                event = _events.get()
+                if event is None:
+                    return
+                for callback in [on_change] + chained[:1]:
+                    try:
+                        callback(*event)
+                    except Exception as error:  # as the Python plugin does: log, go on
+                        orthanc.LogError("error in the change callback %s: %s: %s" % (
+                            getattr(callback, "__qualname__", callback),
+                            type(error).__name__, error))
+                if event[0] == orthanc.ChangeType.ORTHANC_STOPPED:
+                    return
+
+        threading.Thread(target=deliver, name="cache-events", daemon=True).start()
+        return _enqueue_change
 
     return _register_first("RegisterOnChangeCallback", build,
                            "the cache plugin cannot see changes and stays off")

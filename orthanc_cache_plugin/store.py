@@ -24,11 +24,20 @@ from typing import Any, Callable, Dict, Optional
 
 import diskcache
 
+from . import __version__
 from .memory import HotEntries
 
 #: Bumped when the stored layout or the answers' derivation changes, so that
 #: entries written by an older plugin are never read back.
 FORMAT = 2
+#: The small value (Store.get_value) naming what computed the stored answers.
+COMPUTED_BY = "computed-by"
+
+
+def computed_by(orthanc_version: str) -> str:
+    """What shapes every stored answer: Orthanc's version (its output formats change
+    between versions), this plugin's version and the store's FORMAT."""
+    return "orthanc %s, plugin %s, format %d" % (orthanc_version, __version__, FORMAT)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@
 #   stack.sh root NAME      print NAME's root directory
 #   stack.sh versions NAME  print the versions the root holds
 #   stack.sh run NAME [--bind DIR]... [--] COMMAND [ARG]...
-#                           run COMMAND inside NAME's root, in a mount
-#                           namespace of its own where /tmp, /dev, /proc and
-#                           each DIR are the host's, at the same paths
+#                           run COMMAND inside NAME's root (chroot), where
+#                           /tmp, /dev, /proc and each DIR (no spaces) are the
+#                           host's, at the same paths (bind mounts, left in place)
 #
 # NAME is one of:
 #   bookworm  Debian 12: Orthanc 1.10.1, Python plugin 4.0, Python 3.11
@@ -80,7 +80,8 @@ build() {
         fi
         echo "stack.sh: building the $1 root in $root (a few minutes, once)" >&2
         mkdir -p "$STACKS"
-        rm -rf "$root.new"
+        release_mounts "$root.new"
+        rm -rf --one-file-system "$root.new"
         # apt-get, not debootstrap's --include, installs the packages: only apt
         # resolves virtual dependencies (bookworm's libboost-regex1.74.0-icu72).
         # policy-rc.d keeps the packages' scripts from starting Orthanc.
@@ -98,7 +99,8 @@ build() {
         echo "$LAYOUT" >"$root.new/.stack-layout"
         versions_of "$root.new" >"$root.new/.stack-versions"
         healthy "$root.new" || { echo "stack.sh: the new $1 root does not run Orthanc" >&2; exit 1; }
-        rm -rf "$root"
+        release_mounts "$root"
+        rm -rf --one-file-system "$root"
         mv "$root.new" "$root"
     fi
     # The same install as the Dockerfile's: pip, into the interpreter Orthanc embeds.
@@ -119,32 +121,49 @@ build() {
     cp "$CHECKOUT/example.py" "$root/etc/orthanc/cache-plugin.py"
 }
 
+# Mount what COMMANDs in ROOT need, once: /proc, /dev, and the host's /tmp and
+# each DIR at their own paths.  In the host's mount namespace, and left in
+# place, so that what tests mount later below ROOT (a full or read-only cache
+# directory) is what Orthanc sees.  Serialized: two Orthancs may start at once.
+ensure_mounts() {
+    root=$1
+    shift
+    mkdir -p "$STACKS"
+    (
+        flock 9
+        mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+        mountpoint -q "$root/dev" || mount --rbind /dev "$root/dev"
+        for dir in /tmp "$@"; do
+            mkdir -p "$root$dir"
+            mountpoint -q "$root$dir" || mount --bind "$dir" "$root$dir"
+        done
+    ) 9>"$STACKS/.mounts.lock"
+}
+
+# Unmount everything below ROOT (before it is removed: /tmp and /dev are there).
+release_mounts() {
+    grep -o " $1/[^ ]*" /proc/self/mounts 2>/dev/null | sort -r | while read -r target; do
+        umount -l "$target" 2>/dev/null || true
+    done
+}
+
 run() {
     root="$STACKS/$1"
     shift
-    binds=/tmp
+    binds=""
     while [ $# -gt 0 ]; do
         case "$1" in
-            --bind) binds="$binds
-$(cd "$2" && pwd)"; shift 2 ;;
+            --bind) binds="$binds $(cd "$2" && pwd)"; shift 2 ;;
             --) shift; break ;;
             *) break ;;
         esac
     done
     [ $# -gt 0 ] || usage
     [ -x "$root/usr/sbin/Orthanc" ] || { echo "stack.sh: no $root: run 'stack.sh build'" >&2; exit 1; }
-    # unshare and chroot exec in turn: COMMAND keeps this process's id, so
-    # signals sent to it reach COMMAND, and its mounts go when it ends.
-    exec unshare --mount --propagation private sh -c '
-        root=$1 binds=$2
-        shift 2
-        mount -t proc proc "$root/proc"
-        mount --rbind /dev "$root/dev"
-        echo "$binds" | while IFS= read -r dir; do
-            mkdir -p "$root$dir"
-            mount --bind "$dir" "$root$dir"
-        done
-        exec chroot "$root" "$@"' stack "$root" "$binds" "$@"
+    # shellcheck disable=SC2086 # paths without spaces
+    ensure_mounts "$root" $binds
+    # chroot execs COMMAND: it keeps this process's id, so signals reach it.
+    exec chroot "$root" "$@"
 }
 
 [ $# -ge 2 ] || usage

@@ -64,6 +64,28 @@ def test_after_an_upgrade_of_orthanc_nothing_computed_by_the_old_version_is_serv
         assert {answer[3] for answer in _answers(new, study).values()} == {"HIT"}
 
 
+def test_orthanc_with_the_plugin_stops_cleanly_every_time(
+        example_script: Path, tmp_path: Path) -> None:
+    """Plugin 7.1 on Python 3.14 crashed in most stops of an Orthanc whose script has REST
+    and change callbacks (clean_exit.py); with warm-ups and polling under way, every
+    stop must end with status 0 and Orthanc's last log line."""
+    for attempt in range(4):
+        server = OrthancServer(tmp_path / ("round-%d" % attempt), python_script=example_script,
+                               config={"StableAge": 1, "CachePlugin": {
+                                   "Directory": str(tmp_path / ("cache-%d" % attempt))}},
+                               stack="sid")
+        with server:
+            for seed in ("stop-a", "stop-b"):
+                for dicom in make_study("PAT-" + seed, 2, 3, seed=seed):
+                    study = server.upload(dicom)["ParentStudy"]
+            assert server.get("/studies/%s/shared-tags" % study).status_code == 200
+            time.sleep(1.5)  # stable events and warm-ups under way
+        assert server.process is not None
+        assert server.process.returncode == 0, server.log_tail()
+        assert server.log_text().rstrip().endswith("Orthanc has stopped")
+        assert "kept loaded, process ends with _exit" in server.log_text()
+
+
 def _dockerfile() -> str:
     return (stacks.REPO_ROOT / "Dockerfile").read_text(encoding="utf-8")
 

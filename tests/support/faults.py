@@ -20,10 +20,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Set, Tuple, Union
 
+from support import stacks
+
 PathLike = Union[str, Path]
 
 #: Mount points created by this module and not yet unmounted.
 _mounted: List[Path] = []
+
+
+def seen_by_orthanc(path: PathLike) -> Path:
+    """Where Orthanc sees ``path`` (a path of the tests), from the host.
+
+    Orthanc in a stack (support/stacks.py) sees the host's /tmp through a bind
+    mount inside its root: a fault mounted on the host's path would stay
+    invisible to it, so faults are mounted, and their files read and written,
+    at the root's path.
+    """
+    resolved = Path(path).resolve()
+    if stacks.current() == "host" or stacks.root() in resolved.parents:
+        return resolved
+    return stacks.host_path(str(resolved))
 
 
 class MountError(RuntimeError):
@@ -56,6 +72,7 @@ def is_mount_point(directory: PathLike) -> bool:
     Unlike :func:`os.path.ismount`, also true for a directory bind-mounted
     onto itself (same device and inode as before).
     """
+    directory = seen_by_orthanc(directory)
     return Path(directory).resolve() in mount_points()
 
 
@@ -85,9 +102,9 @@ def unmount(directory: PathLike) -> bool:
     (``umount -l``), so new opens of the path reach what lies beneath while the
     old descriptors keep working.  Raises :class:`MountError` if a mount stays.
     """
-    directory = Path(directory).resolve()
+    directory = Path(directory).resolve()  # as mounted: not translated again
     lazy = False
-    while is_mount_point(directory):
+    while directory in mount_points():
         try:
             _run("umount", str(directory))
         except MountError:
@@ -107,7 +124,7 @@ def unmount_all() -> None:
 @contextmanager
 def tmpfs(directory: PathLike, size: str = "2m") -> Iterator[Path]:
     """A fresh tmpfs of ``size`` (mount's syntax: ``2m``) on ``directory``, unmounted on exit."""
-    directory = Path(directory).resolve()
+    directory = seen_by_orthanc(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _mount(directory, "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(directory))
     try:
@@ -123,7 +140,7 @@ def read_only(directory: PathLike) -> Iterator[Path]:
     Files already open for writing stay writable (the kernel checks the mount
     when a file is opened); everything opened or created later fails with EROFS.
     """
-    directory = Path(directory).resolve()
+    directory = seen_by_orthanc(directory)
     _mount(directory, "--bind", str(directory), str(directory))
     try:
         _run("mount", "-o", "remount,bind,ro", str(directory), str(directory))
@@ -145,6 +162,7 @@ def fill(directory: PathLike, name: str = "filler") -> Filler:
     Chunks shrink from 1 MiB down to 1 byte on ENOSPC, so the last partial
     block is used too.  Remove the returned file to end the fault.
     """
+    directory = seen_by_orthanc(directory)
     path = Path(directory) / name
     written = 0
     chunk = 1 << 20
@@ -164,6 +182,7 @@ def fill(directory: PathLike, name: str = "filler") -> Filler:
 
 def free_bytes(directory: PathLike) -> int:
     """Bytes an unprivileged writer may still use on the file system of ``directory``."""
+    directory = seen_by_orthanc(directory)
     stats = os.statvfs(directory)
     return stats.f_bavail * stats.f_frsize
 
@@ -174,6 +193,7 @@ def overwrite(path: PathLike, pattern: bytes = b"corrupt!") -> int:
     The file is not replaced (same inode), as disk corruption would leave it.
     Returns the file's size.
     """
+    path = seen_by_orthanc(path)
     size = os.path.getsize(path)
     with open(path, "r+b") as file:
         file.write((pattern * (size // len(pattern) + 1))[:size])
@@ -185,6 +205,7 @@ def patch(path: PathLike, old: bytes, new: bytes) -> int:
 
     Returns its offset; raises ValueError unless ``old`` occurs exactly once.
     """
+    path = seen_by_orthanc(path)
     if len(old) != len(new):
         raise ValueError("patch must keep the file's length")
     data = Path(path).read_bytes()
@@ -206,6 +227,7 @@ def usage_by_kind(directory: PathLike) -> Dict[str, int]:
     Hard-linked files count once; files vanishing during the walk (the store
     evicting while we count) are skipped.
     """
+    directory = seen_by_orthanc(directory)
     usage = dict.fromkeys(("database", "wal", "shm", "values", "directories", "other"), 0)
     seen: Set[Tuple[int, int]] = set()
 
@@ -234,6 +256,7 @@ def _kind(name: str) -> str:
 
 def value_files(directory: PathLike) -> Set[str]:
     """diskcache's value files under ``directory``, relative to it (``ab/cd/xyz.val``)."""
+    directory = seen_by_orthanc(directory)
     root = Path(directory)
     return {str(path.relative_to(root)) for path in root.glob("*/*/*.val")}
 
@@ -246,6 +269,7 @@ def checkpoint(database: PathLike) -> None:
     afterwards the current content of every page is in the file itself, where
     :func:`patch` can damage it.  Raises RuntimeError if a reader blocked it.
     """
+    database = seen_by_orthanc(database)
     connection = sqlite3.connect(str(database), timeout=10)
     try:
         busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -271,6 +295,7 @@ def store_files(directory: PathLike) -> StoreFiles:
 
     Open the database only once Orthanc has stopped (read-only, no write).
     """
+    directory = seen_by_orthanc(directory)
     connection = sqlite3.connect("file:%s?mode=ro" % (Path(directory) / "cache.db"), uri=True)
     try:
         rows = connection.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]

@@ -102,3 +102,13 @@ def orthanc_version() -> Optional[str]:
     """Orthanc's upstream version in the selected stack, e.g. ``1.13.0``."""
     version = versions().get("orthanc")
     return version.split("+")[0].split("-")[0] if version else None
+
+
+def plugin_caches_archives() -> bool:
+    """Whether the plugin serves archive and media in the selected stack: not from
+    Orthanc 1.12.8 on, where a plugin's REST call for an archive crashes Orthanc
+    (orthanc_adapter._plugin_may_read_archives)."""
+    version = orthanc_version()
+    if version is None:
+        return True
+    return tuple(int(part) for part in version.split(".")[:3]) < (1, 12, 8)
