@@ -68,6 +68,13 @@ _OTHER_LEVEL_NOT_FOUND = 27
 #: ... and a frame number beyond the instance's frames is an image that cannot be
 #: decoded: 415, or the redirect with ``returnUnsupportedImage`` (1.10.1: 404).
 _MISSING_FRAME_UNSUPPORTED = 27
+#: From here (seen on 1.12.7 and 1.13.0), ``returnUnsupportedImage`` is a Boolean, read
+#: when the image is unsupported: "false" or "0" is a 415, a value that is no Boolean a
+#: 400 with Details (1.10.1: any value redirects).
+_RETURN_UNSUPPORTED_BOOLEAN = 27
+#: From here (seen on 1.12.7 and 1.13.0), a 400 "Parameter out of range" of ``/file``
+#: with ``transcode``, and of ``/metadata`` with a non-Boolean ``expand``, has Details.
+_ARGUMENT_DETAILS = 27
 #: From here (seen on 1.13.0; 1.12.7 answers a 500 "Not implemented yet" without
 #: Details), the raw frame of an instance without pixel data is a 400 with this Details.
 _NO_PIXEL_DATA_DETAILS = 31
@@ -120,6 +127,14 @@ def error_body(code: int, uri: str, method: str = "GET", details: Optional[str] 
     ]
     return "{\n" + ",\n".join("\t%s : %s" % (_json_string(name), value)
                               for name, value in fields) + "\n}\n"
+
+
+def _not_boolean(arguments: Mapping[str, str], name: str) -> Optional[str]:
+    """Orthanc's Details when GET argument ``name`` is given and is no Boolean."""
+    value = arguments.get(name, "")
+    if value and value not in _BOOLEANS:  # a bare argument is true
+        return 'Expected a Boolean for GET argument "%s", found: %s' % (name, value)
+    return None
 
 
 def _status_only(status: int, reason: str, headers: Optional[Dict[str, str]] = None) -> Reply:
@@ -221,11 +236,9 @@ class PlainOrthanc:
         if kind != "numpy":
             return _status_only(404, "frame number not parsed") \
                 if parse_unsigned(frame) is None else None
-        compress = request.arguments.get("compress", "")
-        if compress and compress not in _BOOLEANS:  # checked first; a bare ?compress is true
-            return self.error(request, _PARAMETER_OUT_OF_RANGE,
-                              details='Expected a Boolean for GET argument "compress", found: %s'
-                              % compress)
+        details = _not_boolean(request.arguments, "compress")  # checked first
+        if details is not None:
+            return self.error(request, _PARAMETER_OUT_OF_RANGE, details=details)
         if parse_unsigned(frame.strip()) is None or frame.strip().startswith("-"):
             return self.error(request, _PARAMETER_OUT_OF_RANGE,
                               details='Expected an unsigned integer for the "frame" argument')
@@ -239,6 +252,11 @@ class PlainOrthanc:
         if code == _PARAMETER_OUT_OF_RANGE and request.route.name in ("archive", "media") \
                 and "transcode" in request.arguments:
             return "Unknown transfer syntax: %s" % request.arguments["transcode"]
+        if code == _PARAMETER_OUT_OF_RANGE and self.api_version >= _ARGUMENT_DETAILS:
+            if request.route.name == "file" and "transcode" in request.arguments:
+                return "Unknown transfer syntax: %s" % request.arguments["transcode"]
+            if request.route.name == "metadata":
+                return _not_boolean(request.arguments, "expand")
         if code == _BAD_REQUEST and self.api_version >= _NO_PIXEL_DATA_DETAILS \
                 and request.route.name == "frame-data" and request.groups[2] in ("raw", "raw.gz"):
             return NO_PIXEL_DATA
@@ -247,6 +265,12 @@ class PlainOrthanc:
     def _unsupported_image(self, request: Request, reason: str) -> Reply:
         # Orthanc redirects to its "unsupported" picture when asked to.
         if "returnUnsupportedImage" in request.arguments:
+            if self.api_version >= _RETURN_UNSUPPORTED_BOOLEAN:
+                details = _not_boolean(request.arguments, "returnUnsupportedImage")
+                if details is not None:
+                    return self.error(request, _PARAMETER_OUT_OF_RANGE, details=details)
+                if request.arguments["returnUnsupportedImage"] in ("false", "0"):
+                    return _status_only(415, reason)
             depth = request.uri.strip("/").count("/")
             location = "../" * depth + "app/images/unsupported.png"
             return _status_only(301, reason, {"Location": location})
