@@ -95,6 +95,8 @@ class CacheController:
         self.origin = origin
         #: What else shapes every answer (Orthanc's version...); see keys.entity_tag.
         self.salt = salt
+        #: The running Orthanc's ``ApiVersion``: Accept is read as that version reads it.
+        self.api_version = 16
         self._vary = vary
         self._clock = clock
         #: Misses being computed, by key and version: concurrent ones wait (flights.py).
@@ -107,7 +109,7 @@ class CacheController:
         if version is None:
             return self.origin.plain_answer(request, "unknown resource")
         try:
-            representation = representation_of(request.route, request.headers)
+            representation = representation_of(request.route, request.headers, self.api_version)
         except (NotAcceptable, Unsupported) as refusal:
             return self.origin.plain_answer(request, str(refusal))
 

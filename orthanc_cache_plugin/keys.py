@@ -40,6 +40,23 @@ def with_query(uri: str, arguments: Mapping[str, str]) -> str:
     return uri + "?" + query if query else uri
 
 
+def literal_query(arguments: Mapping[str, str]) -> str:
+    """The GET arguments, already decoded, as a query string that ``RestApiGet`` reads as is.
+
+    Orthanc 1.13.0 hands a plugin its GET arguments percent-decoded, and its
+    ``RestApiGet`` does not decode the query it is given: values go as they
+    are.  Only what would break the query's structure is escaped (Orthanc then
+    reads the escape literally: such a value cannot be forwarded faithfully).
+    """
+    def literal(text: str, unsafe: str) -> str:
+        for char in unsafe:
+            text = text.replace(char, "%%%02X" % ord(char))
+        return text
+
+    return "&".join("%s=%s" % (literal(name, "&#="), literal(value, "&#"))
+                    for name, value in sorted(arguments.items()))
+
+
 def cache_key(uri: str, query: str, representation: str) -> str:
     """Key of one representation of a route (version not included)."""
     return "%s?%s#%s" % (uri, query, representation)

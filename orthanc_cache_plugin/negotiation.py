@@ -5,7 +5,9 @@ Orthanc's image routes pick PNG, JPEG or PAM from the ``Accept`` header;
 The plugin must pick the same representation to key, fetch and label the
 answer correctly.  The rules below were observed on Orthanc 1.10.1 (see
 ``docs/fidelity.md``); parsing follows its ``boost::lexical_cast`` and C
-``strtod`` calls, not RFC 9110.
+``strtod`` calls, not RFC 9110.  Where later versions were seen to parse
+otherwise, ``api_version`` (the running Orthanc's ``ApiVersion``) selects
+the rule.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ _DICOMWEB = ("application/dicom+json", "application/dicom+xml")
 NO_MATCH = 404
 BAD_ACCEPT = 415
 
+# Parsing that changed, as seen on ApiVersion 16 (Orthanc 1.10.1), 27 (1.12.7) and 31
+# (1.13.0); the versions in between were not run, so each rule starts where it was seen.
+#: From here (seen on 1.12.7 and 1.13.0; 1.10.1 reads the first ``q`` and checks it on
+#: every range), the last ``q`` of a media range counts and it is checked only on ranges
+#: that match an image type served: ``image/gif;q=2`` is no match (404), not a 415.
+_ACCEPT_LAST_Q = 27
+#: From here (seen on 1.13.0; 1.10.1 and 1.12.7 refuse it), ``quality`` may have white
+#: space around it, and a minus sign never wraps around to a valid quality.
+_QUALITY_STRIPPED = 31
+#: What C's ``isspace`` calls white space (stripped from ``quality`` from 1.13.0).
+_C_SPACES = " \t\n\v\f\r"
+
 
 class NotAcceptable(Exception):
     """Orthanc would refuse the request's Accept header with ``status``."""
@@ -42,23 +56,27 @@ class Unsupported(Exception):
 _FLOAT = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
 
-def _quality(parameters: List[str]) -> float:
-    """The first ``q`` of a media range (Orthanc ignores any later one)."""
+def _quality(parameters: List[str], last: bool = False) -> float:
+    """The first ``q`` of a media range (Orthanc 1.10 ignores any later one), or the last."""
+    found: Optional[str] = None
     for parameter in parameters:
         name, _, value = parameter.partition("=")
-        if name.strip() != "q":
-            continue
-        value = value.strip()
-        if not _FLOAT.match(value):
-            raise NotAcceptable(BAD_ACCEPT, "malformed q-value in Accept")
-        quality = float(value)
-        if not 0.0 <= quality <= 1.0:
-            raise NotAcceptable(BAD_ACCEPT, "q-value out of range in Accept")
-        return quality
-    return 1.0
+        if name.strip() == "q":
+            found = value
+            if not last:
+                break
+    if found is None:
+        return 1.0
+    found = found.strip()
+    if not _FLOAT.match(found):
+        raise NotAcceptable(BAD_ACCEPT, "malformed q-value in Accept")
+    quality = float(found)
+    if not 0.0 <= quality <= 1.0:
+        raise NotAcceptable(BAD_ACCEPT, "q-value out of range in Accept")
+    return quality
 
 
-def negotiate_image(accept: Optional[str]) -> str:
+def negotiate_image(accept: Optional[str], api_version: int = 16) -> str:
     """The image type Orthanc answers for ``accept`` (None: no header).
 
     Most specific media range first (exact, then ``image/*``, then ``*/*``),
@@ -66,12 +84,14 @@ def negotiate_image(accept: Optional[str]) -> str:
     """
     if accept is None:
         return PNG
+    last_q = api_version >= _ACCEPT_LAST_Q
     best: Optional[Tuple[int, float, int, str]] = None
     position = 0
     for part in accept.split(","):
         pieces = part.split(";")
         media_type, slash, subtype = pieces[0].partition("/")
-        quality = _quality(pieces[1:])  # checked even on ranges that match nothing
+        # Up to 1.10 (at least) checked even on ranges that match nothing.
+        quality = None if last_q else _quality(pieces[1:])
         if not slash:
             continue
         media_type, subtype = media_type.strip(), subtype.strip()
@@ -85,6 +105,8 @@ def negotiate_image(accept: Optional[str]) -> str:
                 specificity = 2
             else:
                 continue
+            if quality is None:
+                quality = _quality(pieces[1:], last=True)
             rank = (specificity, quality, -position, candidate)
             if best is None or rank[:3] > best[:3]:
                 best = rank
@@ -94,14 +116,14 @@ def negotiate_image(accept: Optional[str]) -> str:
     return best[3]
 
 
-def representation_of(route: Route, headers: Mapping[str, str]) -> str:
+def representation_of(route: Route, headers: Mapping[str, str], api_version: int = 16) -> str:
     """The representation selected by the request headers ("" when only one exists).
 
     Raises :class:`NotAcceptable` where Orthanc refuses the header and
     :class:`Unsupported` where the plugin cannot rebuild Orthanc's answer.
     """
     if route.negotiation is Negotiation.IMAGE:
-        return negotiate_image(headers.get("accept"))
+        return negotiate_image(headers.get("accept"), api_version)
     if route.negotiation is Negotiation.DICOM_FILE:
         if headers.get("accept", "").lstrip() in _DICOMWEB:
             raise Unsupported("DICOMweb answer of /file cannot be rebuilt by a Python plugin 4.0")
@@ -125,11 +147,15 @@ def parse_unsigned(text: str) -> Optional[int]:
     return (-value) % (_UINT_MAX + 1) if match.group(1) == "-" else value
 
 
-def jpeg_quality(arguments: Mapping[str, str]) -> Optional[int]:
+def jpeg_quality(arguments: Mapping[str, str], api_version: int = 16) -> Optional[int]:
     """The ``quality`` argument of image routes (default 90); None when Orthanc refuses it."""
     raw = arguments.get("quality")
     if raw is None:
         return 90
+    if api_version >= _QUALITY_STRIPPED:
+        raw = raw.strip(_C_SPACES)
+        if raw.startswith("-"):
+            return None
     value = parse_unsigned(raw)
     return value if value is not None and 1 <= value <= 100 else None
 

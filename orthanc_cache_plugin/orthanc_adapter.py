@@ -46,14 +46,15 @@ def _info(message: str) -> None:
     orthanc.LogInfo(LOG_PREFIX + message)
 
 
-def _reencode(png: bytes, representation: str, arguments: Mapping[str, str]) -> Optional[bytes]:
+def _reencode(png: bytes, representation: str, arguments: Mapping[str, str],
+              api_version: int) -> Optional[bytes]:
     """Orthanc's JPEG or PAM answer, rebuilt from its PNG answer (byte-identical)."""
     image = orthanc.UncompressImage(png, orthanc.ImageFormat.PNG)
     pixel_format = image.GetImagePixelFormat()
     width, height = image.GetImageWidth(), image.GetImageHeight()
     buffer = image.GetImageBuffer()
     if representation == JPEG:
-        quality = jpeg_quality(arguments)
+        quality = jpeg_quality(arguments, api_version)
         if quality is None:
             return None
         jpeg: bytes = orthanc.CompressJpegImage(pixel_format, width, height,
@@ -91,13 +92,16 @@ class OrthancOrigin:
         return resource_version(last_update, self.changes.generation.value, now)
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
-        body = _get(request.uri + "?" + query if query else request.uri)
+        # ``query`` is the key's normalized form; Orthanc is given the arguments in the
+        # form the running version reads.
+        body = _get(self.plain.uri_with(request.uri, request.arguments))
         if not isinstance(body, bytes):
             return None
         if representation in (JPEG, PAM):
             if representation == JPEG and request.groups[-1] in ("image-uint16", "image-int16"):
                 return None  # Orthanc has no JPEG of 16-bit images
-            reencoded = _reencode(body, representation, request.arguments)
+            reencoded = _reencode(body, representation, request.arguments,
+                                  self.plain.api_version)
             if reencoded is None:
                 return None
             body = reencoded
@@ -188,6 +192,7 @@ class CachePlugin:
                         _warn("%d stored answers removed: computed by another version "
                               "(now %s)" % (removed, salt))
                 self.origin.plain.api_version = int(system.get("ApiVersion", 0))
+                self.controller.api_version = self.origin.plain.api_version
                 self.controller.salt = salt
 
     def handler(self, route: Route) -> Callable[..., None]:

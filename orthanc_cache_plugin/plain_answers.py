@@ -3,9 +3,11 @@
 Inside the plugin, ``orthanc.RestApiGet`` returns the body of a 200 and
 nothing else: no content type, no Content-Disposition, and for a failure
 only an error code, which is 17 ("Unknown resource") for every answer that
-has no JSON body (404, 415, redirects).  This module rebuilds the rest, rule
-by rule, as observed on Orthanc 1.10.1 (``docs/fidelity.md``), so that the
-plugin answers every request, failures included, as Orthanc would.
+has no JSON body (404, 415, redirects) up to 1.12.7 (from 1.12.8, 3000 for a
+415).  This module rebuilds the rest, rule by rule, as observed on Orthanc
+1.10.1 (``docs/fidelity.md``), so that the plugin answers every request,
+failures included, as Orthanc would; the rules seen to change on later
+versions are selected by ``PlainOrthanc.api_version``.
 
 It is pure: Orthanc is reached through a ``get(uri)`` callable that returns
 the body, or the error code as an ``int``.
@@ -14,10 +16,10 @@ the body, or the error code as an ``int``.
 from __future__ import annotations
 
 import json
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Mapping, Optional, Union
 
 from .controller import Reply, Request
-from .keys import with_query
+from .keys import literal_query, with_query
 from .negotiation import (
     BAD_ACCEPT,
     DICOM,
@@ -57,8 +59,34 @@ _FILENAME_ARGUMENT = 27
 _FILENAME_SANITIZED = 30
 _UNSAFE_IN_FILENAME = {ord('"'): None, ord("\r"): None, ord("\n"): None}
 
+# Image routes, as seen on ApiVersion 16 (Orthanc 1.10.1), 27 (1.12.7) and 31 (1.13.0);
+# 1.12.7's NEWS: "Fixed interpretation of returnUnsupportedImage in /preview route".
+# The versions between 1.10.1 and 1.12.7 were not run: each rule starts where it was seen.
+#: From here (seen on 1.12.7 and 1.13.0), an id of another level (a study's...) is an
+#: unknown instance: 404, even with ``returnUnsupportedImage`` (1.10.1: 415, or the redirect)...
+_OTHER_LEVEL_NOT_FOUND = 27
+#: ... and a frame number beyond the instance's frames is an image that cannot be
+#: decoded: 415, or the redirect with ``returnUnsupportedImage`` (1.10.1: 404).
+_MISSING_FRAME_UNSUPPORTED = 27
+#: From here (seen on 1.12.7 and 1.13.0), ``returnUnsupportedImage`` is a Boolean, read
+#: when the image is unsupported: "false" or "0" is a 415, a value that is no Boolean a
+#: 400 with Details (1.10.1: any value redirects).
+_RETURN_UNSUPPORTED_BOOLEAN = 27
+#: From here (seen on 1.12.7 and 1.13.0), a 400 "Parameter out of range" of ``/file``
+#: with ``transcode``, and of ``/metadata`` with a non-Boolean ``expand``, has Details.
+_ARGUMENT_DETAILS = 27
+#: From here (seen on 1.13.0; 1.12.7 answers a 500 "Not implemented yet" without
+#: Details), the raw frame of an instance without pixel data is a 400 with this Details.
+_NO_PIXEL_DATA_DETAILS = 31
+NO_PIXEL_DATA = "Cannot extract a frame from a DICOM file that does not have pixel data."
+#: From here (seen on 1.13.0; 1.10.1 and 1.12.7 hand them still percent-encoded), a
+#: plugin receives GET arguments percent-decoded ("+" as a space), while ``RestApiGet``
+#: still takes its query as it is: they are forwarded unescaped.
+_ARGUMENTS_DECODED = 31
+
 _HTTP_REASONS = {400: "Bad Request", 404: "Not Found", 415: "Unsupported Media Type",
                  500: "Internal Server Error"}
+_BAD_REQUEST = 8
 #: Orthanc error codes met on the cached routes: HTTP status and description.
 _ORTHANC_ERRORS = {
     -1: (500, "Internal error"),
@@ -68,8 +96,11 @@ _ORTHANC_ERRORS = {
     12: (400, "Badly formatted URI"),
     15: (400, "Bad file format"),
     17: (404, "Unknown resource"),
+    # Raised to a plugin for Orthanc's 415 without body from 1.12.8 (seen on 1.13.0).
+    3000: (415, "Unsupported media type"),
 }
 UNKNOWN_RESOURCE = 17
+UNSUPPORTED_MEDIA_TYPE = 3000
 #: What Orthanc's Boolean GET arguments accept.
 _BOOLEANS = ("true", "false", "1", "0")
 _PARAMETER_OUT_OF_RANGE = 3
@@ -98,6 +129,14 @@ def error_body(code: int, uri: str, method: str = "GET", details: Optional[str] 
                               for name, value in fields) + "\n}\n"
 
 
+def _not_boolean(arguments: Mapping[str, str], name: str) -> Optional[str]:
+    """Orthanc's Details when GET argument ``name`` is given and is no Boolean."""
+    value = arguments.get(name, "")
+    if value and value not in _BOOLEANS:  # a bare argument is true
+        return 'Expected a Boolean for GET argument "%s", found: %s' % (name, value)
+    return None
+
+
 def _status_only(status: int, reason: str, headers: Optional[Dict[str, str]] = None) -> Reply:
     return Reply(status, "PASS", reason, headers=headers or {})
 
@@ -111,6 +150,12 @@ class PlainOrthanc:
         #: The running Orthanc's ``ApiVersion`` (``/system``), which selects the
         #: rules that changed between versions; set once Orthanc answers REST calls.
         self.api_version = api_version
+
+    def uri_with(self, uri: str, arguments: Mapping[str, str]) -> str:
+        """``uri`` with GET ``arguments`` (as the plugin received them), for ``RestApiGet``."""
+        if self.api_version < _ARGUMENTS_DECODED:
+            return with_query(uri, arguments)
+        return uri + "?" + literal_query(arguments) if arguments else uri
 
     # Labels of successful answers -------------------------------------------------
 
@@ -167,14 +212,17 @@ class PlainOrthanc:
             refused = self._frame_data_refusal(request)
             if refused is not None:
                 return refused
-        result = self._get(with_query(request.uri, request.arguments))
+        result = self._get(self.uri_with(request.uri, request.arguments))
         if isinstance(result, bytes):
             try:
-                representation = representation_of(request.route, request.headers)
+                representation = representation_of(request.route, request.headers,
+                                                   self.api_version)
             except Unsupported as unsupported:
                 return _status_only(406, str(unsupported))
             return Reply(200, "PASS", reason, self.content_type(request, representation), result,
                          self.extra_headers(request, representation))
+        if result == UNSUPPORTED_MEDIA_TYPE:  # Orthanc's 415 has no body
+            return _status_only(415, "unsupported media type")
         if result != UNKNOWN_RESOURCE:
             return self.error(request, result, details=self._details(request, result))
         if request.route.name == "pdf" and isinstance(
@@ -188,11 +236,9 @@ class PlainOrthanc:
         if kind != "numpy":
             return _status_only(404, "frame number not parsed") \
                 if parse_unsigned(frame) is None else None
-        compress = request.arguments.get("compress", "")
-        if compress and compress not in _BOOLEANS:  # checked first; a bare ?compress is true
-            return self.error(request, _PARAMETER_OUT_OF_RANGE,
-                              details='Expected a Boolean for GET argument "compress", found: %s'
-                              % compress)
+        details = _not_boolean(request.arguments, "compress")  # checked first
+        if details is not None:
+            return self.error(request, _PARAMETER_OUT_OF_RANGE, details=details)
         if parse_unsigned(frame.strip()) is None or frame.strip().startswith("-"):
             return self.error(request, _PARAMETER_OUT_OF_RANGE,
                               details='Expected an unsigned integer for the "frame" argument')
@@ -206,11 +252,25 @@ class PlainOrthanc:
         if code == _PARAMETER_OUT_OF_RANGE and request.route.name in ("archive", "media") \
                 and "transcode" in request.arguments:
             return "Unknown transfer syntax: %s" % request.arguments["transcode"]
+        if code == _PARAMETER_OUT_OF_RANGE and self.api_version >= _ARGUMENT_DETAILS:
+            if request.route.name == "file" and "transcode" in request.arguments:
+                return "Unknown transfer syntax: %s" % request.arguments["transcode"]
+            if request.route.name == "metadata":
+                return _not_boolean(request.arguments, "expand")
+        if code == _BAD_REQUEST and self.api_version >= _NO_PIXEL_DATA_DETAILS \
+                and request.route.name == "frame-data" and request.groups[2] in ("raw", "raw.gz"):
+            return NO_PIXEL_DATA
         return None
 
     def _unsupported_image(self, request: Request, reason: str) -> Reply:
         # Orthanc redirects to its "unsupported" picture when asked to.
         if "returnUnsupportedImage" in request.arguments:
+            if self.api_version >= _RETURN_UNSUPPORTED_BOOLEAN:
+                details = _not_boolean(request.arguments, "returnUnsupportedImage")
+                if details is not None:
+                    return self.error(request, _PARAMETER_OUT_OF_RANGE, details=details)
+                if request.arguments["returnUnsupportedImage"] in ("false", "0"):
+                    return _status_only(415, reason)
             depth = request.uri.strip("/").count("/")
             location = "../" * depth + "app/images/unsupported.png"
             return _status_only(301, reason, {"Location": location})
@@ -225,6 +285,8 @@ class PlainOrthanc:
         instance = "/instances/%s" % request.resource_id
         if not isinstance(self._get(request.uri), bytes):
             if not isinstance(self._get(instance), bytes):
+                if self.api_version >= _OTHER_LEVEL_NOT_FOUND:
+                    return _status_only(404, "unknown instance")
                 other_level = any(isinstance(self._get("/%s/%s" % (level, request.resource_id)),
                                              bytes)
                                   for level in ("patients", "studies", "series"))
@@ -235,6 +297,8 @@ class PlainOrthanc:
                 return self._unsupported_image(request, "image cannot be decoded")
             frames = self._get(instance + "/frames")
             if isinstance(frames, bytes) and frame >= len(json.loads(frames)):
+                if self.api_version >= _MISSING_FRAME_UNSUPPORTED:
+                    return self._unsupported_image(request, "no such frame")
                 return _status_only(404, "no such frame")
             if not isinstance(self._get("%s/frames/%d/preview" % (instance, frame)), bytes):
                 return self._unsupported_image(request, "image cannot be decoded")
@@ -245,14 +309,14 @@ class PlainOrthanc:
             # Orthanc checks the size and window arguments, then smooth, then quality.
             sizing = {k: v for k, v in request.arguments.items()
                       if k not in ("quality", "smooth", "returnUnsupportedImage")}
-            if not isinstance(self._get(with_query(request.uri, sizing)), bytes):
+            if not isinstance(self._get(self.uri_with(request.uri, sizing)), bytes):
                 return _status_only(404, "bad rendering argument")
             if request.arguments.get("smooth", "true") not in _BOOLEANS:
                 return self._unsupported_image(request, "bad smooth argument")
-        if jpeg_quality(request.arguments) is None:
+        if jpeg_quality(request.arguments, self.api_version) is None:
             return self._unsupported_image(request, "bad quality argument")
         try:
-            chosen = negotiate_image(request.headers.get("accept"))
+            chosen = negotiate_image(request.headers.get("accept"), self.api_version)
         except NotAcceptable as refusal:
             if refusal.status == BAD_ACCEPT:
                 return self._unsupported_image(request, str(refusal))

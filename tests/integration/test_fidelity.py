@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, Optional
 import pytest
 
 from orthanc_cache_plugin.routes import ROUTES, match
+from support import stacks
 from support.oracle import Exchange, attachment_names, exchange, sample_files, upload_samples
 from support.orthanc_server import OrthancServer
 
@@ -46,6 +47,12 @@ DICOMWEB_LIMITATION = ("documented limitation: the plugin cannot rebuild Orthanc
                        "it answers 406")
 TRAILING_SLASH_LIMITATION = ("documented limitation: the plugin's uri has no trailing slash, "
                              "Orthanc's error Uri keeps it")
+#: Only where it was seen: Orthanc 1.13.0 (sid).
+NUMPY_DETAILS_LIMITATION = (
+    "documented limitation on Orthanc 1.13.0: the 500 of frames/0/numpy on an instance without "
+    "pixel data has Details 'ErrorCode_NotImplemented triggered from "
+    "DicomImageInformation.cpp:187', a line of Orthanc's source that a plugin cannot know "
+    "(RestApiGet raises code 2 only)") if stacks.current() == "sid" else ""
 
 
 @dataclass(frozen=True)
@@ -192,7 +199,9 @@ def _frame_cases() -> Iterator[Case]:
     """Raw frame data and frame numbers out of range or unparseable."""
     for kind in FRAME_DATA_KINDS:
         for resource in ("instance", "rgb", "pdf", "study"):
-            yield Case("/instances/{%s}/frames/0/%s" % (resource, kind))
+            yield Case("/instances/{%s}/frames/0/%s" % (resource, kind),
+                       xfail=NUMPY_DETAILS_LIMITATION if (resource, kind) == ("pdf", "numpy")
+                       else "")
         for frame in ("1", "2", "9", "x", "-1", "+1"):
             yield Case("/instances/{multiframe}/frames/%s/%s" % (frame, kind))
         yield Case("/instances/%s/frames/0/%s" % (UNKNOWN, kind))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.client
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -456,6 +457,17 @@ def known_difference(target: str, route: str, headers: Mapping[str, bytes]) -> O
     return None
 
 
+#: Details naming a line of Orthanc's source ("... triggered from File.cpp:187"), seen on
+#: Orthanc 1.13.0 (numpy of an instance without pixel data); a plugin only gets the code.
+_SOURCE_LINE_DETAILS = re.compile(rb'\n\t"Details" : "[^"\n]* triggered from [\w.]+:\d+",')
+
+
+def source_line_details(plain: Answer, answer: Answer) -> bool:
+    """The answers differ only by such Details (docs/fidelity.md, known differences)."""
+    return plain.status == answer.status and \
+        _SOURCE_LINE_DETAILS.sub(b"", plain.body, count=1) == answer.body != plain.body
+
+
 # --- The fuzz ------------------------------------------------------------------------------------
 
 @dataclass
@@ -505,6 +517,8 @@ def run_fuzz(pair: Pair, cases: int, seconds: float, seed: int) -> Report:
                                                                              answer))
         elif known_difference(target, route, headers):
             report.known += 1
+        elif actual != expected and source_line_details(plain, answer):
+            report.known += 1
         else:
             report.compared += 1
             if actual != expected:
@@ -533,7 +547,8 @@ def run_fuzz(pair: Pair, cases: int, seconds: float, seed: int) -> Report:
                     # "400 Malformed message"): ask plain Orthanc the very same request.
                     plain = plain_client.get(target, conditional)
                     report.requests += 1
-                    if actual != pair.comparable(pair.plain, plain):
+                    if actual != pair.comparable(pair.plain, plain) \
+                            and not source_line_details(plain, answer):
                         report.differences.append(
                             "%s (conditional)\n    plain:  %s\n    plugin: %s"
                             % (described, plain, answer))

@@ -280,3 +280,71 @@ def test_pam16_samples_property(values):
     header, _, samples = image.partition(b"ENDHDR\n")
     assert samples == struct.pack(">%dH" % len(values), *values)
     assert header.startswith(b"P7\nWIDTH %d\nHEIGHT 1\n" % len(values))
+
+
+# --- Parsing that changed after 1.10.1, selected by ApiVersion -------------------------------
+# Seen on Orthanc 1.10.1 (ApiVersion 16), 1.12.7 (27) and 1.13.0 (31).
+
+@pytest.mark.parametrize("api_version, accept, expected", [
+    # a q-value is checked only on ranges that match an image type served (from 1.12.7)
+    (16, "image/gif;q=2", 415),
+    (27, "image/gif;q=2", 404),
+    (31, "image/gif;q=2, image/png", PNG),
+    (31, "text/html;q=abc, image/png", PNG),
+    (31, "image/jpeg;q=2, image/png", 415),
+    (31, "image/*;q=2", 415),
+    (31, "*/*;q=abc", 415),
+    (31, "image/png, image/jpeg;q=abc", 415),
+    # the last q of a range counts (from 1.12.7), the first one on 1.10.1
+    (16, "image/jpeg;q=0.5;q=2", JPEG),
+    (31, "image/jpeg;q=0.5;q=2", 415),
+    (16, "image/jpeg;q=0.3, image/png;q=0.5;q=0.1", PNG),
+    (27, "image/jpeg;q=0.3, image/png;q=0.5;q=0.1", JPEG),
+    (31, "image/jpeg;q=0.3, image/png;q=0.1;q=0.5", PNG),
+    (31, "image/jpeg;q=x;q=0.5", JPEG),
+    (31, "image/jpeg;q=0.5;q=x", 415),
+    (31, "image/png;q=0.5, image/jpeg;q=0.5;q", 415),
+    # unchanged
+    (31, "image/jpeg;Q=0.1, image/png;q=0.5", JPEG),
+    (31, "image/jpeg; q =0.1, image/png;q=0.5", PNG),
+    (31, "image/jpeg;q=0.5, image/png;q=0.5", JPEG),
+    (31, "text/html", 404),
+])
+def test_negotiate_image_follows_the_running_version(api_version, accept, expected):
+    if isinstance(expected, int):
+        with pytest.raises(NotAcceptable) as refusal:
+            negotiate_image(accept, api_version)
+        assert refusal.value.status == expected
+    else:
+        assert negotiate_image(accept, api_version) == expected
+
+
+@pytest.mark.parametrize("api_version, value, expected", [
+    # 1.13.0 strips C white space ("+" arrives as a space) and never wraps a minus sign
+    (16, " 50", None),
+    (27, " 50", None),
+    (31, " 50", 50),
+    (31, "\t\n\v\f\r50 ", 50),
+    (31, "+50", 50),
+    (31, " +50", 50),
+    (31, "00000000000050", 50),
+    (31, "-50", None),
+    (31, "-4294967246", None),
+    (16, "-4294967246", 50),
+    (31, "5 0", None),
+    (31, "++5", None),
+    (31, "\xa050", None),          # not C white space
+    (31, "99999999999", None),
+    (31, "0", None),
+    (31, "50.0", None),
+    (31, "9" * 5000, None),
+])
+def test_jpeg_quality_follows_the_running_version(api_version, value, expected):
+    assert jpeg_quality({"quality": value}, api_version) == expected
+
+
+def test_representation_follows_the_running_version():
+    route = match("/instances/x/preview")[0]
+    headers = {"accept": "image/jpeg;q=0.3, image/png;q=0.5;q=0.1"}
+    assert representation_of(route, headers) == PNG
+    assert representation_of(route, headers, 31) == JPEG

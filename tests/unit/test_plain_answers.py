@@ -550,3 +550,171 @@ def test_rgb_source_on_integer_image_routes_checks_accept_first(kind, accept):
 def test_rgb_source_on_integer_image_route_is_415():
     get = FakeOrthanc({"/instances/%s" % RGB8: b"{}", "/instances/%s/frames" % RGB8: b"[0]"})
     status_only(answer(get, "/instances/%s/frames/0/image-uint8" % RGB8), 415)
+
+
+# --- Rules that changed after 1.10.1, selected by ApiVersion ---------------------------------
+# Seen on Orthanc 1.10.1 (ApiVersion 16), 1.12.7 (27) and 1.13.0 (31).
+
+def _versioned(api_version: int, uri: str, get: FakeOrthanc, arguments=None, headers=None):
+    plain = PlainOrthanc(get, True, api_version)
+    return plain.answer(make_request(uri, arguments, headers), "test")
+
+
+def _other_level() -> FakeOrthanc:
+    return FakeOrthanc({"/studies/%s" % STUDY: b"{}"})
+
+
+def _two_frames() -> FakeOrthanc:
+    return FakeOrthanc({"/instances/%s" % MONO16_2F: b"{}",
+                        "/instances/%s/frames" % MONO16_2F: b"[0, 1]",
+                        "/instances/%s/frames/0/preview" % MONO16_2F: b"PNG",
+                        "/instances/%s/frames/1/preview" % MONO16_2F: b"PNG"})
+
+
+_REDIRECT = object()
+
+
+@pytest.mark.parametrize("api_version, uri, get, arguments, expected", [
+    # An id of another level: 415 (or the redirect) on 1.10.1, an unknown instance from 1.12.7.
+    (16, "/instances/%s/preview" % STUDY, _other_level, {}, 415),
+    (16, "/instances/%s/preview" % STUDY, _other_level, {"returnUnsupportedImage": ""},
+     _REDIRECT),
+    (27, "/instances/%s/preview" % STUDY, _other_level, {}, 404),
+    (31, "/instances/%s/preview" % STUDY, _other_level, {}, 404),
+    (31, "/instances/%s/frames/1/rendered" % STUDY, _other_level,
+     {"returnUnsupportedImage": ""}, 404),
+    # A frame beyond the instance's: 404 on 1.10.1, 415 (or the redirect) from 1.12.7.
+    (16, "/instances/%s/frames/2/preview" % MONO16_2F, _two_frames, {}, 404),
+    (16, "/instances/%s/frames/2/preview" % MONO16_2F, _two_frames,
+     {"returnUnsupportedImage": ""}, 404),
+    (27, "/instances/%s/frames/2/preview" % MONO16_2F, _two_frames, {}, 415),
+    (31, "/instances/%s/frames/-1/image-uint8" % MONO16_2F, _two_frames, {}, 415),
+    (31, "/instances/%s/frames/9/preview" % MONO16_2F, _two_frames,
+     {"returnUnsupportedImage": ""}, _REDIRECT),
+    # An unparsed frame stays a 404 everywhere.
+    (31, "/instances/%s/frames/x/preview" % MONO16_2F, _two_frames,
+     {"returnUnsupportedImage": ""}, 404),
+])
+def test_image_failures_follow_the_running_version(api_version, uri, get, arguments, expected):
+    reply = _versioned(api_version, uri, get(), arguments)
+    if expected is _REDIRECT:
+        assert reply.status == 301 and reply.headers["Location"].endswith(
+            "app/images/unsupported.png")
+    else:
+        status_only(reply, expected)
+
+
+@pytest.mark.parametrize("api_version, arguments, headers, expected", [
+    # quality with white space around it (a "+" arrives as a space on 1.13.0)
+    (16, {"quality": " 50"}, {}, 415),
+    (27, {"quality": " 50"}, {}, 415),
+    (31, {"quality": " 50"}, {}, "fetch"),
+    (31, {"quality": "\t50\n"}, {}, "fetch"),
+    (31, {"quality": "-4294967246"}, {}, 415),   # no wrap-around of a minus sign
+    (16, {"quality": "-4294967246"}, {}, "fetch"),
+    (31, {"quality": "5 0"}, {}, 415),
+    # q out of range on a range that matches nothing: 415 on 1.10.1, no match from 1.12.7
+    (16, {}, {"accept": "image/gif;q=2"}, 415),
+    (27, {}, {"accept": "image/gif;q=2"}, 404),
+    (31, {}, {"accept": "image/gif;q=2"}, 404),
+    (31, {}, {"accept": "image/gif;q=2, image/png"}, "fetch"),
+    (31, {}, {"accept": "image/jpeg;q=2, image/png"}, 415),
+    # the last q of a range counts from 1.12.7 (the first on 1.10.1)
+    (16, {}, {"accept": "image/jpeg;q=0.5;q=2"}, "fetch"),
+    (31, {}, {"accept": "image/jpeg;q=0.5;q=2"}, 415),
+    (31, {}, {"accept": "image/jpeg;q=x;q=0.5"}, "fetch"),
+])
+def test_image_arguments_follow_the_running_version(api_version, arguments, headers, expected):
+    uri = "/instances/%s/preview" % MONO16
+    get = _mono16()
+    reply = _versioned(api_version, uri, get, arguments, headers)
+    if expected == "fetch":  # accepted: every check of Orthanc's passes
+        assert (reply.status, reply.reason) == (415, "image cannot be encoded")
+    else:
+        status_only(reply, expected)
+
+
+@pytest.mark.parametrize("api_version, kind, code, status, details", [
+    # An instance without pixel data: 1.13.0 explains it (1.12.7: a 500 without Details).
+    (31, "raw", 8, 400, "Cannot extract a frame from a DICOM file that does not have pixel data."),
+    (31, "raw.gz", 8, 400,
+     "Cannot extract a frame from a DICOM file that does not have pixel data."),
+    (27, "raw", 2, 500, None),
+    (16, "raw", 2, 500, None),
+    (31, "matlab", 2, 500, None),
+])
+def test_raw_frame_without_pixel_data_follows_the_running_version(api_version, kind, code,
+                                                                  status, details):
+    uri = "/instances/%s/frames/0/%s" % (PDF, kind)
+    reply = _versioned(api_version, uri, FakeOrthanc({uri: code}))
+    body = json.loads(reply.body)
+    assert (reply.status, body["OrthancStatus"], body.get("Details")) == (status, code, details)
+    assert reply.body.startswith(b'{\n\t"Details"' if details else b'{\n\t"HttpError"')
+
+
+def test_unsupported_media_type_code_is_a_415_without_body():
+    """From 1.12.8 (seen on 1.13.0) a plugin receives 3000 for Orthanc's bodiless 415."""
+    uri = "/instances/%s/tags" % MONO16
+    status_only(_versioned(31, uri, FakeOrthanc({uri: 3000})), 415)
+
+
+@pytest.mark.parametrize("api_version, arguments, forwarded", [
+    # 1.10.1 hands arguments percent-encoded: forwarded normalized
+    (16, {"short": "", "x": "a b"}, "?short=&x=a%20b"),
+    # 1.13.0 hands them decoded, and RestApiGet reads its query as it is
+    (31, {"short": "", "x": "a b"}, "?short=&x=a b"),
+    (31, {"quality": " 50", "z": "%41"}, "?quality= 50&z=%41"),
+    (31, {"x": "a&b#c"}, "?x=a%26b%23c"),   # only the query's structure is escaped
+    (31, {}, ""),
+])
+def test_forwarded_arguments_follow_the_running_version(api_version, arguments, forwarded):
+    uri = "/instances/%s/tags" % MONO16
+    assert PlainOrthanc(FakeOrthanc(), True, api_version).uri_with(uri, arguments) == \
+        uri + forwarded
+
+
+@pytest.mark.parametrize("api_version, value, expected", [
+    # 1.10.1: any value redirects; from 1.12.7 a Boolean, checked when the image is unsupported
+    (16, "0", _REDIRECT),
+    (16, "x", _REDIRECT),
+    (27, "", _REDIRECT),
+    (27, "true", _REDIRECT),
+    (31, "1", _REDIRECT),
+    (27, "false", 415),
+    (31, "0", 415),
+    (27, "x", 'Expected a Boolean for GET argument "returnUnsupportedImage", found: x'),
+    (31, "TRUE", 'Expected a Boolean for GET argument "returnUnsupportedImage", found: TRUE'),
+])
+def test_return_unsupported_image_follows_the_running_version(api_version, value, expected):
+    uri = "/instances/%s/preview" % PDF
+    get = FakeOrthanc({"/instances/%s" % PDF: b"{}", "/instances/%s/frames" % PDF: b"[0]"})
+    reply = _versioned(api_version, uri, get, {"returnUnsupportedImage": value})
+    if expected is _REDIRECT:
+        assert reply.status == 301 and reply.headers == {
+            "Location": "../../app/images/unsupported.png"}
+    elif isinstance(expected, int):
+        status_only(reply, expected)
+    else:
+        assert reply.status == 400
+        assert reply.body == error_body(3, uri, details=expected).encode()
+
+
+def test_return_unsupported_image_is_not_read_for_an_unknown_instance():
+    status_only(_versioned(31, "/instances/nonexistent/preview", FakeOrthanc(),
+                           {"returnUnsupportedImage": "x"}), 404)
+
+
+@pytest.mark.parametrize("api_version, route, arguments, details", [
+    (27, "file", {"transcode": "x"}, "Unknown transfer syntax: x"),
+    (31, "file", {"transcode": "=="}, "Unknown transfer syntax: =="),
+    (16, "file", {"transcode": "x"}, None),
+    (31, "metadata", {"expand": "=="}, 'Expected a Boolean for GET argument "expand", found: =='),
+    (16, "metadata", {"expand": "x"}, None),
+    (31, "metadata", {"expand": "true"}, None),
+])
+def test_argument_details_follow_the_running_version(api_version, route, arguments, details):
+    uri = "/instances/%s/%s" % (MONO16, route)
+    reply = _versioned(api_version, uri, FakeOrthanc({uri + "?" + "&".join(
+        "%s=%s" % item for item in arguments.items()): 3}), arguments)
+    assert reply.status == 400
+    assert reply.body == error_body(3, uri, details=details).encode()
