@@ -24,7 +24,6 @@ from __future__ import annotations
 import http.client
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -41,6 +40,7 @@ from support.oracle import (
     normalized_body,
     sample_files,
     upload_samples,
+    without_source_line_details,
 )
 from support.orthanc_server import OrthancServer
 
@@ -457,15 +457,10 @@ def known_difference(target: str, route: str, headers: Mapping[str, bytes]) -> O
     return None
 
 
-#: Details naming a line of Orthanc's source ("... triggered from File.cpp:187"), seen on
-#: Orthanc 1.13.0 (numpy of an instance without pixel data); a plugin only gets the code.
-_SOURCE_LINE_DETAILS = re.compile(rb'\n\t"Details" : "[^"\n]* triggered from [\w.]+:\d+",')
-
-
 def source_line_details(plain: Answer, answer: Answer) -> bool:
     """The answers differ only by such Details (docs/fidelity.md, known differences)."""
     return plain.status == answer.status and \
-        _SOURCE_LINE_DETAILS.sub(b"", plain.body, count=1) == answer.body != plain.body
+        without_source_line_details(plain.body) == answer.body != plain.body
 
 
 # --- The fuzz ------------------------------------------------------------------------------------
