@@ -66,6 +66,9 @@ class ChangeWatch:
         #: None until every change that moves LastUpdate is sure to be seen.
         self.updates: Optional[RememberedUpdates] = None
         self._parents: Dict[str, str] = {}
+        #: Whether other nodes may share Orthanc's index, and so need deletions logged
+        #: in /changes: only with a database backend plugin (see start()).
+        self.index_shared = True
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
 
@@ -89,18 +92,26 @@ class ChangeWatch:
             parent = _parent_of(resource)
             if parent is not None:
                 self._parents[deleted[1]] = parent
-            _log_marker(resource)
+            if self.index_shared:
+                _log_marker(resource)
 
     def after_change(self, change_type: int, resource_id: str) -> None:
         self.generation.advance(_utcnow())
         self._save()
         if change_type == orthanc.ChangeType.DELETED:
             parent = self._parents.pop(resource_id, None)
-            if parent is not None:
+            if parent is not None and self.index_shared:
                 _log_marker(parent)  # does nothing if the parent went too
 
     def start(self) -> None:
-        """Start polling (Orthanc accepts REST calls only once started)."""
+        """Start polling (Orthanc accepts REST calls only once started).
+
+        With Orthanc's own SQLite index no other node shares the database:
+        deletions are then not logged, and /changes stays what Orthanc alone
+        writes (Orthanc's test_changes_2 counts them).
+        """
+        system = json.loads(orthanc.RestApiGet("/system"))
+        self.index_shared = system.get("DatabaseBackendPlugin") is not None
         self._thread.start()
 
     def stop(self) -> None:

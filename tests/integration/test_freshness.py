@@ -91,6 +91,24 @@ def test_deleting_an_instance_refreshes_its_ancestors_at_once(cached_orthanc) ->
     assert len(again["/series/%s/instances-tags" % first["ParentSeries"]].json()) == 1
 
 
+def test_on_one_node_the_change_log_is_plain_orthancs(cached_orthanc, orthanc_factory) -> None:
+    """As Orthanc's own test_changes_2 checks: a deletion, metadata and reads log exactly
+    what plain Orthanc logs (without a database plugin no other node shares the index,
+    so the plugin logs nothing of its own)."""
+    logs = []
+    for server in (cached_orthanc(), orthanc_factory()):
+        first, second = upload(server, "changes", series=1, instances=3)[:2]
+        get(server, "/series/%s/shared-tags" % first["ParentSeries"])
+        assert server.delete("/instances/%s" % first["ID"]).status_code == 200
+        assert server.put("/instances/%s/metadata/1024" % second["ID"], data=b"x").ok
+        time.sleep(QUIET)  # the plugin's reactions to the change events are done
+        # (Orthanc drops the changes of deleted resources: the series stays.)
+        changes = server.get("/changes?since=0&limit=1000").json()["Changes"]
+        logs.append([(change["ChangeType"], change["ResourceType"]) for change in changes])
+    assert ("UpdatedMetadata", "Instance") in logs[1]
+    assert logs[0] == logs[1]
+
+
 def test_a_deleted_resource_is_never_answered_from_the_store(cached_orthanc) -> None:
     server = cached_orthanc({"StoreBinary": True})
     first = upload(server, "gone")[0]
