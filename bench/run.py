@@ -1162,6 +1162,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--allow-threads", action="store_true",
                         help='run every Orthanc with "Python": {"AllowThreads": true} '
                              '(plugin 4.3+)')
+    parser.add_argument("--only-mixed", action="store_true",
+                        help="measure only hits beside misses (2 small studies, a big study "
+                             "of --big instances): for comparing settings such as AllowThreads")
+    parser.add_argument("--big", type=int, help="instances of the big study (default 1000)")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: write the table and chart again from "
                              "--out/results.json")
@@ -1185,6 +1189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = Plan.quick_plan() if args.quick else Plan()
     if args.duration:
         plan.duration = args.duration
+    if args.big:
+        plan.big = args.big
+    if args.only_mixed:
+        plan.spec_studies, plan.ingest_rounds = 2, 0
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="orthanc-bench-"))
@@ -1193,6 +1201,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         base, big, ingest = bench.generate()
         bench.set_up(base, big)
+        if args.only_mixed:
+            bench.mixed()
+            (out / "results.json").write_text(json.dumps(bench.results.__dict__, indent=2))
+            for row in bench.results.loads:
+                print(json.dumps(row))
+            return 0
         watch = CpuWatch(*(server.pid for server in bench.servers.values()))
         bench.throughput()
         bench.spec_and_scale()
