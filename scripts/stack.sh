@@ -134,6 +134,9 @@ ensure_mounts() {
         mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
         mountpoint -q "$root/dev" || mount --rbind /dev "$root/dev"
         for dir in /tmp "$@"; do
+            case "$dir" in
+                /tmp/*) continue ;;  # seen through the /tmp mount already
+            esac
             mkdir -p "$root$dir"
             mountpoint -q "$root$dir" || mount --bind "$dir" "$root$dir"
         done
