@@ -1,37 +1,48 @@
-"""When a stored answer is still current: resource versions and the store generation.
+"""When a stored answer is still current: resource versions and generations.
 
 ``LastUpdate`` (instances: ``ReceptionDate``) changes when an instance is
 stored below a resource, with a resolution of one second.  It does not change
 when a child is deleted (Orthanc before 1.12.1), nor for metadata,
-attachments or labels.  So a version is made of two parts:
+attachments, a rewritten file or ``/reconstruct``.  So a version is made of:
 
 * the resource's ``LastUpdate``;
-* the **generation** of this node's store, replaced before and after every
-  write that ``LastUpdate`` does not show.  A new generation makes every
-  stored answer outdated.  Other nodes learn of such writes through Orthanc's
-  change log (``/changes``, in the shared database), which every node polls;
-  deletions, which Orthanc does not log, are announced there by writing and
-  removing a marker metadata on a resource (see :data:`MARKER_METADATA`).
+* the node's **base generation**, replaced only after a change whose reach
+  is unknown (a Lua script, another plugin's route, a deletion that no HTTP
+  request announced): it outdates every stored answer;
+* the resource's own **generation**, replaced after each change that
+  ``LastUpdate`` does not show and that touches the resource: the resource
+  itself, and its ancestors, whose answers (``shared-tags``, ``archive``...)
+  include it.  Untouched resources keep their versions, hence their ETags.
+
+Which write touches what is decided by :func:`write_effect` from the
+request alone (a table, tested as one).  Other nodes learn the same changes
+through Orthanc's change log (``/changes``, in the shared database), which
+every node polls; deletions, which Orthanc does not log, are announced there
+by writing and removing a marker metadata on a resource (see
+:data:`MARKER_METADATA`).
 
 A generation records when it was made.  A version is **settled** once
-``SETTLE`` seconds have passed since the later of ``LastUpdate`` and the
-generation's time: before that, another change could still come with the
+``SETTLE`` seconds have passed since the latest of ``LastUpdate`` and its
+generations' dates: before that, another change could still come with the
 same ``LastUpdate`` (same second) or be in flight, so answers are neither
 stored nor validated by version alone (their ETag includes a digest of the
-body).  A write announced before it happens dates its generation ``GRACE``
+body).  A write announced before it happens dates its generations ``GRACE``
 seconds ahead, which covers writes that take that long.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from functools import lru_cache
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
+from .routes import Level
 from .validators import parse_orthanc_timestamp
 
 #: User-defined metadata written then removed to log a deletion in /changes.
@@ -70,21 +81,88 @@ def later_generation(current: str, now: datetime) -> str:
     return new_generation(max(now, current_time) if current_time else now)
 
 
-class Generation:
-    """This node's store generation (a string replacement is atomic: no lock)."""
+class Generations:
+    """The node's base generation and the generation of each resource touched since.
 
-    def __init__(self, value: str = ""):
-        self.value = value
+    Kept as one small JSON text (:meth:`dump`, :meth:`load`) beside the
+    store, written before a touch takes effect: a touch forgotten by a
+    restart would give a resource its earlier version back, and with it
+    answers and ETags from before the change.  Past :attr:`LIMIT` touched
+    resources, the base is replaced instead (everything outdated once) and
+    the touches are dropped.  Readers take plain dict and string reads
+    (atomic in CPython); writers hold a lock.
+    """
 
-    def announce(self, now: datetime) -> str:
-        """Before a write: a generation dated GRACE ahead, unsettling versions until then."""
-        self.value = new_generation(now + GRACE)
-        return self.value
+    #: Touched resources kept at most.
+    LIMIT = 5000
 
-    def advance(self, now: datetime) -> str:
-        """After a change: a new generation (keeping an announced grace period)."""
-        self.value = later_generation(self.value, now)
-        return self.value
+    def __init__(self, base: str = "", touched: Optional[Dict[str, str]] = None):
+        self.base = base
+        self._touched: Dict[str, str] = dict(touched or {})
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, text: Optional[str]) -> Generations:
+        """What :meth:`dump` wrote; a text from before per-resource generations (the bare
+        node generation) becomes the base; unreadable text gives a new base (nothing
+        stored before is trusted)."""
+        if not text:
+            return cls()
+        if _GENERATION.fullmatch(text):
+            return cls(text)
+        try:
+            saved = json.loads(text)
+            base, touched = saved["base"], saved["touched"]
+            if isinstance(base, str) and isinstance(touched, dict) and all(
+                    isinstance(key, str) and isinstance(value, str)
+                    for key, value in touched.items()):
+                return cls(base, touched)
+        except (ValueError, KeyError, TypeError):
+            pass
+        return cls(new_generation(_EPOCH))
+
+    def dump(self) -> str:
+        with self._lock:
+            return json.dumps({"base": self.base, "touched": self._touched},
+                              separators=(",", ":"))
+
+    def of(self, resource_id: str) -> str:
+        """What versions ``resource_id``'s answers besides ``LastUpdate``: ``base|own``."""
+        return self.base + "|" + self._touched.get(resource_id, "")
+
+    def touched(self, resource_id: str) -> bool:
+        return resource_id in self._touched
+
+    def announce(self, resource_ids: Iterable[str], now: datetime) -> None:
+        """Before a write to these resources: generations dated GRACE ahead."""
+        self._replace(resource_ids, lambda current: new_generation(now + GRACE))
+
+    def advance(self, resource_ids: Iterable[str], now: datetime) -> None:
+        """After a change of these resources: new generations (keeping an announced grace)."""
+        self._replace(resource_ids, lambda current: later_generation(current, now))
+
+    def announce_all(self, now: datetime) -> None:
+        """Before a write whose reach is unknown: a new base dated GRACE ahead."""
+        self._replace_base(new_generation(now + GRACE))
+
+    def advance_all(self, now: datetime) -> None:
+        """After a change whose reach is unknown: a new base (keeping an announced grace)."""
+        self._replace_base(later_generation(self.base, now))
+
+    def _replace(self, resource_ids: Iterable[str], make: Callable[[str], str]) -> None:
+        with self._lock:
+            for resource_id in resource_ids:
+                self._touched[resource_id] = make(self._touched.get(resource_id, ""))
+            if len(self._touched) > self.LIMIT:
+                newest = max(self._touched.values(), key=lambda g: generation_time(g) or _EPOCH)
+                self.base = later_generation(newest, generation_time(self.base) or _EPOCH)
+                self._touched = {}
+
+    def _replace_base(self, base: str) -> None:
+        with self._lock:
+            # The touches are older than the new base: dropping them changes no
+            # settling, and the new base outdates what they did.
+            self.base, self._touched = base, {}
 
 
 class RememberedUpdates:
@@ -149,43 +227,95 @@ class Version:
     settled: bool
 
 
-def resource_version(last_update: str, generation: str, now: datetime) -> Version:
-    """Combine a resource's ``LastUpdate`` and the store generation."""
-    modified = _last_change(last_update, generation)
+def resource_version(last_update: str, generations: str, now: datetime) -> Version:
+    """Combine a resource's ``LastUpdate`` and its generations (:meth:`Generations.of`)."""
+    modified = _last_change(last_update, generations)
     settled = modified is not None and now >= modified + SETTLE
-    return Version(last_update + "|" + generation, modified, settled)
+    return Version(last_update + "|" + generations, modified, settled)
 
 
 @lru_cache(maxsize=4096)  # on every request
-def _last_change(last_update: str, generation: str) -> Optional[datetime]:
-    """The later of ``LastUpdate`` and the generation's date, in whole seconds."""
-    times = [moment for moment in (parse_orthanc_timestamp(last_update),
-                                   generation_time(generation)) if moment is not None]
-    return max(times).replace(microsecond=0) if times else None
+def _last_change(last_update: str, generations: str) -> Optional[datetime]:
+    """The latest of ``LastUpdate`` and the generations' dates, in whole seconds."""
+    times = [parse_orthanc_timestamp(last_update)]
+    times += [generation_time(generation) for generation in generations.split("|")]
+    known = [moment for moment in times if moment is not None]
+    return max(known).replace(microsecond=0) if known else None
 
 
-#: POSTs that only read or add resources: LastUpdate shows what they change.
-_HARMLESS_POSTS = re.compile(
-    r"/instances|/tools/(find|lookup|create-archive|create-media|create-media-extended|"
-    r"create-dicom)|/(patients|studies|series)/[^/]+/(archive|media)")
+class Reach(Enum):
+    """Which stored answers a write may change (see :func:`write_effect`)."""
+
+    #: None: what it adds, LastUpdate and the stored-instance callback show.
+    NOTHING = "nothing"
+    #: The resource's own answers and its ancestors'.
+    RESOURCE = "resource"
+    #: Those, and the answers of every resource below it.
+    SUBTREE = "subtree"
+    #: The resource and everything below go; its ancestors' answers change.
+    DELETION = "deletion"
+    #: Unknown: every stored answer.
+    EVERYTHING = "everything"
 
 
-_RESOURCE = re.compile(r"/(patients|studies|series|instances)/([^/]+)")
+@dataclass(frozen=True)
+class WriteEffect:
+    """What a write may change, and why (logged)."""
+
+    reach: Reach
+    reason: str
+    level: Optional[Level] = None
+    resource_id: str = ""
 
 
-def deleted_resource(method: str, uri: str) -> Optional[Tuple[str, str]]:
-    """``(level, id)`` when the request deletes a whole resource."""
-    match = _RESOURCE.fullmatch(uri.rstrip("/")) if method == "DELETE" else None
-    return (match.group(1), match.group(2)) if match else None
+_ID = r"(?P<level>patients|studies|series|instances)/(?P<id>[^/]+)"
+
+#: Writes by (methods, URI pattern), first match wins; a write that none
+#: matches may change anything.  docs/freshness.md lists them with the reasons.
+_WRITES: Tuple[Tuple[str, str, Reach, str], ...] = (
+    ("DELETE", _ID, Reach.DELETION, "deletion"),
+    ("PUT DELETE", _ID + r"/metadata/[^/]+", Reach.RESOURCE, "metadata"),
+    ("PUT DELETE POST", _ID + r"/attachments/[^/]+(/.*)?", Reach.RESOURCE, "attachment"),
+    ("POST", _ID + r"/reconstruct", Reach.SUBTREE, "reconstruction"),
+    ("POST", _ID + r"/(modify|anonymize)", Reach.SUBTREE,
+     "modification (with KeepSource false or kept UIDs, it replaces the resource)"),
+    ("PUT DELETE", _ID + r"/labels/[^/]+", Reach.NOTHING, "labels: no cached answer holds them"),
+    ("PUT", r"patients/[^/]+/protected", Reach.NOTHING, "protection: in no cached answer"),
+    ("POST", _ID + r"/(archive|media|export)", Reach.NOTHING, "reads the resource"),
+    ("POST", r"instances", Reach.NOTHING, "upload: the stored-instance callback sees it"),
+    ("POST", r"dicom-web/studies(/[^/]+)?", Reach.NOTHING,
+     "STOW-RS: the stored-instance callback sees it"),
+    ("POST", r"tools/(find|lookup|count-resources|create-archive|create-media"
+             r"|create-media-extended|create-dicom|bulk-content)", Reach.NOTHING,
+     "a read, or an upload that the stored-instance callback sees"),
+    ("POST", r"(modalities|peers)/[^/]+/(echo|find|find-patient|find-study|find-series"
+             r"|find-instance|find-worklist|query|store|store-straight|move|get|system)",
+     Reach.NOTHING, "network: retrieved instances go through the stored-instance callback"),
+    ("POST PUT DELETE", r"queries/.*", Reach.NOTHING,
+     "query and retrieve: retrieved instances go through the stored-instance callback"),
+    ("PUT DELETE", r"(modalities|peers)/[^/]+", Reach.NOTHING, "network settings"),
+    ("POST DELETE", r"jobs/[^/]+(/(cancel|pause|resume|resubmit))?", Reach.NOTHING,
+     "job control: what a job changes, change events report"),
+    ("DELETE", r"(changes|exports)", Reach.NOTHING, "the change log"),
+    ("PUT", r"tools/(log-level.*|metrics|metrics-prometheus)", Reach.NOTHING, "logging"),
+)
+_COMPILED_WRITES = tuple((methods.split(), re.compile(pattern), reach, reason)
+                         for methods, pattern, reach, reason in _WRITES)
 
 
-def may_change_stored_answers(method: str, uri: str) -> bool:
-    """Whether a request may change an answer without changing its ``LastUpdate``.
-
-    Conservative: every PUT and DELETE, and every POST but reads and uploads.
-    """
+def write_effect(method: str, uri: str) -> WriteEffect:
+    """What a request may change among stored answers, from its method and URI alone."""
     if method in ("GET", "HEAD", "OPTIONS"):
-        return False
-    if method == "POST":
-        return not _HARMLESS_POSTS.fullmatch(uri.rstrip("/"))
-    return True
+        return WriteEffect(Reach.NOTHING, "a read")
+    path = uri.strip("/")
+    for methods, pattern, reach, reason in _COMPILED_WRITES:
+        if method not in methods:
+            continue
+        found = pattern.fullmatch(path)
+        if found is None:
+            continue
+        resource = found.groupdict()
+        if reach is Reach.NOTHING or not resource.get("id"):
+            return WriteEffect(reach, reason)
+        return WriteEffect(reach, reason, Level(resource["level"]), resource["id"])
+    return WriteEffect(Reach.EVERYTHING, "%s %s: its effect is unknown" % (method, uri))

@@ -89,7 +89,7 @@ class OrthancOrigin:
             last_update = found.decode("ascii", "replace")
             if updates is not None:
                 updates.remember(level, resource_id, last_update, epoch)
-        return resource_version(last_update, self.changes.generation.value, now)
+        return resource_version(last_update, self.changes.generations.of(resource_id), now)
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
         # ``query`` is the key's normalized form; Orthanc is given the arguments in the
@@ -164,7 +164,8 @@ class CachePlugin:
         self.settings = settings
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
                            warn=_warn, memory=settings.memory_size_bytes)
-        self.changes = ChangeWatch(self.store, on_tick=self.on_tick)
+        self.changes = ChangeWatch(self.store, on_tick=self.on_tick,
+                                   admin_prefix=settings.admin_prefix)
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True), self.changes)
         self.controller = CacheController(settings, self.store, self.origin,
                                           vary=_vary_of(configuration))
@@ -319,7 +320,7 @@ class CachePlugin:
         keep_thread_state()
         self.changes.forget_updates()  # a new or deleted resource may move a LastUpdate
         if change_type in HIDDEN_CHANGE_EVENTS:
-            self.changes.after_change(change_type, resource_id)
+            self.changes.after_change(change_type, level, resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
             self._ensure_salt()
             self.changes.start()

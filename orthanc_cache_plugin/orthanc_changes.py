@@ -9,18 +9,20 @@ import json
 import queue
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, TypeVar, Union
 
 import orthanc
 
 from .freshness import (
     LOGGED_HIDDEN_CHANGES,
     MARKER_METADATA,
-    Generation,
+    Generations,
+    Reach,
     RememberedUpdates,
-    deleted_resource,
-    may_change_stored_answers,
+    WriteEffect,
+    write_effect,
 )
+from .routes import Level
 from .store import Store
 from .thread_states import keep_thread_state
 
@@ -44,28 +46,109 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_PARENT_KEYS = (("ParentSeries", Level.SERIES), ("ParentStudy", Level.STUDY),
+                ("ParentPatient", Level.PATIENT))
+_CHILD_KEYS = {Level.PATIENT: ("Studies", Level.STUDY), Level.STUDY: ("Series", Level.SERIES),
+               Level.SERIES: ("Instances", Level.INSTANCE)}
+#: orthanc.ResourceType values, as change events and /changes give them.
+_LEVELS = {0: Level.PATIENT, 1: Level.STUDY, 2: Level.SERIES, 3: Level.INSTANCE}
+_LEVEL_NAMES = {"Patient": Level.PATIENT, "Study": Level.STUDY, "Series": Level.SERIES,
+                "Instance": Level.INSTANCE}
+
+
+class Lineage:
+    """Resources above and below a resource, asked of Orthanc.
+
+    A resource's parent never changes: parents are remembered (a bounded
+    dict, emptied when full).
+    """
+
+    LIMIT = 100000
+
+    def __init__(self) -> None:
+        self._parents: Dict[str, Tuple[Level, str]] = {}
+
+    def ancestors(self, level: Level, resource_id: str) -> List[str]:
+        """The ids of the resource's parent, grandparent...; those found while it exists."""
+        found: List[str] = []
+        while level is not Level.PATIENT:
+            parent = self._parents.get(resource_id)
+            if parent is None:
+                parent = self._ask_parent(level, resource_id)
+                if parent is None:
+                    break
+            level, resource_id = parent
+            found.append(resource_id)
+        return found
+
+    def _ask_parent(self, level: Level, resource_id: str) -> Optional[Tuple[Level, str]]:
+        description = _describe(level, resource_id)
+        for key, parent_level in _PARENT_KEYS:
+            if isinstance(description.get(key), str):
+                if len(self._parents) >= self.LIMIT:
+                    self._parents.clear()
+                parent = (parent_level, description[key])
+                self._parents[resource_id] = parent
+                return parent
+        return None
+
+    @staticmethod
+    def descendants(level: Level, resource_id: str) -> List[str]:
+        """The ids of every resource below, one request per resource that has children."""
+        found: List[str] = []
+        pending = [(level, resource_id)]
+        while pending:
+            level, resource_id = pending.pop()
+            if level not in _CHILD_KEYS:
+                continue
+            key, child_level = _CHILD_KEYS[level]
+            children = [child for child in _describe(level, resource_id).get(key, [])
+                        if isinstance(child, str)]
+            found += children
+            pending += [(child_level, child) for child in children]
+        return found
+
+
+def _describe(level: Level, resource_id: str) -> Dict[str, Any]:
+    """Orthanc's description of a resource (``/studies/{id}``...); empty when unknown."""
+    found = get("/%s/%s" % (level.value, resource_id))
+    if not isinstance(found, bytes):
+        return {}
+    description = json.loads(found)
+    return description if isinstance(description, dict) else {}
+
+
 class ChangeWatch:
-    """Keeps this node's store generation up to date.
+    """Keeps this node's generations up to date (see freshness.py).
 
     Three sources: the incoming-request filter announces HTTP writes before
-    they run; Orthanc's change events report changes after they happen; a
-    thread polls the shared change log for what other nodes changed.
-    Deletions, which Orthanc does not log, are logged by writing and removing
-    a marker metadata (before the deletion on the resource itself, after it
-    on its parent), so other nodes see them too.
+    they run, for the resources each one touches (:func:`.freshness.write_effect`);
+    Orthanc's change events report changes after they happen; a thread polls
+    the shared change log for what other nodes changed.  Deletions, which
+    Orthanc does not log, are logged by writing and removing a marker metadata
+    (before the deletion on the resource itself, after it on its parent), so
+    other nodes see them too.
     """
 
     #: Seconds between two reads of /changes (bounds what other nodes miss),
     #: which is also when metrics are published.
     POLL = 0.25
+    #: Announced deletions kept at most (a DELETE that fails is never reported).
+    DELETIONS_LIMIT = 1000
 
-    def __init__(self, store: Store, on_tick: Callable[[], None]):
+    def __init__(self, store: Store, on_tick: Callable[[], None], admin_prefix: str = ""):
         self._store = store
         self._on_tick = on_tick
-        self.generation = Generation(store.get_value("generation") or "")
+        self._admin_prefix = admin_prefix.rstrip("/")
+        self.generations = Generations.load(store.get_value("generations")
+                                            or store.get_value("generation"))
         #: None until every change that moves LastUpdate is sure to be seen.
         self.updates: Optional[RememberedUpdates] = None
-        self._parents: Dict[str, str] = {}
+        self.lineage = Lineage()
+        #: Deletions announced by the filter: every resource that goes, and the ancestors
+        #: that may stay, by the id of the resource deleted.
+        self._deletions: Dict[str, Tuple[FrozenSet[str], List[str]]] = {}
+        self._lock = threading.Lock()
         #: Whether other nodes may share Orthanc's index, and so need deletions logged
         #: in /changes: only with a database backend plugin (see start()).
         self.index_shared = True
@@ -73,7 +156,7 @@ class ChangeWatch:
         self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
 
     def _save(self) -> None:
-        self._store.set_value("generation", self.generation.value)
+        self._store.set_value("generations", self.generations.dump())
 
     def forget_updates(self) -> None:
         """Something may have moved a LastUpdate: stop trusting the remembered ones."""
@@ -81,27 +164,73 @@ class ChangeWatch:
             self.updates.forget_all()
 
     def before_write(self, method: str, uri: str) -> None:
-        if not may_change_stored_answers(method, uri):
-            return  # reads, and uploads (seen by watch_stored_instances)
+        """Announce what an HTTP write may change, before Orthanc runs it."""
+        prefix = self._admin_prefix
+        if prefix and (uri == prefix or uri.startswith(prefix + "/")):
+            return  # the plugin's own admin API changes nothing in Orthanc
+        effect = write_effect(method, uri)
+        if effect.reach is Reach.NOTHING:
+            return  # reads, uploads (seen by watch_stored_instances), network...
         self.forget_updates()
-        self.generation.announce(_utcnow())
+        if effect.level is None:
+            self.generations.announce_all(_utcnow())
+        else:
+            self.generations.announce(self._touched_by(effect), _utcnow())
         self._save()
-        deleted = deleted_resource(method, uri)
-        if deleted is not None:
-            resource = "/%s/%s" % deleted
-            parent = _parent_of(resource)
-            if parent is not None:
-                self._parents[deleted[1]] = parent
-            if self.index_shared:
-                _log_marker(resource)
+        if effect.reach is Reach.DELETION and effect.level is not None and self.index_shared:
+            _log_marker("/%s/%s" % (effect.level.value, effect.resource_id))
 
-    def after_change(self, change_type: int, resource_id: str) -> None:
-        self.generation.advance(_utcnow())
-        self._save()
+    def _touched_by(self, effect: WriteEffect) -> List[str]:
+        """The resource, its ancestors and, for a reconstruction or a deletion, its
+        descendants (a deletion's are recorded, for its DELETED events)."""
+        assert effect.level is not None
+        ancestors = self.lineage.ancestors(effect.level, effect.resource_id)
+        touched = [effect.resource_id] + ancestors
+        if effect.reach in (Reach.SUBTREE, Reach.DELETION):
+            below = self.lineage.descendants(effect.level, effect.resource_id)
+            touched += below
+            if effect.reach is Reach.DELETION:
+                with self._lock:
+                    if len(self._deletions) >= self.DELETIONS_LIMIT:
+                        self._deletions.clear()  # failed DELETEs leave theirs behind
+                    self._deletions[effect.resource_id] = (
+                        frozenset([effect.resource_id] + below), ancestors)
+        return touched
+
+    def after_change(self, change_type: int, level: int, resource_id: str) -> None:
+        """A change that LastUpdate does not show has happened (a change event)."""
+        now = _utcnow()
         if change_type == orthanc.ChangeType.DELETED:
-            parent = self._parents.pop(resource_id, None)
-            if parent is not None and self.index_shared:
-                _log_marker(parent)  # does nothing if the parent went too
+            deletion = self._deletion_of(resource_id)
+            if deletion is None:  # not announced (Lua, a job, recycling): reach unknown
+                self.generations.advance_all(now)
+            else:
+                deleted_id, ancestors = deletion
+                self.generations.advance([resource_id] + ancestors, now)
+                if resource_id == deleted_id and ancestors and self.index_shared:
+                    _log_marker("/%s/%s" % (_parent_level(level).value, ancestors[0]))
+        else:  # metadata or attachment of an existing resource
+            self._advance_resource(_LEVELS.get(level), resource_id, now)
+        self._save()
+
+    def _deletion_of(self, resource_id: str) -> Optional[Tuple[str, List[str]]]:
+        """The announced deletion ``resource_id`` is part of, as (deleted id, ancestors):
+        one of the resources below, or an ancestor left empty by it (Orthanc deletes it
+        too)."""
+        with self._lock:
+            for deleted_id, (gone, ancestors) in self._deletions.items():
+                if resource_id in gone or resource_id in ancestors:
+                    if resource_id == deleted_id:  # Orthanc reports the resource deleted last
+                        del self._deletions[deleted_id]
+                    return deleted_id, ancestors
+        return None
+
+    def _advance_resource(self, level: Optional[Level], resource_id: str, now: datetime) -> None:
+        if level is None:
+            self.generations.advance_all(now)
+        else:
+            self.generations.advance(
+                [resource_id] + self.lineage.ancestors(level, resource_id), now)
 
     def start(self) -> None:
         """Start polling (Orthanc accepts REST calls only once started).
@@ -123,7 +252,7 @@ class ChangeWatch:
         saved = self._store.get_value("changes-seen")
         seen: Optional[int] = int(saved) if saved and saved.isdigit() else None
         if seen is None:  # what happened while we were not watching is unknown
-            self.generation.advance(_utcnow())
+            self.generations.advance_all(_utcnow())
             self._save()
         failing = False
         while not self._stopping.wait(self.POLL):
@@ -139,17 +268,25 @@ class ChangeWatch:
                     warn("cannot follow /changes (%s: %s): nothing is stored until it works "
                           "again" % (type(error).__name__, error))
                 failing = True
-                self.generation.advance(_utcnow())  # keeps every version unsettled
+                self.generations.advance_all(_utcnow())  # keeps every version unsettled
                 self.forget_updates()
 
     def _read_changes(self, seen: int) -> int:
-        """Advance the generation if /changes has hidden changes after ``seen``; forget
-        remembered LastUpdates after any change (another node's new instance moves them)."""
+        """Advance the generations of the resources that /changes shows changed in ways
+        LastUpdate does not show; forget remembered LastUpdates after any change (another
+        node's new instance moves them)."""
         changes = json.loads(orthanc.RestApiGet("/changes?since=%d&limit=1000" % seen))
-        if changes["Changes"]:
+        # Orthanc drops the logged changes of a resource when it is deleted: a deletion
+        # that emptied a patient (no parent left for the marker) shows only as ``Last``
+        # moving, and a LastUpdate remembered since is then of a deleted resource.
+        if changes["Changes"] or changes["Last"] != seen:
             self.forget_updates()
-        if any(change["ChangeType"] in LOGGED_HIDDEN_CHANGES for change in changes["Changes"]):
-            self.generation.advance(_utcnow())
+        hidden = [change for change in changes["Changes"]
+                  if change["ChangeType"] in LOGGED_HIDDEN_CHANGES]
+        for change in hidden:
+            self._advance_resource(_LEVEL_NAMES.get(change.get("ResourceType", "")),
+                                   str(change.get("ID", "")), _utcnow())
+        if hidden:
             self._save()
         if changes["Last"] != seen:
             self._store.set_value("changes-seen", str(changes["Last"]))
@@ -157,17 +294,9 @@ class ChangeWatch:
         return last
 
 
-def _parent_of(resource: str) -> Optional[str]:
-    """``/series/{id}`` for an instance, and so on; None for a patient or an unknown id."""
-    found = get(resource)
-    if not isinstance(found, bytes):
-        return None
-    description = json.loads(found)
-    for key, level in (("ParentSeries", "series"), ("ParentStudy", "studies"),
-                       ("ParentPatient", "patients")):
-        if key in description:
-            return "/%s/%s" % (level, description[key])
-    return None
+def _parent_level(level: int) -> Level:
+    """The level above a change event's level (an instance's parent is a series...)."""
+    return {3: Level.SERIES, 2: Level.STUDY, 1: Level.PATIENT}.get(level, Level.PATIENT)
 
 
 def _log_marker(resource: str) -> None:

@@ -553,7 +553,7 @@ def test_a_crash_under_load_serves_nothing_stale_or_damaged(
         tmp_path: Path) -> None:
     """SIGKILL while a client keeps the store busy, right after two kinds of change:
 
-    * a metadata write (seen through the generation, a state file) 6.5 s before;
+    * a metadata write (seen through the generations, a state file) 6.5 s before;
       the metadata list stored before it must not come back;
     * a new instance in study A 0.3 s before: A's instances-tags stored before
       it must not come back.
@@ -582,7 +582,7 @@ def test_a_crash_under_load_serves_nothing_stale_or_damaged(
 
     writer = Writer(server, paths)
     time.sleep(GENERATION_SETTLE - 1)
-    writer.start()  # its first second is computed only: the generation is unsettled
+    writer.start()  # its first second is computed only: the base generation is unsettled
     time.sleep(max(0.0, changed + GENERATION_SETTLE - time.monotonic()))
     writer.storing.set()
     time.sleep(1)
@@ -607,7 +607,7 @@ def test_a_crash_under_load_serves_nothing_stale_or_damaged(
     of_a = [path for path in window if path.startswith(a_tags)]
     assert of_a and not any(statuses[path] == "HIT" for path in of_a)
     assert "STALE-REFRESHED" in {statuses[path] for path in of_a}
-    # Nothing else changed: everything stored while the generation was settled survived.
+    # Nothing else changed: everything stored while the generations were settled survived.
     assert all(statuses[path] == "HIT" for path in window if path not in of_a)
     counts = {status: list(statuses.values()).count(status) for status in set(statuses.values())}
     assert store_warnings(server, directory) == (0, 0)

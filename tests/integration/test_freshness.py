@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from support.dicom_factory import make_instance, make_study
-from support.orthanc_server import OrthancServer
+from support.orthanc_server import OrthancServer, free_port
 
 #: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
 pytestmark = pytest.mark.old_stack
@@ -137,6 +137,48 @@ def test_metadata_and_attachments_refresh_at_once(cached_orthanc) -> None:
     assert server.delete("/instances/%s/metadata/1024" % instance).status_code == 200
     assert server.delete("/studies/%s/attachments/1030" % study).status_code == 200
     assert_fresh(server, before, server.get)
+
+
+def test_writes_elsewhere_change_no_answer_and_no_etag(cached_orthanc) -> None:
+    """Writes that touch other studies, and writes that change no cached answer (network
+    operations, finds, labels), leave a study's stored answers and ETags as they were;
+    a write on the other study changes that study's ETags at once."""
+    nowhere = ["NOWHERE", "127.0.0.1", free_port()]  # nobody listens: echo and query fail
+    server = cached_orthanc(config={"DicomModalities": {"nowhere": nowhere}})
+    read = upload(server, "untouched")[0]
+    other = upload(server, "touched")
+    paths = parent_routes(read["ParentStudy"], read["ParentSeries"], read["ParentPatient"])
+    paths += ["/instances/%s/%s" % (read["ID"], route) for route in ("tags", "metadata")]
+    paths.append("/studies/%s/attachments" % read["ParentStudy"])
+    other_path = "/studies/%s/shared-tags" % other[0]["ParentStudy"]
+    before = stored(server, paths + [other_path])
+    # (method, path, body, whether it touches the other study)
+    writes: List[Tuple[str, str, dict, bool]] = [
+        ("PUT", "/instances/%s/metadata/1024" % other[0]["ID"], {"data": b"x"}, True),
+        ("PUT", "/studies/%s/attachments/1030" % other[0]["ParentStudy"], {"data": b"y"}, True),
+        ("DELETE", "/instances/%s" % other[1]["ID"], {}, True),
+        ("POST", "/modalities/nowhere/echo", {"data": b"{}"}, False),
+        ("POST", "/modalities/nowhere/query", {"json": {"Level": "Study", "Query": {}}}, False),
+        ("POST", "/tools/find", {"json": {"Level": "Study", "Query": {}}}, False),
+    ]
+    if server.get("/system").json()["ApiVersion"] >= 20:  # labels: Orthanc 1.12.0
+        writes.append(("PUT", "/studies/%s/labels/reviewed" % read["ParentStudy"], {}, False))
+    for method, path, body, touches_other in writes:
+        server.request(method, path, **body)
+        for checked, old in before.items():
+            if checked == other_path and touches_other:
+                assert get(server, checked).headers["ETag"] != old.headers["ETag"], path
+                continue
+            revalidated = get(server, checked, **{"If-None-Match": old.headers["ETag"]})
+            assert revalidated.status_code == 304, (method, path, checked)
+            again = get(server, checked)
+            assert (again.headers["ETag"], again.content) == (old.headers["ETag"], old.content)
+            assert outcomes(server, checked)[-1] == "HIT", (method, path, checked)
+        if touches_other:
+            time.sleep(QUIET)  # the other study's answers settle again
+            before.update(stored(server, [other_path]))
+    # Nothing else was wrong: the other study answers as Orthanc computes it.
+    assert len(get(server, "/studies/%s/instances-tags" % other[0]["ParentStudy"]).json()) == 3
 
 
 def test_an_instance_added_in_the_same_second_is_seen(cached_orthanc) -> None:

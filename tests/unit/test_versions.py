@@ -9,13 +9,16 @@ import pytest
 from orthanc_cache_plugin.freshness import (
     GRACE,
     SETTLE,
+    Generations,
+    Reach,
     RememberedUpdates,
     generation_time,
     later_generation,
-    may_change_stored_answers,
     new_generation,
     resource_version,
+    write_effect,
 )
+from orthanc_cache_plugin.routes import Level
 
 NOW = datetime(2023, 2, 20, 15, 0, 0, 500000, tzinfo=timezone.utc)
 
@@ -63,23 +66,106 @@ def test_unparsable_last_update_never_settles() -> None:
     assert not resource_version("garbage", "", NOW).settled
 
 
-@pytest.mark.parametrize("method, uri, expected", [
-    ("GET", "/studies/x/shared-tags", False),
-    ("POST", "/instances", False),
-    ("POST", "/tools/find", False),
-    ("POST", "/studies/x/archive", False),
-    ("POST", "/studies/x/modify", True),
-    ("POST", "/tools/execute-script", True),
-    ("PUT", "/instances/x/metadata/1024", True),
-    ("PUT", "/studies/x/labels/a", True),
-    ("DELETE", "/instances/x", True),
-    ("DELETE", "/studies/x/attachments/1030", True),
+@pytest.mark.parametrize("method, uri, reach, level", [
+    ("GET", "/studies/x/shared-tags", Reach.NOTHING, None),
+    ("POST", "/instances", Reach.NOTHING, None),
+    ("POST", "/dicom-web/studies", Reach.NOTHING, None),
+    ("POST", "/dicom-web/studies/1.2.3", Reach.NOTHING, None),
+    ("POST", "/tools/find", Reach.NOTHING, None),
+    ("POST", "/tools/create-dicom", Reach.NOTHING, None),
+    ("POST", "/studies/x/archive", Reach.NOTHING, None),
+    ("POST", "/modalities/pacs/echo", Reach.NOTHING, None),
+    ("POST", "/modalities/pacs/query", Reach.NOTHING, None),
+    ("POST", "/modalities/pacs/store", Reach.NOTHING, None),
+    ("POST", "/peers/other/store", Reach.NOTHING, None),
+    ("POST", "/queries/q1/answers/0/retrieve", Reach.NOTHING, None),
+    ("POST", "/jobs/j1/cancel", Reach.NOTHING, None),
+    ("PUT", "/modalities/pacs", Reach.NOTHING, None),
+    ("PUT", "/studies/x/labels/a", Reach.NOTHING, None),
+    ("DELETE", "/series/x/labels/a", Reach.NOTHING, None),
+    ("PUT", "/patients/x/protected", Reach.NOTHING, None),
+    ("DELETE", "/changes", Reach.NOTHING, None),
+    ("PUT", "/instances/x/metadata/1024", Reach.RESOURCE, Level.INSTANCE),
+    ("DELETE", "/studies/x/metadata/1024", Reach.RESOURCE, Level.STUDY),
+    ("PUT", "/series/x/attachments/1030", Reach.RESOURCE, Level.SERIES),
+    ("DELETE", "/studies/x/attachments/1030", Reach.RESOURCE, Level.STUDY),
+    ("POST", "/instances/x/attachments/dicom/compress", Reach.RESOURCE, Level.INSTANCE),
+    ("POST", "/studies/x/reconstruct", Reach.SUBTREE, Level.STUDY),
+    ("POST", "/studies/x/modify", Reach.SUBTREE, Level.STUDY),
+    ("DELETE", "/instances/x", Reach.DELETION, Level.INSTANCE),
+    ("DELETE", "/patients/x/", Reach.DELETION, Level.PATIENT),
+    ("POST", "/tools/execute-script", Reach.EVERYTHING, None),
+    ("POST", "/tools/reconstruct", Reach.EVERYTHING, None),
+    ("POST", "/tools/bulk-delete", Reach.EVERYTHING, None),
+    ("POST", "/studies/x/merge", Reach.EVERYTHING, None),
+    ("PUT", "/tools/default-encoding", Reach.EVERYTHING, None),
+    ("POST", "/another-plugin/do", Reach.EVERYTHING, None),
 ])
-def test_which_requests_announce_a_write(method: str, uri: str, expected: bool) -> None:
-    assert may_change_stored_answers(method, uri) is expected
+def test_what_each_write_may_change(method: str, uri: str, reach: Reach,
+                                    level: Level | None) -> None:
+    effect = write_effect(method, uri)
+    assert (effect.reach, effect.level) == (reach, level)
+    assert effect.resource_id == ("x" if level else "")
+    assert effect.reason
 
 
-# --- Remembered LastUpdates ----------------------------------------------------------------
+def test_touching_a_resource_changes_its_version_only() -> None:
+    generations = Generations(new_generation(NOW - timedelta(hours=1)))
+    before = {name: generations.of(name) for name in ("a", "b")}
+    generations.advance(["a"], NOW)
+    assert generations.of("b") == before["b"] and generations.of("a") != before["a"]
+    assert not resource_version("20200101T000000", generations.of("a"), NOW).settled
+    assert resource_version("20200101T000000", generations.of("b"), NOW).settled
+    assert resource_version("20200101T000000", generations.of("a"), NOW + SETTLE).settled
+
+
+def test_an_announced_touch_keeps_its_grace_when_the_change_is_reported() -> None:
+    generations = Generations()
+    generations.announce(["a"], NOW)
+    generations.advance(["a"], NOW)
+    assert not resource_version("20200101T000000", generations.of("a"),
+                                NOW + GRACE + SETTLE - timedelta(seconds=1)).settled
+
+
+def test_a_change_of_unknown_reach_outdates_everything() -> None:
+    generations = Generations()
+    generations.advance(["a"], NOW)
+    before = {name: generations.of(name) for name in ("a", "b")}
+    generations.advance_all(NOW + timedelta(seconds=10))
+    assert all(generations.of(name) != before[name] for name in ("a", "b"))
+    assert not generations.touched("a")
+
+
+def test_generations_survive_a_restart() -> None:
+    generations = Generations(new_generation(NOW))
+    generations.announce(["a", "b"], NOW)
+    again = Generations.load(generations.dump())
+    assert [again.of(name) for name in "abc"] == [generations.of(name) for name in "abc"]
+
+
+def test_the_single_generation_of_earlier_releases_becomes_the_base() -> None:
+    old = new_generation(NOW)
+    assert Generations.load(old).of("a") == old + "|"
+    assert Generations.load(None).of("a") == Generations.load("").of("a") == "|"
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"base": 1, "touched": {}}',
+                                  '{"base": "", "touched": {"a": 2}}', "garbage"])
+def test_unreadable_generations_outdate_everything(text: str) -> None:
+    loaded = Generations.load(text)
+    assert loaded.of("a") not in ("|", "")
+    assert resource_version("20200101T000000", loaded.of("a"), NOW).settled
+
+
+def test_too_many_touches_become_a_new_base_dated_after_the_last_one() -> None:
+    generations = Generations()
+    generations.LIMIT = 3
+    generations.advance(["a", "b", "c"], NOW)
+    untouched = generations.of("z")
+    generations.announce(["d"], NOW)
+    assert not generations.touched("a") and generations.of("z") != untouched
+    assert generation_time(generations.base) == NOW + GRACE
+
 
 def test_remembered_updates_are_kept_until_anything_changes():
     updates = RememberedUpdates()
