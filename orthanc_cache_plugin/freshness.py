@@ -100,6 +100,17 @@ class Generations:
         self.base = base
         self._touched: Dict[str, str] = dict(touched or {})
         self._lock = threading.Lock()
+        #: Until when no version settles (None: no hold), whatever its generations: while
+        #: something may change resources without saying which (Orthanc's Housekeeper).
+        #: Unlike a new base, a hold outdates nothing: validators stay what they were.
+        self.held_until: Optional[datetime] = None
+
+    def hold(self, until: Optional[datetime]) -> None:
+        """Keep every version unsettled until ``until`` (None: until told otherwise)."""
+        self.held_until = until if until is not None else datetime.max.replace(tzinfo=timezone.utc)
+
+    def held(self, now: datetime) -> bool:
+        return self.held_until is not None and now < self.held_until
 
     @classmethod
     def load(cls, text: Optional[str]) -> Generations:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import threading
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -89,7 +90,9 @@ class OrthancOrigin:
             last_update = found.decode("ascii", "replace")
             if updates is not None:
                 updates.remember(level, resource_id, last_update, epoch)
-        return resource_version(last_update, self.changes.generations.of(resource_id), now)
+        generations = self.changes.generations
+        version = resource_version(last_update, generations.of(resource_id), now)
+        return replace(version, settled=False) if generations.held(now) else version
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
         # ``query`` is the key's normalized form; Orthanc is given the arguments in the
@@ -165,7 +168,8 @@ class CachePlugin:
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
                            warn=_warn, memory=settings.memory_size_bytes)
         self.changes = ChangeWatch(self.store, on_tick=self.on_tick,
-                                   admin_prefix=settings.admin_prefix)
+                                   admin_prefix=settings.admin_prefix,
+                                   housekeeper=_housekeeper_enabled(configuration))
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True), self.changes)
         self.controller = CacheController(settings, self.store, self.origin,
                                           vary=_vary_of(configuration))
@@ -328,6 +332,13 @@ class CachePlugin:
             self.shutdown()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
+
+
+def _housekeeper_enabled(configuration: Mapping[str, Any]) -> bool:
+    """Whether Orthanc's Housekeeper plugin may run: it works only when enabled in its
+    section (whether it is loaded is known once Orthanc runs)."""
+    section = configuration.get("Housekeeper")
+    return isinstance(section, dict) and section.get("Enable") is True
 
 
 def _vary_of(configuration: Mapping[str, Any]) -> Tuple[str, ...]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, TypeVa
 import orthanc
 
 from .freshness import (
+    GRACE,
     LOGGED_HIDDEN_CHANGES,
     MARKER_METADATA,
     Generations,
@@ -136,7 +137,8 @@ class ChangeWatch:
     #: Announced deletions kept at most (a DELETE that fails is never reported).
     DELETIONS_LIMIT = 1000
 
-    def __init__(self, store: Store, on_tick: Callable[[], None], admin_prefix: str = ""):
+    def __init__(self, store: Store, on_tick: Callable[[], None], admin_prefix: str = "",
+                 housekeeper: bool = False):
         self._store = store
         self._on_tick = on_tick
         self._admin_prefix = admin_prefix.rstrip("/")
@@ -152,6 +154,13 @@ class ChangeWatch:
         #: Whether other nodes may share Orthanc's index, and so need deletions logged
         #: in /changes: only with a database backend plugin (see start()).
         self.index_shared = True
+        #: Whether Orthanc's Housekeeper may rewrite files and main tags (see
+        #: _watch_housekeeper); until start() has looked, nothing settles.
+        self.housekeeper = housekeeper
+        self._housekeeping = False
+        self._housekeeper_seen = False
+        if housekeeper:
+            self.generations.hold(None)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
 
@@ -241,6 +250,8 @@ class ChangeWatch:
         """
         system = json.loads(orthanc.RestApiGet("/system"))
         self.index_shared = system.get("DatabaseBackendPlugin") is not None
+        if self.housekeeper:
+            self._watch_housekeeper()
         self._thread.start()
 
     def stop(self) -> None:
@@ -258,6 +269,8 @@ class ChangeWatch:
         while not self._stopping.wait(self.POLL):
             try:
                 self._on_tick()
+                if self.housekeeper:
+                    self._watch_housekeeper()
                 if seen is None:
                     seen = json.loads(orthanc.RestApiGet("/changes?last"))["Last"]
                     self._store.set_value("changes-seen", str(seen))
@@ -292,6 +305,45 @@ class ChangeWatch:
             self._store.set_value("changes-seen", str(changes["Last"]))
         last: int = changes["Last"]
         return last
+
+
+    def _watch_housekeeper(self) -> None:
+        """Keep versions unsettled while Orthanc's Housekeeper works; outdate everything
+        once it has finished a processing.
+
+        The Housekeeper (Orthanc 1.11+) reconstructs studies after a change of
+        ``StorageCompression``, ``IngestTranscoding`` or the main DICOM tags:
+        it rewrites files and tags but fires no event, moves no ``LastUpdate``
+        and logs nothing in /changes.  Its status tells whether it is
+        processing, and which configuration it last finished processing: a
+        processing that begins and ends between two looks still changes the
+        latter.  Each look holds versions for GRACE, covering a processing that
+        begins just after it.
+        """
+        now = _utcnow()
+        try:  # a plugin's route: not in RestApiGet's built-in API
+            found = orthanc.RestApiGetAfterPlugins("/plugins/housekeeper/status")
+        except orthanc.OrthancException:
+            found = None
+        if not isinstance(found, bytes):  # not loaded after all
+            self.housekeeper = False
+            self.generations.hold(now)
+            return
+        status = json.loads(found)
+        working = status.get("CurrentlyProcessingConfiguration") is not None
+        if working or not self._housekeeper_seen:
+            self.generations.hold(now + GRACE)
+        self._housekeeper_seen = True
+        finished = json.dumps(status.get("LastProcessedConfiguration"), sort_keys=True)
+        if finished != self._store.get_value("housekeeper-finished"):
+            self.generations.advance_all(now)
+            self._save()
+            self._store.set_value("housekeeper-finished", finished)
+        if working != self._housekeeping:
+            warn("Orthanc's Housekeeper %s: %s" % (
+                ("is rewriting files", "answers are not served from the store until it is done")
+                if working else ("is done", "every answer stored before is outdated")))
+            self._housekeeping = working
 
 
 def _parent_level(level: int) -> Level:

@@ -191,3 +191,14 @@ def test_remembered_updates_are_bounded():
         updates.remember("instances", str(number), "t", updates.epoch)
     assert updates.get("instances", str(RememberedUpdates.LIMIT)) == "t"
     assert updates.get("instances", "0") is None
+
+
+def test_a_hold_keeps_versions_unsettled_without_outdating_them() -> None:
+    generations = Generations()
+    before = generations.of("a")
+    assert not generations.held(NOW)
+    generations.hold(None)
+    assert generations.held(NOW + timedelta(days=365))
+    generations.hold(NOW + GRACE)
+    assert generations.held(NOW) and not generations.held(NOW + GRACE)
+    assert generations.of("a") == before
