@@ -65,9 +65,12 @@ SETTINGS: Tuple[Setting, ...] = (
             "REVALIDATED, BYPASS, PASS); empty to send none.", may_be_empty=True),
     Setting("WatchHttpWrites", bool, True,
             "See REST writes before Orthanc runs them (its incoming-request filter), so the "
-            "next GET is fresh at once. Off: writes are seen through Orthanc's change events, "
-            "a moment later; use it where clients send bytes that are not UTF-8, which the "
-            "Python plugin 4.0 answers with a 500 whenever a filter is registered."),
+            "next GET is fresh at once, and remember each resource's LastUpdate between "
+            "changes. Off: writes are seen through Orthanc's change events, a moment after "
+            "they are answered, and every request asks Orthanc for LastUpdate; use it where "
+            "clients send header bytes that are not UTF-8 (with a filter registered, the "
+            "Python plugin answers them with a 500 on every route), or with the Python plugin "
+            "4.0 under sustained traffic (its filter leaks memory). See docs/freshness.md."),
     Setting("AdminPrefix", str, "/cache",
             "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
             "DELETE {prefix}/{level}/{id}, POST {prefix}/{level}/{id}/warm-up."),
