@@ -39,11 +39,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
+import pytest
 import requests
 
 from support.dicom_factory import make_instance, make_pdf_instance, make_uid
 from support.oracle import normalized_body, without_source_line_details
 from support.orthanc_server import OrthancServer
+from support.stacks import plugin_version
 
 LOAD_SECONDS = float(os.environ.get("LOAD_SECONDS", "20"))
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "64"))
@@ -503,12 +505,21 @@ def percentile(values: List[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
+@pytest.mark.parametrize("allow_threads", [False, True],
+                         ids=["GIL held in SDK calls", "Python.AllowThreads"])
 def test_load_with_writes_then_stop_under_load(
         cached_orthanc: Callable[..., OrthancServer],
-        orthanc_factory: Callable[..., OrthancServer]) -> None:
+        orthanc_factory: Callable[..., OrthancServer], allow_threads: bool) -> None:
+    """Run once as the tests configure the Python plugin, once as the Dockerfile does
+    (``AllowThreads``: the GIL is released around every SDK call, plugin 4.3 and later),
+    where misses, hits, warm-up and change events really run in parallel."""
+    if allow_threads and plugin_version() < (4, 3):
+        pytest.skip("Python.AllowThreads needs the Python plugin 4.3 (this stack: %s)"
+                    % ".".join(map(str, plugin_version())))
     common = {"HttpThreadsCount": HTTP_THREADS}
     plain = orthanc_factory(config=common)
-    cached = cached_orthanc(settings={"StoreBinary": True}, config=dict(common, StableAge=1))
+    cached = cached_orthanc(settings={"StoreBinary": True}, config=dict(
+        common, StableAge=1, Python={"AllowThreads": allow_threads}))
     registry = Registry()
     populate(plain, cached, registry)
     time.sleep(3.1)  # let the first versions settle (freshness.SETTLE)

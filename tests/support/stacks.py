@@ -22,7 +22,7 @@ import os
 import subprocess
 from functools import cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO_ROOT / "scripts" / "stack.sh"
@@ -102,6 +102,14 @@ def orthanc_version() -> Optional[str]:
     """Orthanc's upstream version in the selected stack, e.g. ``1.13.0``."""
     version = versions().get("orthanc")
     return version.split("+")[0].split("-")[0] if version else None
+
+
+def plugin_version() -> Tuple[int, ...]:
+    """The Python plugin's upstream version in the selected stack, e.g. ``(7, 1)``;
+    ``(0,)`` when unknown."""
+    version = versions().get("orthanc-python", "")
+    numbers = version.split("+")[0].split("-")[0].split(".")
+    return tuple(int(part) for part in numbers if part.isdigit()) or (0,)
 
 
 def plugin_caches_archives() -> bool:
