@@ -51,3 +51,23 @@ def test_quick_benchmark_writes_a_table_and_a_chart(repo_root: Path, tmp_path: P
 
     chart = (out / "chart.png").read_bytes()
     assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
+
+
+def test_the_writes_benchmark_runs_and_sees_related_writes(repo_root: Path,
+                                                           tmp_path: Path) -> None:
+    """bench/writes.py, in short rounds: it measures both kinds of round, and a write on
+    a study being read is seen by the next read (its exit status also judges the
+    throughput target, which short rounds on a busy machine cannot: not asserted)."""
+    from support import stacks
+
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "bench" / "writes.py"), "--stack", stacks.current(),
+         "--seconds", "2", "--rounds", "1", "--readers", "4", "--out", str(tmp_path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=170)
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads((tmp_path / ("writes-%s.json" % stacks.current())).read_text())
+    assert figures["fresh"] == {"metadata PUT": True, "instance deletion": True}
+    for kind in ("quiet", "writes"):
+        assert figures[kind]["reads"] > 0, figures
+    assert sum(figures["writes_done"].values()) >= 2, figures
+    assert "| quiet |" in result.stdout
