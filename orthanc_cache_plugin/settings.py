@@ -2,13 +2,13 @@
 
 Settings come from the ``CachePlugin`` section of Orthanc's configuration;
 keyword arguments of :func:`orthanc_cache_plugin.enable_cache_plugin`
-override them.  Every setting is described once, in :data:`SETTINGS`, which
-the documentation and its drift test read too.
+override them.  Every setting is declared once, as a field of :class:`Settings`;
+:data:`SETTINGS` lists them for the documentation and its drift test.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 SECTION = "CachePlugin"
@@ -30,82 +30,85 @@ class Setting:
     may_be_empty: bool = False
 
 
-SETTINGS: Tuple[Setting, ...] = (
-    Setting("Enable", bool, True,
-            "Turn the plugin on. When false, no route is registered and Orthanc answers alone."),
-    Setting("Directory", str, "/var/lib/orthanc/cache",
-            "Folder of the server-side store (created when missing). Give every Orthanc "
-            "process its own folder."),
-    Setting("MaximumSize", int, 1024,
-            "Size limit of the server-side store in MB; least-recently-used entries are "
-            "evicted beyond it.", minimum=1),
-    Setting("Expiration", int, 604800,
-            "Seconds after which a stored entry expires (7 days).", minimum=1),
-    Setting("CacheControl", str, "max-age=604800, s-maxage=604800, public",
-            "Cache-Control header sent with every cached route's 200 and 304. Expires is "
-            "Date plus its max-age (Date itself without one)."),
-    Setting("StoreBinary", bool, False,
-            "Also keep binary answers (file, preview, frames, archive, media, pdf) in the "
-            "server-side store. JSON answers are always stored."),
-    Setting("MaximumEntrySize", int, 64,
-            "Largest answer in MB kept in the server-side store (and at most an eighth of "
-            "MaximumSize); larger answers are served but not stored.", minimum=1),
-    Setting("MemorySize", int, 64,
-            "MB of the most recently used stored answers also kept in Orthanc's memory, so "
-            "that a hit reads no file (each answer at most an eighth of it); 0 to read every "
-            "hit from disk.", minimum=0),
-    Setting("WarmUp", bool, True,
-            "Compute and store the JSON routes of a patient, study or series when Orthanc "
-            "reports it stable."),
-    Setting("WarmUpQueueSize", int, 1000,
-            "Most resources waiting for warm-up; beyond it, new ones are skipped (and "
-            "computed on their first request instead).", minimum=1),
-    Setting("CacheStatusHeader", str, "X-Cache-Status",
-            "Response header saying what the cache did (HIT, MISS, STALE-REFRESHED, "
-            "REVALIDATED, BYPASS, PASS); empty to send none.", may_be_empty=True),
-    Setting("WatchHttpWrites", bool, True,
-            "See REST writes before Orthanc runs them (its incoming-request filter), so the "
-            "next GET is fresh at once, and remember each resource's LastUpdate between "
-            "changes. Off: writes are seen through Orthanc's change events, a moment after "
-            "they are answered, and every request asks Orthanc for LastUpdate; use it where "
-            "clients send header bytes that are not UTF-8 (with a filter registered, the "
-            "Python plugin answers them with a 500 on every route), or with the Python plugin "
-            "4.0 under sustained traffic (its filter leaks memory). See docs/freshness.md."),
-    Setting("AdminPrefix", str, "/cache",
-            "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
-            "DELETE {prefix}/{level}/{id}, POST {prefix}/{level}/{id}/warm-up."),
-    Setting("LockTimeout", int, 30,
-            "Seconds a request that misses waits for a concurrent request already computing "
-            "the same answer (same route, query, representation and version), then uses its "
-            "answer instead of asking Orthanc again; past it, or when that request fails, it "
-            "asks Orthanc itself. 0 to never wait.", minimum=0),
-)
-
-_BY_NAME = {setting.name: setting for setting in SETTINGS}
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+def _setting(name: str, kind: type, default: Any, description: str,
+             minimum: Optional[int] = None, may_be_empty: bool = False) -> Any:
+    """A field of :class:`Settings`, carrying its :class:`Setting` (no Python default:
+    :func:`load_settings` always gives every value)."""
+    return field(metadata={"setting": Setting(name, kind, default, description, minimum,
+                                               may_be_empty)})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Effective settings, in Python names (``MaximumSize`` is ``maximum_size``)."""
+    """Effective settings, in Python names (``MaximumSize`` is ``maximum_size``).
 
-    enable: bool
-    directory: str
-    maximum_size: int
-    expiration: int
-    cache_control: str
-    store_binary: bool
-    maximum_entry_size: int
-    memory_size: int
-    warm_up: bool
-    warm_up_queue_size: int
-    cache_status_header: str
-    watch_http_writes: bool
-    admin_prefix: str
-    lock_timeout: int
+    Each field declares its setting once (:func:`_setting`): the name in
+    Orthanc's configuration file, type, default and meaning, which loading,
+    validation and the documentation (tools/configuration_doc.py) all read.
+    """
+
+    enable: bool = _setting(
+        "Enable", bool, True,
+        "Turn the plugin on. When false, no route is registered and Orthanc answers alone.")
+    directory: str = _setting(
+        "Directory", str, "/var/lib/orthanc/cache",
+        "Folder of the server-side store (created when missing). Give every Orthanc "
+        "process its own folder.")
+    maximum_size: int = _setting(
+        "MaximumSize", int, 1024,
+        "Size limit of the server-side store in MB; least-recently-used entries are "
+        "evicted beyond it.", minimum=1)
+    expiration: int = _setting(
+        "Expiration", int, 604800,
+        "Seconds after which a stored entry expires (7 days).", minimum=1)
+    cache_control: str = _setting(
+        "CacheControl", str, "max-age=604800, s-maxage=604800, public",
+        "Cache-Control header sent with every cached route's 200 and 304. Expires is "
+        "Date plus its max-age (Date itself without one).")
+    store_binary: bool = _setting(
+        "StoreBinary", bool, False,
+        "Also keep binary answers (file, preview, frames, archive, media, pdf) in the "
+        "server-side store. JSON answers are always stored.")
+    maximum_entry_size: int = _setting(
+        "MaximumEntrySize", int, 64,
+        "Largest answer in MB kept in the server-side store (and at most an eighth of "
+        "MaximumSize); larger answers are served but not stored.", minimum=1)
+    memory_size: int = _setting(
+        "MemorySize", int, 64,
+        "MB of the most recently used stored answers also kept in Orthanc's memory, so "
+        "that a hit reads no file (each answer at most an eighth of it); 0 to read every "
+        "hit from disk.", minimum=0)
+    warm_up: bool = _setting(
+        "WarmUp", bool, True,
+        "Compute and store the JSON routes of a patient, study or series when Orthanc "
+        "reports it stable.")
+    warm_up_queue_size: int = _setting(
+        "WarmUpQueueSize", int, 1000,
+        "Most resources waiting for warm-up; beyond it, new ones are skipped (and "
+        "computed on their first request instead).", minimum=1)
+    cache_status_header: str = _setting(
+        "CacheStatusHeader", str, "X-Cache-Status",
+        "Response header saying what the cache did (HIT, MISS, STALE-REFRESHED, "
+        "REVALIDATED, BYPASS, PASS); empty to send none.", may_be_empty=True)
+    watch_http_writes: bool = _setting(
+        "WatchHttpWrites", bool, True,
+        "See REST writes before Orthanc runs them (its incoming-request filter), so the "
+        "next GET is fresh at once, and remember each resource's LastUpdate between "
+        "changes. Off: writes are seen through Orthanc's change events, a moment after "
+        "they are answered, and every request asks Orthanc for LastUpdate; use it where "
+        "clients send header bytes that are not UTF-8 (with a filter registered, the "
+        "Python plugin answers them with a 500 on every route), or with the Python plugin "
+        "4.0 under sustained traffic (its filter leaks memory). See docs/freshness.md.")
+    admin_prefix: str = _setting(
+        "AdminPrefix", str, "/cache",
+        "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
+        "DELETE {prefix}/{level}/{id}, POST {prefix}/{level}/{id}/warm-up.")
+    lock_timeout: int = _setting(
+        "LockTimeout", int, 30,
+        "Seconds a request that misses waits for a concurrent request already computing "
+        "the same answer (same route, query, representation and version), then uses its "
+        "answer instead of asking Orthanc again; past it, or when that request fails, it "
+        "asks Orthanc itself. 0 to never wait.", minimum=0)
 
     @property
     def maximum_size_bytes(self) -> int:
@@ -121,10 +124,15 @@ class Settings:
 
     def as_configuration(self) -> Dict[str, Any]:
         """The settings under their configuration-file names."""
-        return {setting.name: getattr(self, _snake(setting.name)) for setting in SETTINGS}
+        return {entry.metadata["setting"].name: getattr(self, entry.name)
+                for entry in fields(self)}
 
 
-assert [f.name for f in fields(Settings)] == [_snake(s.name) for s in SETTINGS]
+#: Every setting, in the order of the documentation.
+SETTINGS: Tuple[Setting, ...] = tuple(entry.metadata["setting"] for entry in fields(Settings))
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+_FILE_NAMES = {entry.name: entry.metadata["setting"].name for entry in fields(Settings)}
+_PYTHON_NAMES = {file_name: python_name for python_name, file_name in _FILE_NAMES.items()}
 
 
 def _check(setting: Setting, value: Any, origin: str) -> Any:
@@ -159,10 +167,9 @@ def load_settings(configuration: Mapping[str, Any], overrides: Mapping[str, Any]
             raise SettingsError("unknown setting %s.%s (known: %s)"
                                 % (SECTION, name, ", ".join(sorted(_BY_NAME))))
         values[name] = _check(_BY_NAME[name], value, "configuration " + SECTION)
-    by_snake = {_snake(name): name for name in _BY_NAME}
     for name, value in overrides.items():
-        file_name = by_snake.get(name, name)
+        file_name = _FILE_NAMES.get(name, name)
         if file_name not in _BY_NAME:
             raise SettingsError("unknown keyword argument %s of enable_cache_plugin()" % name)
         values[file_name] = _check(_BY_NAME[file_name], value, "enable_cache_plugin()")
-    return Settings(**{_snake(name): value for name, value in values.items()})
+    return Settings(**{_PYTHON_NAMES[name]: value for name, value in values.items()})
