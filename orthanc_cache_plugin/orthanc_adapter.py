@@ -26,6 +26,7 @@ from .orthanc_changes import (
     HIDDEN_CHANGE_EVENTS,
     LOG_PREFIX,
     ChangeWatch,
+    Lineage,
     get as _get,
     keep_alive,
     stop_watching_changes,
@@ -298,8 +299,8 @@ class CachePlugin:
                              for request in warm_requests(Level(level), resource_id))
                 body = {"Stored": stored}
             elif not action and method == "DELETE":
-                body = {"Removed": sum(self.store.evict(tag)
-                                       for tag in _resource_and_descendants(level, resource_id))}
+                tags = [resource_id] + Lineage.descendants(Level(level), resource_id)
+                body = {"Removed": sum(self.store.evict(tag) for tag in tags)}
             else:
                 output.SendMethodNotAllowed("POST" if action else "DELETE")
                 return
@@ -354,17 +355,6 @@ def _vary_of(configuration: Mapping[str, Any]) -> Tuple[str, ...]:
     if configuration.get("AuthenticationEnabled", configuration.get("RemoteAccessAllowed", False)):
         vary += ("Authorization",)
     return vary
-
-
-def _resource_and_descendants(level: str, resource_id: str) -> List[str]:
-    """Ids of a resource and of every resource below it."""
-    ids = [resource_id]
-    for child_level in ("studies", "series", "instances")[("patients", "studies", "series",
-                                                            "instances").index(level):]:
-        children = _get("/%s/%s/%s" % (level, resource_id, child_level))
-        if isinstance(children, bytes):
-            ids += [child["ID"] for child in json.loads(children)]
-    return ids
 
 
 _STABLE_LEVELS = {
