@@ -3,8 +3,15 @@
 
 One command (Debian 12, as root, from the repository's root)::
 
-    python3 bench/run.py            # full run, about 8 minutes on 2 cores (9 with --profile)
+    python3 bench/run.py --stack bookworm  # full run, Orthanc 1.10.1: about 8 minutes on 2 cores
+    python3 bench/run.py --big 300  # Orthanc 1.13.0 (sid, the default): about 15 minutes
     python3 bench/run.py --quick    # tiny data, 1 s per load test: a smoke test
+
+On Orthanc 1.13.0, plain Orthanc takes as long for N concurrent shared-tags
+or instances-tags requests as for N in a row, about 0.8 s each for 300
+instances: with the default big study of 1,000, the requests wrk leaves
+queued keep it busy for minutes after each run (the wait for idle servers
+gives up after ``--idle-timeout``), hence ``--big 300`` there.
 
 It re-runs itself with ``.venv/bin/python`` (creating the virtual environment
 as ``scripts/test.sh`` does when it is missing), installs ``wrk`` with
@@ -127,6 +134,7 @@ class Plan:
     fill_large: int = 100_000           # entries in plugin-100k's store before start
     scale_rounds: int = 2               # plugin / plugin-100k alternations
     settle_wait: float = 6.0            # the plugin stores nothing changed < 3 s ago
+    idle_timeout: float = 180.0         # longest wait for idle servers before a wrk run
     profile_duration: int = 20
 
     @classmethod
@@ -380,25 +388,45 @@ class Load:
     errors: int
     statuses: str = ""  # status of a check request made before the run
     foreign_cpu: float = 0.0  # share of the CPUs used by other processes meanwhile
+    idle_wait_s: float = 0.0  # seconds waited for idle servers before the run
+    #: Servers still busy when the wait for idle servers gave up (the run began anyway).
+    busy_at_start: List[str] = field(default_factory=list)
 
     def as_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
 
 
-def wait_until_idle(pids: Sequence[int], limit: float = 180.0) -> float:
-    """Wait until the processes ``pids`` use under 5 % of a CPU (over 0.5 s); seconds waited.
+@dataclass
+class Idle:
+    """The outcome of a wait for idle servers."""
+
+    seconds: float                                 # waited
+    busy: List[int] = field(default_factory=list)  # pids still busy when the wait gave up
+
+
+def wait_until_idle(pids: Sequence[int], limit: float = 180.0) -> Idle:
+    """Wait until the processes ``pids`` use under 5 % of a CPU (over 0.5 s), at most ``limit`` s.
 
     A server that wrk left with queued requests (plain Orthanc computing
     5.6 MB answers for 64 connections) keeps computing them after the run:
-    the next run, on another server, would share the CPUs with it.
+    the next run, on another server, would share the CPUs with it.  wrk
+    leaves at most one request per connection, but on Orthanc 1.13 plain
+    Orthanc takes as long for them as for as many in a row (seconds each for
+    a large study):
+    the wait gives up after ``limit`` seconds and says which processes were
+    still busy then.
     """
     began = time.monotonic()
-    while time.monotonic() - began < limit:
-        before = sum(_process_seconds(pid) for pid in pids)
+    while True:
+        before = {pid: _process_seconds(pid) for pid in pids}
         time.sleep(0.5)
-        if sum(_process_seconds(pid) for pid in pids) - before < 0.025:
-            break
-    return time.monotonic() - began
+        used = {pid: _process_seconds(pid) - seconds for pid, seconds in before.items()}
+        waited = time.monotonic() - began
+        if sum(used.values()) < 0.025:
+            return Idle(waited)
+        if waited >= limit:
+            busy = sorted(used, key=lambda pid: -used[pid])
+            return Idle(waited, [pid for pid in busy if used[pid] >= 0.0125] or busy[:1])
 
 
 class Wrk:
@@ -407,11 +435,29 @@ class Wrk:
         self.log = out / log_name
         self.log.write_text("")
         self._count = 0
-        #: Processes (the servers) that must be idle before a run starts.
+        #: Processes (the servers) that must be idle before a run starts, and their names.
         self.quiet_pids: List[int] = []
+        self.names: Dict[int, str] = {}
+        #: Longest wait for them (seconds), and the total waited so far.
+        self.idle_timeout = Plan.idle_timeout
+        self.idle_waited = 0.0
+
+    def wait_idle(self, label: str) -> Idle:
+        """Wait for the servers to be idle (at most ``idle_timeout``); say so when it took long."""
+        idle = wait_until_idle(self.quiet_pids, self.idle_timeout)
+        self.idle_waited += idle.seconds
+        if idle.busy:
+            _log("%s: %s still busy after %.0f s (work left by an earlier run): "
+                 "measuring anyway, row marked ‡ (--idle-timeout)" % (
+                     label, ", ".join(self.names.get(pid, str(pid)) for pid in idle.busy),
+                     idle.seconds))
+        elif idle.seconds >= 10:
+            _log("%s: waited %.0f s for idle servers" % (label, idle.seconds))
+        return idle
 
     def run(self, server: Any, targets: Sequence[Tuple[str, str]], connections: int, duration: int,
-            label: str, wait_idle: bool = True) -> Load:
+            label: str, idle: Optional[Idle] = None) -> Load:
+        """One wrk run; first waits for idle servers unless ``idle`` tells it was done."""
         port = server.port
         self._count += 1
         target_file = self.out / "targets" / ("%03d.txt" % self._count)
@@ -420,14 +466,17 @@ class Wrk:
         command = ["wrk", "-t%d" % min(2, connections), "-c%d" % connections, "-d%ds" % duration,
                    "--timeout", "60s", "--latency", "-s", str(WRK_LUA),
                    "http://127.0.0.1:%d/" % port]
-        waited = wait_until_idle(self.quiet_pids) if wait_idle else 0.0
+        if idle is None:
+            idle = self.wait_idle(label)
         watch = CpuWatch(server.pid)
         result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120,
                                 env=dict(os.environ, BENCH_TARGETS=str(target_file)))
         foreign = watch.foreign()
         with self.log.open("a") as log:
-            log.write("### %s (servers idle after %.1f s)\n$ BENCH_TARGETS=%s %s\n%s%s\n" % (
-                label, waited, target_file, " ".join(command), result.stdout, result.stderr))
+            log.write("### %s (servers %s after %.1f s)\n$ BENCH_TARGETS=%s %s\n%s%s\n" % (
+                label, "idle" if not idle.busy else "still busy (%s)" % ", ".join(
+                    self.names.get(pid, str(pid)) for pid in idle.busy),
+                idle.seconds, target_file, " ".join(command), result.stdout, result.stderr))
         line = next((line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON ")),
                     None)
         if result.returncode != 0 or line is None:
@@ -436,7 +485,9 @@ class Wrk:
         errors = sum(data["errors"].values())
         seconds = data["duration_us"] / 1e6
         return Load(data["requests"] / seconds, data["latency_us"]["p50"] / 1000,
-                    data["latency_us"]["p99"] / 1000, data["requests"], errors, foreign_cpu=foreign)
+                    data["latency_us"]["p99"] / 1000, data["requests"], errors, foreign_cpu=foreign,
+                    idle_wait_s=round(idle.seconds, 1),
+                    busy_at_start=[self.names.get(pid, str(pid)) for pid in idle.busy])
 
 
 # -- the benchmark ------------------------------------------------------------------
@@ -464,6 +515,7 @@ class Bench:
         self.do_profile = profile
         self.results = Results(plan=dict(plan.__dict__))
         self.wrk = Wrk(out, wrk_log)
+        self.wrk.idle_timeout = plan.idle_timeout
         self.servers: Dict[str, Any] = {}
         self.clients: Dict[str, Client] = {}
         self.cache_dirs: Dict[str, Path] = {}
@@ -524,6 +576,7 @@ class Bench:
         self.servers["floor"].wait_for_log("benchmark floor:")
         self.clients = {name: Client(server.port) for name, server in self.servers.items()}
         self.wrk.quiet_pids = [server.pid for server in self.servers.values()]
+        self.wrk.names = {server.pid: name for name, server in self.servers.items()}
         system = json.loads(self.clients["plain"].get("/system")[2])
         self.results.environment = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -619,7 +672,8 @@ class Bench:
                "scenario": "hit shared-tags, %d instances, beside misses on %d"
                            % (self.size_of("small"), self.size_of(miss_study))}
         for name in SERVERS:
-            wait_until_idle(self.wrk.quiet_pids)
+            label = "%s: %s" % (row["scenario"], name)
+            idle = self.wrk.wait_idle(label)  # before the misses begin
             stop = threading.Event()
             misses = [0]
 
@@ -634,9 +688,11 @@ class Bench:
                                       args=(self.servers[name].port, name, stop, misses))
             asking.start()
             load = self.wrk.run(self.servers[name], [(hit_url, "")], connections, plan.duration,
-                                "%s: %s" % (row["scenario"], name), wait_idle=False)
+                                label, idle=idle)
             stop.set()
             asking.join(120)
+            if asking.is_alive():
+                _log("%s: a miss still running 120 s after the hits ended" % label)
             row[name] = dict(load.as_dict(), misses=misses[0])
         self._record(row)
 
@@ -896,8 +952,11 @@ def markdown(results: Results) -> str:
             + " (sources digest %s)" % env.get("plugin_digest"),
             env.get("wrk"), plan["duration"]),
         "",
-        "Run time %s s; other processes used at least %.0f %% of the CPUs meanwhile." % (
-            env.get("seconds"), 100 * env.get("foreign_cpu", 0)),
+        "Run time %s s%s; other processes used at least %.0f %% of the CPUs meanwhile." % (
+            env.get("seconds"),
+            " (%.0f s of it waiting for idle servers before wrk runs, at most %g s each)" % (
+                env["idle_wait_s"], plan.get("idle_timeout", 180)) if "idle_wait_s" in env
+            else "", 100 * env.get("foreign_cpu", 0)),
         "",
         "## Throughput (wrk)",
         "",
@@ -908,11 +967,13 @@ def markdown(results: Results) -> str:
         "| plain p50 / p99 | plugin p50 / p99 | floor p50 / p99 |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    noisy = False
+    noisy = busy = False
     for row in results.loads:
         mark = ""
         if max(row[name].get("foreign_cpu", 0) for name in SERVERS) > NOISY:
             mark, noisy = " †", True
+        if any(row[name].get("busy_at_start") for name in SERVERS):
+            mark, busy = mark + " ‡", True
         lines.append("| %s%s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["scenario"], mark, row["connections"], _rps(row["plain"]), _rps(row["plugin"]),
             _rps(row["floor"]), _ratio(row["plugin"]["rps"], row["plain"]["rps"]),
@@ -928,6 +989,12 @@ def markdown(results: Results) -> str:
         lines += ["", "† other processes used more than %d %% of the CPUs during one of the row's "
                   "runs (see `foreign_cpu` in results.json, an estimate that errs low)."
                   % (100 * NOISY)]
+    if busy:
+        lines += ["", "‡ one of the row's runs began while a server was still busy with the "
+                  "requests an earlier run left queued, the wait for idle servers having given up "
+                  "after %g s (`--idle-timeout`; `busy_at_start` and `idle_wait_s` in "
+                  "results.json): that run shared the CPUs with it."
+                  % plan.get("idle_timeout", 180)]
     lines += ["",
               "Revalidation rows send `If-None-Match` with the ETag of one earlier GET of the same "
               "server (plain Orthanc sends no ETag, so it gets the plugin's, and answers 200).", ""]
@@ -1166,6 +1233,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="measure only hits beside misses (2 small studies, a big study "
                              "of --big instances): for comparing settings such as AllowThreads")
     parser.add_argument("--big", type=int, help="instances of the big study (default 1000)")
+    parser.add_argument("--idle-timeout", type=float,
+                        help="longest wait, in seconds, for idle servers before each wrk run "
+                             "(default 180): servers still busy then are named, and the row "
+                             "marked")
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: write the table and chart again from "
                              "--out/results.json")
@@ -1191,6 +1262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan.duration = args.duration
     if args.big:
         plan.big = args.big
+    if args.idle_timeout is not None:
+        plan.idle_timeout = args.idle_timeout
     if args.only_mixed:
         plan.spec_studies, plan.ingest_rounds = 2, 0
     out = args.out.resolve()
@@ -1217,6 +1290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bench.ingest(ingest)
         bench.memory()
         bench.results.environment["foreign_cpu"] = watch.foreign()
+        bench.results.environment["idle_wait_s"] = round(bench.wrk.idle_waited)
     except BaseException:
         (out / "results-partial.json").write_text(json.dumps(bench.results.__dict__, indent=2))
         raise
