@@ -1223,9 +1223,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plugin-path", type=Path, default=REPO,
                         help="folder holding the orthanc_cache_plugin package to measure "
                              "(default: this working tree), e.g. a variant to compare")
-    parser.add_argument("--stack", choices=("sid", "bookworm", "host"), default="sid",
+    parser.add_argument("--stack", choices=("sid", "bookworm", "trixie", "host"), default="sid",
                         help="the Orthanc to measure: a root of scripts/stack.sh (sid: Orthanc "
-                             "1.13.0, plugin 7.1; bookworm: 1.10.1, plugin 4.0) or the host's")
+                             "1.13.0, plugin 7.1; bookworm: 1.10.1, plugin 4.0; trixie: 1.12.7, "
+                             "plugin 5.0) or the host's")
     parser.add_argument("--allow-threads", action="store_true",
                         help='run every Orthanc with "Python": {"AllowThreads": true} '
                              '(plugin 4.3+)')
