@@ -202,7 +202,13 @@ class ChangeWatch:
         now = _utcnow()
         if change_type == orthanc.ChangeType.DELETED:
             deletion = self._deletion_of(resource_id)
-            if deletion is None:  # not announced (Lua, a job, recycling): reach unknown
+            kind = _LEVELS.get(level)
+            if deletion is None and kind is not None and _describe(kind, resource_id):
+                # It exists again: an overwrite (OverwriteInstances) deletes the instance,
+                # and the parents it empties, and stores it anew in one transaction.  What
+                # changed is the resource and its ancestors, as for a metadata write.
+                self._advance_resource(kind, resource_id, now)
+            elif deletion is None:  # not announced (Lua, a job, recycling): reach unknown
                 self.generations.advance_all(now)
             else:
                 deleted_id, ancestors = deletion
