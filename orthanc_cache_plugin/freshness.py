@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import lru_cache
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from .routes import Level
 from .validators import parse_orthanc_timestamp
@@ -174,6 +174,53 @@ class Generations:
             # The touches are older than the new base: dropping them changes no
             # settling, and the new base outdates what they did.
             self.base, self._touched = base, {}
+
+
+class AnnouncedDeletions:
+    """Deletions announced by the incoming-request filter, to tell their DELETED events
+    from those of deletions whose reach is unknown.
+
+    A deletion's events name the deleted resource, each resource below it and each
+    ancestor it left empty (Orthanc deletes those too), in an order that varies:
+    Orthanc 1.13 with PostgreSQL reports the emptied parents *after* the deleted
+    resource.  So a deletion keeps matching events for :attr:`WINDOW` seconds after
+    the deleted resource's own event (the events of one transaction come together).
+    """
+
+    #: Seconds a deletion keeps matching events after the deleted resource's own event.
+    WINDOW = 10.0
+    #: Deletions kept at most (a DELETE that fails is never reported).
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: By the id of the resource deleted: what goes, and the ancestors that may stay.
+        self._pending: Dict[str, Tuple[FrozenSet[str], List[str]]] = {}
+        #: When (a monotonic clock) the deleted resource's own event came.
+        self._reported: Dict[str, float] = {}
+
+    def announce(self, deleted_id: str, gone: Iterable[str], ancestors: List[str]) -> None:
+        with self._lock:
+            if len(self._pending) >= self.LIMIT:
+                self._pending.clear()  # failed DELETEs leave theirs behind
+                self._reported.clear()
+            self._pending[deleted_id] = (frozenset(gone), list(ancestors))
+            self._reported.pop(deleted_id, None)
+
+    def match(self, resource_id: str, now: float) -> Optional[Tuple[str, List[str]]]:
+        """The announced deletion that the DELETED event of ``resource_id``, received at
+        ``now``, is part of, as (deleted id, ancestors); None when none is."""
+        with self._lock:
+            for deleted_id, reported in list(self._reported.items()):
+                if now - reported > self.WINDOW:
+                    del self._reported[deleted_id]
+                    self._pending.pop(deleted_id, None)
+            for deleted_id, (gone, ancestors) in self._pending.items():
+                if resource_id in gone or resource_id in ancestors:
+                    if resource_id == deleted_id:
+                        self._reported.setdefault(deleted_id, now)
+                    return deleted_id, ancestors
+        return None
 
 
 class RememberedUpdates:

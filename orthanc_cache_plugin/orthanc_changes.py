@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import orthanc
 
@@ -17,6 +18,7 @@ from .freshness import (
     GRACE,
     LOGGED_HIDDEN_CHANGES,
     MARKER_METADATA,
+    AnnouncedDeletions,
     Generations,
     Reach,
     RememberedUpdates,
@@ -134,9 +136,6 @@ class ChangeWatch:
     #: Seconds between two reads of /changes (bounds what other nodes miss),
     #: which is also when metrics are published.
     POLL = 0.25
-    #: Announced deletions kept at most (a DELETE that fails is never reported).
-    DELETIONS_LIMIT = 1000
-
     def __init__(self, store: Store, on_tick: Callable[[], None], admin_prefix: str = "",
                  housekeeper: bool = False):
         self._store = store
@@ -147,10 +146,8 @@ class ChangeWatch:
         #: None until every change that moves LastUpdate is sure to be seen.
         self.updates: Optional[RememberedUpdates] = None
         self.lineage = Lineage()
-        #: Deletions announced by the filter: every resource that goes, and the ancestors
-        #: that may stay, by the id of the resource deleted.
-        self._deletions: Dict[str, Tuple[FrozenSet[str], List[str]]] = {}
-        self._lock = threading.Lock()
+        #: Deletions announced by the filter, to recognize their DELETED events.
+        self._deletions = AnnouncedDeletions()
         #: Whether other nodes may share Orthanc's index, and so need deletions logged
         #: in /changes: only with a database backend plugin (see start()).
         self.index_shared = True
@@ -199,19 +196,22 @@ class ChangeWatch:
             below = self.lineage.descendants(effect.level, effect.resource_id)
             touched += below
             if effect.reach is Reach.DELETION:
-                with self._lock:
-                    if len(self._deletions) >= self.DELETIONS_LIMIT:
-                        self._deletions.clear()  # failed DELETEs leave theirs behind
-                    self._deletions[effect.resource_id] = (
-                        frozenset([effect.resource_id] + below), ancestors)
+                self._deletions.announce(effect.resource_id, [effect.resource_id] + below,
+                                         ancestors)
         return touched
 
     def after_change(self, change_type: int, level: int, resource_id: str) -> None:
         """A change that LastUpdate does not show has happened (a change event)."""
         now = _utcnow()
         if change_type == orthanc.ChangeType.DELETED:
-            deletion = self._deletion_of(resource_id)
-            if deletion is None:  # not announced (Lua, a job, recycling): reach unknown
+            deletion = self._deletions.match(resource_id, time.monotonic())
+            kind = _LEVELS.get(level)
+            if deletion is None and kind is not None and _describe(kind, resource_id):
+                # It exists again: an overwrite (OverwriteInstances) deletes the instance,
+                # and the parents it empties, and stores it anew in one transaction.  What
+                # changed is the resource and its ancestors, as for a metadata write.
+                self._advance_resource(kind, resource_id, now)
+            elif deletion is None:  # not announced (Lua, a job, recycling): reach unknown
                 self.generations.advance_all(now)
             else:
                 deleted_id, ancestors = deletion
@@ -221,18 +221,6 @@ class ChangeWatch:
         else:  # metadata or attachment of an existing resource
             self._advance_resource(_LEVELS.get(level), resource_id, now)
         self._save()
-
-    def _deletion_of(self, resource_id: str) -> Optional[Tuple[str, List[str]]]:
-        """The announced deletion ``resource_id`` is part of, as (deleted id, ancestors):
-        one of the resources below, or an ancestor left empty by it (Orthanc deletes it
-        too)."""
-        with self._lock:
-            for deleted_id, (gone, ancestors) in self._deletions.items():
-                if resource_id in gone or resource_id in ancestors:
-                    if resource_id == deleted_id:  # Orthanc reports the resource deleted last
-                        del self._deletions[deleted_id]
-                    return deleted_id, ancestors
-        return None
 
     def _advance_resource(self, level: Optional[Level], resource_id: str, now: datetime) -> None:
         if level is None:

@@ -140,11 +140,12 @@ def test_metadata_and_attachments_refresh_at_once(cached_orthanc) -> None:
 
 
 def test_writes_elsewhere_change_no_answer_and_no_etag(cached_orthanc) -> None:
-    """Writes that touch other studies, and writes that change no cached answer (network
-    operations, finds, labels), leave a study's stored answers and ETags as they were;
-    a write on the other study changes that study's ETags at once."""
+    """Writes that touch other studies (an overwrite too), and writes that change no cached
+    answer (network operations, finds, labels), leave a study's stored answers and ETags as
+    they were; a write on the other study changes that study's ETags at once."""
     nowhere = ["NOWHERE", "127.0.0.1", free_port()]  # nobody listens: echo and query fail
-    server = cached_orthanc(config={"DicomModalities": {"nowhere": nowhere}})
+    server = cached_orthanc(config={"DicomModalities": {"nowhere": nowhere},
+                                    "OverwriteInstances": True})
     read = upload(server, "untouched")[0]
     other = upload(server, "touched")
     paths = parent_routes(read["ParentStudy"], read["ParentSeries"], read["ParentPatient"])
@@ -157,6 +158,9 @@ def test_writes_elsewhere_change_no_answer_and_no_etag(cached_orthanc) -> None:
         ("PUT", "/instances/%s/metadata/1024" % other[0]["ID"], {"data": b"x"}, True),
         ("PUT", "/studies/%s/attachments/1030" % other[0]["ParentStudy"], {"data": b"y"}, True),
         ("DELETE", "/instances/%s" % other[1]["ID"], {}, True),
+        # Its DELETED event, which no request announced, once made every ETag change.
+        ("POST", "/instances", {"data": make_instance(
+            "PAT-touched", seed="touched", series_description="Overwritten")}, True),
         ("POST", "/modalities/nowhere/echo", {"data": b"{}"}, False),
         ("POST", "/modalities/nowhere/query", {"json": {"Level": "Study", "Query": {}}}, False),
         ("POST", "/tools/find", {"json": {"Level": "Study", "Query": {}}}, False),
@@ -165,6 +169,7 @@ def test_writes_elsewhere_change_no_answer_and_no_etag(cached_orthanc) -> None:
         writes.append(("PUT", "/studies/%s/labels/reviewed" % read["ParentStudy"], {}, False))
     for method, path, body, touches_other in writes:
         server.request(method, path, **body)
+        time.sleep(1)  # the change events of the write have been handled
         for checked, old in before.items():
             if checked == other_path and touches_other:
                 assert get(server, checked).headers["ETag"] != old.headers["ETag"], path

@@ -11,6 +11,11 @@ too; ``StableAge`` 1, so warm-up runs meanwhile), both holding the same data:
 * writes and deletions of user-defined metadata and attachments at every level;
 * overwrites of instances (same SOPInstanceUID, other tags and pixels) and
   re-creations of deleted instances with other content;
+* ``POST /{level}/{id}/reconstruct`` (sometimes with ``ReconstructFiles``), which
+  touches the resource, everything below it and its ancestors (Orthanc 1.11+);
+* writes that touch no cached answer: labels set and removed (Orthanc 1.12+, when
+  ``/system`` says ``HasLabels``), C-ECHOs and queries to a configured modality where
+  nobody listens (they fail, alike on both servers);
 * reads of every cached route, on existing and recently deleted resources,
   plain or with ``If-None-Match`` / ``If-Modified-Since`` from an earlier 200
   of the plugin for the same URL.
@@ -21,10 +26,16 @@ answers are served, and 304s given, before the next writes.
 
 Every plugin answer must be plain Orthanc's current answer (status,
 Content-Type, body; see ``support/oracle.py``), and a 304 is only right when
-plain Orthanc still answers what the client got with those validators.  A
-failure shows the seed, the step, the writes since the client's copy, a diff
-and the last operations.  The model lives in ``support/model.py``; it also
-drives several plugin nodes sharing one database:
+plain Orthanc still answers what the client got with those validators.  And
+the ETag of an answer taken while its resource had settled (no write touching
+it, as docs/freshness.md's table says, for ``FreshnessRun.TOUCH_SETTLE`` s, no
+new instance in it for ``UPLOAD_SETTLE`` s) must be the ETag of the latest such
+answer of the same URL, Accept and node unless a write touched the resource in
+between: writes elsewhere, and unrelated ones, change no ETag ("changed etag";
+the summary counts the "etag checks").  A failure shows the seed, the step,
+the writes since the client's copy, a diff and the last operations.  The model
+lives in ``support/model.py``; it also drives several plugin nodes sharing one
+database:
 ``FreshnessRun(seed, plain, [node_a, node_b], instance_reads=CLUSTER_INSTANCE_READS)``.
 
 Environment:

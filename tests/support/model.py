@@ -21,7 +21,11 @@ Violations:
   current answer;
 * **wrong 304**: a 304 while plain Orthanc's current answer differs from the
   body of the plugin's earlier 200 whose ``ETag`` or ``Last-Modified`` the
-  client sent in ``If-None-Match`` or ``If-Modified-Since`` (what it holds).
+  client sent in ``If-None-Match`` or ``If-Modified-Since`` (what it holds);
+* **changed etag**: a settled answer's ETag (200 or 304) differs from the one
+  of the latest settled answer of the same read on the same node although no
+  write touched the resource in between (``writes_on``: writes on it, on an
+  ancestor for the writes that reach below, on anything below it).
 
 Each violation names the writes that changed the resource since the answer
 the client saw, and the last operations before it.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
+import json
 import random
 import re
 import time
@@ -43,11 +48,15 @@ import requests
 from orthanc_cache_plugin.routes import Level, match
 from support.dicom_factory import make_instance, make_pdf_instance, make_uid, minimal_pdf
 from support.oracle import Exchange, attachment_names, exchange
-from support.orthanc_server import OrthancServer
+from support.orthanc_server import OrthancServer, free_port
 
 #: User-defined metadata and attachment names that the operations write.
 USER_METADATA = ("Sample", "Other")
 ATTACHMENT = "Note"
+#: Labels that the operations set and remove (Orthanc 1.12 and later).
+LABELS = ("reviewed", "model")
+#: A configured modality where nobody listens: C-ECHOs and queries to it fail.
+MODALITY = "nowhere"
 
 #: Orthanc configuration needed by the operations, on the plain and the plugin servers alike.
 #: ``StableAge`` makes the plugin's warm-up run during the sequence.
@@ -56,6 +65,7 @@ SERVER_CONFIG: Dict[str, Any] = {
     "UserContentType": {ATTACHMENT: [1030, "text/plain"]},
     "OverwriteInstances": True,
     "StableAge": 1,
+    "DicomModalities": {MODALITY: ["NOWHERE", "127.0.0.1", free_port()]},
 }
 
 _CHAIN = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE)
@@ -260,6 +270,16 @@ def unordered_zip(answer: Exchange) -> Exchange:
 
 
 @dataclass(frozen=True)
+class SeenETag:
+    """The ETag of a plugin answer taken while its resource had settled."""
+
+    step: int
+    event: int
+    etag: str
+    touches: int  # how many writes had touched the resource then (FreshnessRun.writes_on)
+
+
+@dataclass(frozen=True)
 class Served:
     """A 200 the plugin gave: what a client holds with its validators."""
 
@@ -351,6 +371,11 @@ class Report:
     outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     warm_ups: int = 0
     warmed_answers: int = 0
+    #: ETags of answers taken while their resource had settled, and how many of them were
+    #: compared with the ETag of an earlier settled answer (same URL, Accept and node, no
+    #: write touching the resource in between).
+    settled_etags: int = 0
+    etag_checks: int = 0
     violations: List[Violation] = field(default_factory=list)
 
     def count(self, kind: str) -> int:
@@ -372,9 +397,11 @@ class Report:
             "  warm-up: %d resources, %d answers stored" % (self.warm_ups, self.warmed_answers),
             "  routes read: %s" % ", ".join(
                 "%s %d" % item for item in sorted(self.routes_read.items())),
+            "  etag checks: %d (of %d settled answers), changed: %d" % (
+                self.etag_checks, self.settled_etags, self.count("changed etag")),
             "  stale bodies: %d, wrong 304s: %d%s" % (
                 self.count("stale body"), self.count("wrong 304"),
-                "" if not by_route else " (by route: %s)" % ", ".join(
+                "" if not by_route else " (violations by route: %s)" % ", ".join(
                     "%s %d" % item for item in sorted(by_route.items()))),
         ])
 
@@ -410,6 +437,13 @@ class FreshnessRun:
         "delete metadata": 3,
         "put attachment": 6,
         "delete attachment": 3,
+        # Writes that touch no cached answer (docs/freshness.md), on Orthancs that have them.
+        "put label": 2,
+        "delete label": 1,
+        "echo": 2,
+        "query": 2,
+        # Touches the resource, everything below it and its ancestors (Orthanc 1.11+).
+        "reconstruct": 2,
     }
     #: Chance that a write is framed by reads of a resource it affects, just before and
     #: just after it (same second, no sleep), the second one conditional on the first.
@@ -429,6 +463,12 @@ class FreshnessRun:
     #: the next writes test their invalidation.
     QUIET_EVERY = 120
     QUIET_SECONDS = 15.0
+    #: Seconds after the end of a write until the resources it touched have settled, as far
+    #: as the ETag check is concerned: GRACE + SETTLE (5 s) for a write the plugin sees
+    #: announced or in a change event (another node: within 1 s, SETTLE after), SETTLE
+    #: (3 s) after a new instance; plus a margin.
+    TOUCH_SETTLE = 6.0
+    UPLOAD_SETTLE = 4.0
 
     def __init__(self, seed: str, reference: OrthancServer, targets: Sequence[OrthancServer],
                  keep_going: bool = False, instance_reads: ReadTable = INSTANCE_READS,
@@ -462,6 +502,14 @@ class FreshnessRun:
             collections.defaultdict(list)
         #: Writes per resource id (on it or below it): (step, event, description).
         self.writes_on: Dict[str, List[Tuple[int, int, str]]] = collections.defaultdict(list)
+        #: Every write: (step, event, description).
+        self.write_log: List[Tuple[int, int, str]] = []
+        #: When (time.monotonic()) each resource touched has settled again.
+        self._settled_from: Dict[str, float] = {}
+        self._touched_now: Dict[str, float] = {}  # by the write in progress: id → seconds
+        self._started = 0.0  # time.monotonic() at the start of the run
+        #: The latest settled ETag per (read, node).
+        self.etags: Dict[Tuple[Read, str], SeenETag] = {}
         self._event = 0  # numbers every read and write, in order
         self._writing = ""  # description of the write in progress
         self.recent: Dict[Read, None] = {}  # an ordered set, oldest first
@@ -481,7 +529,15 @@ class FreshnessRun:
             "delete metadata": self._delete_metadata,
             "put attachment": self._put_attachment,
             "delete attachment": self._delete_attachment,
+            "put label": lambda: self._label("PUT"),
+            "delete label": lambda: self._label("DELETE"),
+            "echo": lambda: self._network("echo", {}),
+            "query": lambda: self._network("query", {"Level": "Study",
+                                                     "Query": {"PatientID": "PAT-*"}}),
+            "reconstruct": self._reconstruct,
         }
+        #: Writes that the servers' Orthanc lacks (see _unsupported_writes()).
+        self.unsupported: Set[str] = set()
 
     # -- driving ---------------------------------------------------------------
 
@@ -490,6 +546,8 @@ class FreshnessRun:
         self.report.asked = operations
         for target in self.targets:
             target.wait_for_log(r"cache plugin: version \S+ active")
+        self.unsupported = self._unsupported_writes()
+        self._started = time.monotonic()
         for self.step in range(operations):
             self._operate(self._choose_operation())
             self.report.operations += 1
@@ -506,7 +564,8 @@ class FreshnessRun:
         feasible = {name: weight for name, weight in self.WEIGHTS.items()
                     if (name != "read deleted" or self.deleted)
                     and (name != "read again" or self.recent)
-                    and (name != "re-create deleted instance" or self.graveyard)}
+                    and (name != "re-create deleted instance" or self.graveyard)
+                    and name not in self.unsupported}
         return self.rng.choices(list(feasible), list(feasible.values()))[0]
 
     def _operate(self, name: str) -> None:
@@ -532,6 +591,19 @@ class FreshnessRun:
             self.report.writes[name] += 1
             self._writes[name]()
 
+    def _unsupported_writes(self) -> Set[str]:
+        """The operations that some server's Orthanc does not have: labels before 1.12
+        (or with a database plugin without them), reconstructions before 1.11."""
+        unsupported = set()
+        for server in [self.reference] + self.targets:
+            system = server.get("/system").json()
+            if system.get("ApiVersion", 0) < 20 or not system.get("HasLabels", False):
+                unsupported.update(("put label", "delete label"))
+            version = re.findall(r"\d+", str(system.get("Version", "")))
+            if len(version) >= 2 and (int(version[0]), int(version[1])) < (1, 11):
+                unsupported.add("reconstruct")
+        return unsupported
+
     def _choose_read(self, level: Level, resource_id: str) -> Read:
         return choose_read(self.rng, level, resource_id, self.instance_reads)
 
@@ -541,10 +613,14 @@ class FreshnessRun:
         self.log.append("step %d: %s" % (self.step, text))
         return self._event
 
-    def _touch(self, resource_ids: Sequence[str]) -> None:
-        """Record that the write in progress changes these resources."""
+    def _touch(self, resource_ids: Sequence[str], settle: Optional[float] = None) -> None:
+        """Record that the write in progress changes these resources (touches them, as
+        docs/freshness.md says): their answers and ETags may change, and they settle
+        ``settle`` seconds (default TOUCH_SETTLE) after the end of the write."""
+        seconds = self.TOUCH_SETTLE if settle is None else settle
         for resource_id in resource_ids:
             self.writes_on[resource_id].append((self.step, self._event, self._writing))
+            self._touched_now[resource_id] = max(seconds, self._touched_now.get(resource_id, 0))
 
     def _node(self) -> Tuple[str, OrthancServer]:
         index = self._node_rng.randrange(len(self.targets))
@@ -559,9 +635,16 @@ class FreshnessRun:
             node = self.rng.choice(list(affected))
             probe = self._choose_read(node.level, node.id)
             self._check(probe, conditional=False)
-        self._note(description)
+        self.write_log.append((self.step, self._note(description), description))
         self._writing = description
-        write()
+        try:
+            write()
+        finally:
+            done = time.monotonic()
+            for resource_id, seconds in self._touched_now.items():
+                self._settled_from[resource_id] = max(
+                    done + seconds, self._settled_from.get(resource_id, 0.0))
+            self._touched_now = {}
         if probe is not None:
             self._check(probe, conditional=self.rng.random() < 0.5)
 
@@ -586,8 +669,10 @@ class FreshnessRun:
         if ids[0] != ids[1]:
             raise ModelDiverged("same file, other ids: plain %s, node %s %s"
                                 % (ids[0], name, ids[1]))
+        # An overwrite's DELETED event touches the instance and its ancestors a moment later.
+        overwrite = answers[0]["ID"] in self.tree.nodes
         self.tree.add(answers[0])
-        self._touch(ids[0])
+        self._touch(ids[0], settle=self.TOUCH_SETTLE if overwrite else self.UPLOAD_SETTLE)
         self.series_recipes[answers[0]["ParentSeries"]] = series
         self.instance_recipes[answers[0]["ID"]] = (answers[0]["ParentSeries"], instance)
         self.graveyard.pop(answers[0]["ID"], None)
@@ -690,7 +775,7 @@ class FreshnessRun:
         path = "/%s/%s%s" % (level.value, resource, suffix)
 
         def write() -> None:
-            self._touch([resource])
+            self._touch([node.id for node in self.tree.lineage(resource)])
             self._send(method, path, data)
 
         description = "%s %s" % (method, path) + ("" if data is None else " %r" % data)
@@ -708,6 +793,39 @@ class FreshnessRun:
 
     def _delete_attachment(self) -> None:
         self._change("DELETE", "/attachments/" + ATTACHMENT)
+
+    def _label(self, method: str) -> None:
+        """A label set or removed on a random resource: it touches no cached answer."""
+        level = self.rng.choice(_CHAIN)
+        resource = self.rng.choice(self.tree.ids(level))
+        path = "/%s/%s/labels/%s" % (level.value, resource, self.rng.choice(LABELS))
+        self._framed([self.tree.nodes[resource]], "%s %s" % (method, path),
+                     lambda: self._send(method, path, b""))
+
+    def _network(self, operation: str, body: Dict[str, Any]) -> None:
+        """A C-ECHO or a query to a modality where nobody listens (it fails): it touches
+        no cached answer; framed by reads of a random resource."""
+        level = self.rng.choice(_CHAIN)
+        node = self.tree.nodes[self.rng.choice(self.tree.ids(level))]
+        path = "/modalities/%s/%s" % (MODALITY, operation)
+        data = json.dumps(body).encode("utf-8")
+        self._framed([node], "POST %s %s" % (path, data.decode("utf-8")),
+                     lambda: self._send("POST", path, data))
+
+    def _reconstruct(self) -> None:
+        """``POST /{level}/{id}/reconstruct``: touches the resource, its subtree and its
+        ancestors; sometimes rewriting the files too (``ReconstructFiles``)."""
+        level = self.rng.choice(_CHAIN)
+        resource = self.rng.choice(self.tree.ids(level))
+        path = "/%s/%s/reconstruct" % (level.value, resource)
+        data = b'{"ReconstructFiles": true}' if self.rng.random() < 0.3 else b"{}"
+        affected = self.tree.lineage(resource)
+
+        def write() -> None:
+            self._touch([node.id for node in affected + self.tree.subtree(resource)[1:]])
+            self._send("POST", path, data)
+
+        self._framed(affected, "POST %s %s" % (path, data.decode("utf-8")), write)
 
     def _series_recipe_below(self, resource_id: str) -> SeriesRecipe:
         instance = self.tree.any_instance_below(resource_id)
@@ -755,6 +873,7 @@ class FreshnessRun:
         headers = dict(_BASE_HEADERS)
         if read.accept is not None:
             headers["Accept"] = read.accept
+        requested = time.monotonic()
         response = target.get(read.path, headers=dict(headers, **sent), allow_redirects=False)
         expected = self.reference.get(read.path, headers=headers, allow_redirects=False)
         plain = self._comparable(self.reference, read, expected)
@@ -772,6 +891,8 @@ class FreshnessRun:
         if not history or history[-1][2] != plain:
             history.append((self.step, event, plain))
 
+        if response.status_code in (200, 304) and "ETag" in response.headers:
+            self._check_etag(name, target, read, response, requested, event)
         if response.status_code == 304:
             self.report.not_modified += 1
             if held is None:
@@ -801,6 +922,47 @@ class FreshnessRun:
             self.served[read].append(Served(self.step, event, response.headers["ETag"],
                                             response.headers.get("Last-Modified"), actual,
                                             fresh=actual == plain))
+
+    def _check_etag(self, name: str, target: OrthancServer, read: Read,
+                    response: requests.Response, requested: float, event: int) -> None:
+        """The ETag of an answer taken while its resource had settled is the one of the
+        latest such answer, unless a write touched the resource in between."""
+        resource = read.path.split("/")[2]
+        settled_from = max(self._settled_from.get(resource, 0.0),
+                           self._started + self.TOUCH_SETTLE)
+        if requested < settled_from:
+            return
+        self.report.settled_etags += 1
+        etag = response.headers["ETag"]
+        touches = len(self.writes_on[resource])
+        earlier = self.etags.get((read, name))
+        self.etags[(read, name)] = SeenETag(self.step, event, etag, touches)
+        if earlier is None or earlier.touches != touches:
+            return
+        self.report.etag_checks += 1
+        if etag == earlier.etag:
+            return
+        between = [(step, description) for step, at, description in self.write_log
+                   if earlier.event < at < event]
+        touched = self.writes_on[resource][-1:]
+        uri = read.path.split("?")[0]
+        decisions = re.findall(r"[^\n]*cache plugin: [A-Z-]+ GET %s: [^\n]*" % re.escape(uri),
+                               target.log_text())
+        diagnosis = (
+            "the ETag of this settled answer was %s at step %d (settled too), and no write "
+            "touched the resource since%s; %d writes elsewhere in between: %s; the node's "
+            "latest decisions for %s:\n      %s" % (
+                earlier.etag, earlier.step, "" if not touched else
+                " (its last one: step %d: %s)" % (touched[0][0], touched[0][2]),
+                len(between), "; ".join("step %d: %s" % write for write in between[-8:])
+                or "none", uri, "\n      ".join(decisions[-4:])))
+        plain = self._comparable(self.reference, read, self.reference.get(
+            read.path, headers=dict(_BASE_HEADERS, **({} if read.accept is None
+                                                      else {"Accept": read.accept}))))
+        plugin = None if response.status_code == 304 else \
+            self._comparable(target, read, response)
+        self._violation("changed etag", name, read, {}, plugin, plain, None,
+                        "ETag %s: %s" % (etag, diagnosis))
 
     def _writes_since(self, read: Read, event: int) -> str:
         """The writes that changed the read's resource after ``event``."""

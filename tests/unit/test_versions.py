@@ -9,6 +9,7 @@ import pytest
 from orthanc_cache_plugin.freshness import (
     GRACE,
     SETTLE,
+    AnnouncedDeletions,
     Generations,
     Reach,
     RememberedUpdates,
@@ -202,3 +203,30 @@ def test_a_hold_keeps_versions_unsettled_without_outdating_them() -> None:
     generations.hold(NOW + GRACE)
     assert generations.held(NOW) and not generations.held(NOW + GRACE)
     assert generations.of("a") == before
+
+
+def test_an_announced_deletion_matches_the_events_of_the_parents_it_empties_in_any_order() \
+        -> None:
+    """Orthanc 1.13 with PostgreSQL reports an emptied series after the deleted instance:
+    that event too belongs to the announced deletion (before, it replaced the base and
+    changed every ETag of the node)."""
+    for order in (["instance", "series"], ["series", "instance"]):
+        deletions = AnnouncedDeletions()
+        deletions.announce("instance", ["instance"], ["series", "study", "patient"])
+        for resource in order:
+            assert deletions.match(resource, 100.0) == ("instance", ["series", "study",
+                                                                     "patient"])
+        assert deletions.match("other", 100.0) is None
+
+
+def test_an_announced_deletion_stops_matching_a_while_after_its_own_event() -> None:
+    deletions = AnnouncedDeletions()
+    deletions.announce("series", ["series", "instance"], ["study"])
+    assert deletions.match("instance", 100.0) is not None
+    assert deletions.match("instance", 100.0 + 3 * AnnouncedDeletions.WINDOW) is not None
+    assert deletions.match("series", 200.0) is not None  # its own event: the window starts
+    assert deletions.match("study", 200.0 + AnnouncedDeletions.WINDOW) is not None
+    assert deletions.match("study", 200.1 + AnnouncedDeletions.WINDOW) is None
+    # Deleted again (re-created meanwhile): announced anew.
+    deletions.announce("series", ["series"], ["study"])
+    assert deletions.match("study", 300.0) == ("series", ["study"])
