@@ -36,6 +36,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -244,11 +245,27 @@ class RememberedUpdates:
     #: Resources remembered at most; beyond, everything is forgotten at once.
     LIMIT = 50000
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._values: Dict[Tuple[str, str], str] = {}
         #: Counts calls to forget_all.
         self.epoch = 0
+        self._clock = clock
+        #: Pauses by name, until when (``clock`` seconds).
+        self._paused: Dict[str, float] = {}
+
+    def pause(self, name: str, seconds: float) -> None:
+        """Forget everything and remember nothing until :meth:`resume` of ``name``, or for
+        ``seconds`` at most.  While a deletion runs, a resource below the deleted one
+        read before the deletion commits would be remembered past it."""
+        with self._lock:
+            self._paused[name] = self._clock() + seconds
+            self.epoch += 1
+            self._values.clear()
+
+    def resume(self, name: str) -> None:
+        with self._lock:
+            self._paused.pop(name, None)
 
     def get(self, level: str, resource_id: str) -> Optional[str]:
         """The remembered ``LastUpdate``, or None."""
@@ -260,6 +277,11 @@ class RememberedUpdates:
         with self._lock:
             if epoch != self.epoch:
                 return
+            if self._paused:
+                now = self._clock()
+                self._paused = {name: end for name, end in self._paused.items() if end > now}
+                if self._paused:
+                    return
             if len(self._values) >= self.LIMIT:
                 self._values.clear()
             self._values[(level, resource_id)] = last_update

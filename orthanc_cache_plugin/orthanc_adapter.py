@@ -28,6 +28,7 @@ from .orthanc_changes import (
     ChangeWatch,
     Lineage,
     get as _get,
+    info as _info,
     keep_alive,
     stop_watching_changes,
     warn as _warn,
@@ -42,10 +43,6 @@ from .statistics import Statistics
 from .store import COMPUTED_BY, Store, computed_by
 from .thread_states import keep_thread_state
 from .warmup import WarmUp, warm_requests
-
-
-def _info(message: str) -> None:
-    orthanc.LogInfo(LOG_PREFIX + message)
 
 
 def _reencode(png: bytes, representation: str, arguments: Mapping[str, str],

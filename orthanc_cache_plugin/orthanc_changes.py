@@ -36,6 +36,10 @@ def warn(message: str) -> None:
     orthanc.LogWarning(LOG_PREFIX + message)
 
 
+def info(message: str) -> None:
+    orthanc.LogInfo(LOG_PREFIX + message)
+
+
 def get(uri: str) -> Union[bytes, int]:
     """Orthanc's built-in answer to a GET: the body, or the error code."""
     try:
@@ -136,6 +140,9 @@ class ChangeWatch:
     #: Seconds between two reads of /changes (bounds what other nodes miss),
     #: which is also when metrics are published.
     POLL = 0.25
+    #: Seconds at most that an announced deletion keeps LastUpdates from being remembered
+    #: (until its DELETED event).
+    DELETION_PAUSE = 300.0
     def __init__(self, store: Store, on_tick: Callable[[], None], admin_prefix: str = "",
                  housekeeper: bool = False):
         self._store = store
@@ -180,24 +187,34 @@ class ChangeWatch:
         self.forget_updates()
         if effect.level is None:
             self.generations.announce_all(_utcnow())
+            info("%s: every stored answer outdated" % effect.reason)
         else:
-            self.generations.announce(self._touched_by(effect), _utcnow())
+            touched = self._touched_by(effect)
+            self.generations.announce(touched, _utcnow())
+            info("%s %s (%s): %d resources touched" % (method, uri, effect.reason, len(touched)))
         self._save()
         if effect.reach is Reach.DELETION and effect.level is not None and self.index_shared:
             _log_marker("/%s/%s" % (effect.level.value, effect.resource_id))
 
     def _touched_by(self, effect: WriteEffect) -> List[str]:
-        """The resource, its ancestors and, for a reconstruction or a deletion, its
-        descendants (a deletion's are recorded, for its DELETED events)."""
+        """The resource and its ancestors; for a reconstruction, the resources below too.
+
+        The resources below a deleted one are not touched (their answers become 404):
+        they are recorded, to recognize their DELETED events, and no LastUpdate is
+        remembered until the deletion is reported, so that none read before it
+        commits outlives it.  A deletion of an unknown resource (Orthanc answers
+        404) is neither recorded nor paused."""
         assert effect.level is not None
         ancestors = self.lineage.ancestors(effect.level, effect.resource_id)
         touched = [effect.resource_id] + ancestors
-        if effect.reach in (Reach.SUBTREE, Reach.DELETION):
+        if effect.reach is Reach.SUBTREE:
+            touched += self.lineage.descendants(effect.level, effect.resource_id)
+        elif effect.reach is Reach.DELETION and _describe(effect.level, effect.resource_id):
             below = self.lineage.descendants(effect.level, effect.resource_id)
-            touched += below
-            if effect.reach is Reach.DELETION:
-                self._deletions.announce(effect.resource_id, [effect.resource_id] + below,
-                                         ancestors)
+            self._deletions.announce(effect.resource_id, [effect.resource_id] + below,
+                                     ancestors)
+            if self.updates is not None:
+                self.updates.pause(effect.resource_id, self.DELETION_PAUSE)
         return touched
 
     def after_change(self, change_type: int, level: int, resource_id: str) -> None:
@@ -213,11 +230,20 @@ class ChangeWatch:
                 self._advance_resource(kind, resource_id, now)
             elif deletion is None:  # not announced (Lua, a job, recycling): reach unknown
                 self.generations.advance_all(now)
+                info("deletion of %s that no request announced: every stored answer "
+                     "outdated" % resource_id)
             else:
                 deleted_id, ancestors = deletion
+                if resource_id != deleted_id:
+                    # Below the deleted resource, or a parent it emptied: gone, and every
+                    # remembered LastUpdate was forgotten on this event.  Nothing to save,
+                    # which matters for a study of thousands of instances.
+                    return
+                if self.updates is not None:
+                    self.updates.resume(deleted_id)
                 self.generations.advance([resource_id] + ancestors, now)
-                if resource_id == deleted_id and ancestors and self.index_shared:
-                    _log_marker("/%s/%s" % (_parent_level(level).value, ancestors[0]))
+                if self.index_shared:
+                    _log_marker_above(level, ancestors)
         else:  # metadata or attachment of an existing resource
             self._advance_resource(_LEVELS.get(level), resource_id, now)
         self._save()
@@ -334,19 +360,28 @@ class ChangeWatch:
             self._housekeeping = working
 
 
-def _parent_level(level: int) -> Level:
-    """The level above a change event's level (an instance's parent is a series...)."""
-    return {3: Level.SERIES, 2: Level.STUDY, 1: Level.PATIENT}.get(level, Level.PATIENT)
+#: The levels above each change event's level, nearest first.
+_LEVELS_ABOVE = {3: (Level.SERIES, Level.STUDY, Level.PATIENT),
+                 2: (Level.STUDY, Level.PATIENT), 1: (Level.PATIENT,)}
 
 
-def _log_marker(resource: str) -> None:
-    """Put a change of ``resource`` in /changes, leaving nothing behind."""
+def _log_marker_above(level: int, ancestors: List[str]) -> None:
+    """Log a deletion on the nearest ancestor that it left (the others went with it)."""
+    for ancestor, ancestor_level in zip(ancestors, _LEVELS_ABOVE.get(level, ())):
+        if _log_marker("/%s/%s" % (ancestor_level.value, ancestor)):
+            return
+
+
+def _log_marker(resource: str) -> bool:
+    """Put a change of ``resource`` in /changes, leaving nothing behind; False when the
+    resource is gone (nothing of it can be stale)."""
     uri = "%s/metadata/%d" % (resource, MARKER_METADATA)
     try:
         orthanc.RestApiPut(uri, b"")
         orthanc.RestApiDelete(uri)
     except orthanc.OrthancException:
-        pass  # the resource is gone: nothing of it can be stale
+        return False
+    return True
 
 
 #: Changes that leave LastUpdate as it is (a child's deletion before Orthanc 1.12.1).

@@ -230,3 +230,25 @@ def test_an_announced_deletion_stops_matching_a_while_after_its_own_event() -> N
     # Deleted again (re-created meanwhile): announced anew.
     deletions.announce("series", ["series"], ["study"])
     assert deletions.match("study", 300.0) == ("series", ["study"])
+
+
+def test_nothing_is_remembered_while_paused() -> None:
+    clock = [100.0]
+    updates = RememberedUpdates(clock=lambda: clock[0])
+    updates.remember("studies", "a", "20200101T000000", updates.epoch)
+    updates.pause("deletion", 60)
+    assert updates.get("studies", "a") is None  # forgotten at once
+    updates.remember("studies", "a", "20200101T000000", updates.epoch)
+    assert updates.get("studies", "a") is None
+    updates.resume("deletion")
+    updates.remember("studies", "a", "20200101T000000", updates.epoch)
+    assert updates.get("studies", "a") == "20200101T000000"
+
+
+def test_a_pause_that_is_never_resumed_ends_by_itself() -> None:
+    clock = [100.0]
+    updates = RememberedUpdates(clock=lambda: clock[0])
+    updates.pause("failed deletion", 60)
+    clock[0] += 61
+    updates.remember("studies", "a", "20200101T000000", updates.epoch)
+    assert updates.get("studies", "a") == "20200101T000000"
