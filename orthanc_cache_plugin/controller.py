@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
+from .data import Entry, Fetched, Reply, Request, Version
 from .flights import Flight, Flights
-from .freshness import SETTLE, Version
+from .freshness import SETTLE
 from .keys import cache_key, entity_tag, normalized_query
 from .negotiation import NotAcceptable, Unsupported, representation_of
 from .routes import Answer, Route
 from .settings import Settings
-from .store import Entry, Store
+from .store import Store
 from .validators import (
     Evaluation,
     Validators,
@@ -28,44 +28,6 @@ from .validators import (
     evaluate_preconditions,
     parse_if_none_match,
 )
-
-
-@dataclass(frozen=True)
-class Request:
-    """A GET on a cached route, as Orthanc hands it to the plugin."""
-
-    route: Route
-    groups: Tuple[str, ...]
-    uri: str
-    arguments: Mapping[str, str]
-    headers: Mapping[str, str]
-
-    @property
-    def resource_id(self) -> str:
-        return self.groups[0]
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A 200 answer computed by Orthanc."""
-
-    content_type: str
-    body: bytes
-    headers: Dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Reply:
-    """What to send back, and what the cache did (see statistics.OUTCOMES):
-    HIT, MISS, STALE-REFRESHED (a stored answer was outdated), REVALIDATED
-    (304), BYPASS (the store failed) or PASS (Orthanc's answer, not cacheable)."""
-
-    status: int
-    outcome: str
-    reason: str
-    content_type: Optional[str] = None
-    body: bytes = b""
-    headers: Dict[str, str] = field(default_factory=dict)
 
 
 class Origin(Protocol):

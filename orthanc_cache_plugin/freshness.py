@@ -43,6 +43,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
+from .data import Version
 from .routes import Level
 from .validators import parse_orthanc_timestamp
 
@@ -291,20 +292,6 @@ class RememberedUpdates:
         with self._lock:
             self.epoch += 1
             self._values.clear()
-
-
-@dataclass(frozen=True)
-class Version:
-    """State of a resource as far as its cached answers are concerned.
-
-    ``token`` identifies it; ``modified`` is when it last changed (whole
-    seconds, the Last-Modified of its answers); ``settled`` says whether
-    answers computed now may be stored and validated by version alone.
-    """
-
-    token: str
-    modified: Optional[datetime]
-    settled: bool
 
 
 def resource_version(last_update: str, generations: str, now: datetime) -> Version:

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Set
+from typing import Callable, Dict, List, NamedTuple, Optional, Set
 
-if TYPE_CHECKING:
-    from .store import Entry
+from .data import Entry
 
 
 class _Kept(NamedTuple):

@@ -19,8 +19,9 @@ import orthanc
 
 from . import __version__
 from .clean_exit import avoid_plugin_teardown
-from .controller import CacheController, Fetched, Reply, Request
-from .freshness import Version, resource_version
+from .controller import CacheController
+from .data import Fetched, Reply, Request, Version
+from .freshness import resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
 from .orthanc_changes import (
     HIDDEN_CHANGE_EVENTS,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Dict, Mapping, Optional, Union
 
-from .controller import Reply, Request
+from .data import Reply, Request
 from .keys import literal_query, with_query
 from .negotiation import (
     BAD_ACCEPT,

@@ -1,7 +1,7 @@
 """The server-side store: stored answers on disk, behind get / set / delete.
 
-:class:`Entry` is one stored answer (or only its validators) with the
-version of the resource it was computed from.  :class:`Store` keeps entries in
+An entry (:class:`.data.Entry`) is one stored answer (or only its validators)
+with the version of the resource it was computed from.  :class:`Store` keeps entries in
 one ``diskcache.Cache`` (SQLite index plus files, size-limited, LRU
 eviction, per-entry expiry) and turns every failure of the disk into "no
 entry": the caller then asks Orthanc, so a broken store slows the API down but
@@ -11,25 +11,20 @@ store reopens itself a little later.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import sqlite3
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
 import diskcache
 
 from . import __version__
+from .data import FORMAT, Entry
 from .memory import HotEntries
 
-#: Bumped when the stored layout or the answers' derivation changes, so that
-#: entries written by an older plugin are never read back.
-FORMAT = 2
 #: The small value (Store.get_value) naming what computed the stored answers.
 COMPUTED_BY = "computed-by"
 
@@ -38,46 +33,6 @@ def computed_by(orthanc_version: str) -> str:
     """What shapes every stored answer: Orthanc's version (its output formats change
     between versions), this plugin's version and the store's FORMAT."""
     return "orthanc %s, plugin %s, format %d" % (orthanc_version, __version__, FORMAT)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One stored answer: the resource ``version`` it belongs to, its content
-    type and extra headers, and its body (None when only its existence and
-    validators are kept, e.g. binaries with StoreBinary off)."""
-
-    version: str
-    content_type: str
-    body: Optional[bytes]
-    headers: Dict[str, str] = field(default_factory=dict)
-
-    def encode(self) -> bytes:
-        """Serialize as one JSON line then the raw body: no pickle on disk.
-
-        The line holds the body's length and CRC-32, so that a damaged or
-        truncated entry is never served."""
-        body = self.body or b""
-        meta = {"format": FORMAT, "version": self.version, "type": self.content_type,
-                "headers": self.headers, "has_body": self.body is not None,
-                "length": len(body), "crc32": zlib.crc32(body)}
-        return json.dumps(meta, sort_keys=True).encode() + b"\n" + body
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Optional[Entry]:
-        """The entry in ``raw``, or None when it is not one this version wrote."""
-        meta_line, separator, body = raw.partition(b"\n")
-        if not separator:
-            return None
-        try:
-            meta = json.loads(meta_line)
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                return None
-            if meta["length"] != len(body) or meta["crc32"] != zlib.crc32(body):
-                return None
-            return cls(meta["version"], meta["type"], body if meta["has_body"] else None,
-                       dict(meta["headers"]))
-        except (ValueError, KeyError, TypeError):
-            return None
 
 
 _DISKCACHE_FILES = re.compile(r"cache\.db(-wal|-shm|-journal)?")

@@ -11,7 +11,8 @@ import queue
 import threading
 from typing import Callable, Optional, Tuple
 
-from .controller import CacheController, Request
+from .controller import CacheController
+from .data import Request
 from .routes import Level, routes_of
 
 

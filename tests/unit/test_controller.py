@@ -12,9 +12,10 @@ import diskcache
 import pytest
 
 from orthanc_cache_plugin import statistics
-from orthanc_cache_plugin.controller import CacheController, Fetched, Reply, Request
+from orthanc_cache_plugin.controller import CacheController
+from orthanc_cache_plugin.data import Fetched, Reply, Request, Version
 from orthanc_cache_plugin.flights import Flights
-from orthanc_cache_plugin.freshness import SETTLE, Version
+from orthanc_cache_plugin.freshness import SETTLE
 from orthanc_cache_plugin.keys import cache_key, entity_tag
 from orthanc_cache_plugin.routes import match
 from orthanc_cache_plugin.settings import load_settings

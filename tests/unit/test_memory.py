@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from orthanc_cache_plugin.data import Entry
 from orthanc_cache_plugin.memory import HotEntries
-from orthanc_cache_plugin.store import Entry
 
 KB = 1024
 

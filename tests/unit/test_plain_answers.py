@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
-from orthanc_cache_plugin.controller import Request
+from orthanc_cache_plugin.data import Request
 from orthanc_cache_plugin.plain_answers import JSON_TYPE, PlainOrthanc, error_body
 from orthanc_cache_plugin.routes import match
 

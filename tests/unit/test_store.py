@@ -9,7 +9,8 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from orthanc_cache_plugin.store import FORMAT, Entry, Store
+from orthanc_cache_plugin.data import FORMAT, Entry
+from orthanc_cache_plugin.store import Store
 
 MB = 1024 * 1024
 

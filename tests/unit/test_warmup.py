@@ -9,7 +9,7 @@ from typing import Any, Callable, List
 
 import pytest
 
-from orthanc_cache_plugin.controller import Request
+from orthanc_cache_plugin.data import Request
 from orthanc_cache_plugin.routes import Answer, Level
 from orthanc_cache_plugin.warmup import WarmUp, warm_requests
 

@@ -1,0 +1,112 @@
+"""The values the modules hand each other: requests, answers, stored entries, versions.
+
+Kept in one module that imports nothing of the package but the route
+table, so that any module may use them without depending on another's
+logic (memory.py and store.py, controller.py and plain_answers.py...).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, Mapping, Optional, Tuple
+
+from .routes import Route
+
+#: Bumped when the stored layout or the answers' derivation changes, so that
+#: entries written by an older plugin are never read back.
+FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Request:
+    """A GET on a cached route, as Orthanc hands it to the plugin."""
+
+    route: Route
+    groups: Tuple[str, ...]
+    uri: str
+    arguments: Mapping[str, str]
+    headers: Mapping[str, str]
+
+    @property
+    def resource_id(self) -> str:
+        return self.groups[0]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A 200 answer computed by Orthanc."""
+
+    content_type: str
+    body: bytes
+    headers: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """What to send back, and what the cache did (see statistics.OUTCOMES):
+    HIT, MISS, STALE-REFRESHED (a stored answer was outdated), REVALIDATED
+    (304), BYPASS (the store failed) or PASS (Orthanc's answer, not cacheable)."""
+
+    status: int
+    outcome: str
+    reason: str
+    content_type: Optional[str] = None
+    body: bytes = b""
+    headers: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored answer: the resource ``version`` it belongs to, its content
+    type and extra headers, and its body (None when only its existence and
+    validators are kept, e.g. binaries with StoreBinary off)."""
+
+    version: str
+    content_type: str
+    body: Optional[bytes]
+    headers: Dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """Serialize as one JSON line then the raw body: no pickle on disk.
+
+        The line holds the body's length and CRC-32, so that a damaged or
+        truncated entry is never served."""
+        body = self.body or b""
+        meta = {"format": FORMAT, "version": self.version, "type": self.content_type,
+                "headers": self.headers, "has_body": self.body is not None,
+                "length": len(body), "crc32": zlib.crc32(body)}
+        return json.dumps(meta, sort_keys=True).encode() + b"\n" + body
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Optional[Entry]:
+        """The entry in ``raw``, or None when it is not one this version wrote."""
+        meta_line, separator, body = raw.partition(b"\n")
+        if not separator:
+            return None
+        try:
+            meta = json.loads(meta_line)
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                return None
+            if meta["length"] != len(body) or meta["crc32"] != zlib.crc32(body):
+                return None
+            return cls(meta["version"], meta["type"], body if meta["has_body"] else None,
+                       dict(meta["headers"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Version:
+    """State of a resource as far as its cached answers are concerned.
+
+    ``token`` identifies it; ``modified`` is when it last changed (whole
+    seconds, the Last-Modified of its answers); ``settled`` says whether
+    answers computed now may be stored and validated by version alone.
+    """
+
+    token: str
+    modified: Optional[datetime]
+    settled: bool
