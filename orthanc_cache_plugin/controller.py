@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
-from .data import Entry, Fetched, Reply, Request, Version
+from .data import Entry, Fetched, Outcome, Reply, Request, Version
 from .flights import Flight, Flights
 from .freshness import SETTLE
 from .keys import cache_key, entity_tag, normalized_query
@@ -84,7 +84,7 @@ class CacheController:
 
         precondition = evaluate_preconditions(request.headers, validators, now)
         if precondition.not_modified and self._etag_sent(request, validators):
-            return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
+            return Reply(304, Outcome.REVALIDATED, precondition.reason, headers=headers)
         stored = self.store.get(key)
         found = self._stored_reply(stored, version, precondition, headers)
         if found is not None:
@@ -135,10 +135,10 @@ class CacheController:
         current = stored if stored is not None and stored.version == self._stamp(version) \
             else None
         if precondition.not_modified and current is not None:
-            return Reply(304, "REVALIDATED", precondition.reason, headers=headers)
+            return Reply(304, Outcome.REVALIDATED, precondition.reason, headers=headers)
         if current is not None and current.body is not None:
-            return Reply(200, "HIT", "stored at this version", current.content_type, current.body,
-                         dict(current.headers, **headers))
+            return Reply(200, Outcome.HIT, "stored at this version", current.content_type,
+                         current.body, dict(current.headers, **headers))
         return None
 
     def _compute(self, request: Request, key: str, query: str, representation: str,
@@ -161,17 +161,17 @@ class CacheController:
             # store is unavailable (BYPASS).
             flight.land(fetched)
         if precondition.not_modified:
-            return Reply(304, "REVALIDATED", precondition.reason + " (checked with Orthanc)",
+            return Reply(304, Outcome.REVALIDATED, precondition.reason + " (checked with Orthanc)",
                          headers=headers)
-        outcome = "MISS"
+        outcome = Outcome.MISS
         if stored is None:
             reason = "not stored"
         elif stored.version != self._stamp(version):
-            outcome, reason = "STALE-REFRESHED", "outdated version replaced"
+            outcome, reason = Outcome.STALE_REFRESHED, "outdated version replaced"
         else:
             reason = "only validators stored"
         if not self.store.available:
-            outcome = "BYPASS"
+            outcome = Outcome.BYPASS
         reason += \
             ("" if self.store.available else ", store unavailable") + \
             ("" if stored_now else ", not kept: " + self._why_not_kept(request.route, fetched))
@@ -183,10 +183,10 @@ class CacheController:
                       headers: Dict[str, str]) -> Reply:
         """The answer of a concurrent request of the same key and version (see _compute)."""
         if precondition.not_modified:
-            return Reply(304, "REVALIDATED",
+            return Reply(304, Outcome.REVALIDATED,
                          precondition.reason + " (checked by a concurrent request)",
                          headers=headers)
-        return Reply(200, "HIT", "computed by a concurrent request", shared.content_type,
+        return Reply(200, Outcome.HIT, "computed by a concurrent request", shared.content_type,
                      shared.body, dict(shared.headers, **headers))
 
     def _serve_unsettled(self, request: Request, key: str, query: str, representation: str,
@@ -212,10 +212,10 @@ class CacheController:
         # If-Modified-Since cannot tell two contents of the same second apart: ETag only.
         precondition = evaluate_preconditions(request.headers, Validators(etag, None), now)
         if precondition.not_modified:
-            return Reply(304, "REVALIDATED", precondition.reason + " (same content)",
+            return Reply(304, Outcome.REVALIDATED, precondition.reason + " (same content)",
                          headers=headers)
         reason = "changed less than %d s ago: not stored" % SETTLE.total_seconds()
-        return Reply(200, "MISS", reason, fetched.content_type, fetched.body,
+        return Reply(200, Outcome.MISS, reason, fetched.content_type, fetched.body,
                      dict(fetched.headers, **headers))
 
     def warm(self, request: Request, wait: Callable[[float], Any] = time.sleep) -> bool:

@@ -11,6 +11,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Dict, Mapping, Optional, Tuple
 
 from .routes import Route
@@ -44,14 +45,30 @@ class Fetched:
     headers: Dict[str, str] = field(default_factory=dict)
 
 
+class Outcome(str, Enum):
+    """What the cache did for one request: the ``X-Cache-Status`` header, the first
+    word of the request's log line, and the counters (statistics.py)."""
+
+    #: Served from the store.
+    HIT = "HIT"
+    #: Computed by Orthanc (and stored when the version has settled).
+    MISS = "MISS"
+    #: Computed by Orthanc, replacing a stored answer of an earlier version.
+    STALE_REFRESHED = "STALE-REFRESHED"
+    #: 304 Not Modified.
+    REVALIDATED = "REVALIDATED"
+    #: The store failed: Orthanc's answer, without the cache.
+    BYPASS = "BYPASS"
+    #: Orthanc's own answer, not cacheable (errors, other methods).
+    PASS = "PASS"
+
+
 @dataclass
 class Reply:
-    """What to send back, and what the cache did (see statistics.OUTCOMES):
-    HIT, MISS, STALE-REFRESHED (a stored answer was outdated), REVALIDATED
-    (304), BYPASS (the store failed) or PASS (Orthanc's answer, not cacheable)."""
+    """What to send back, and what the cache did, and why (logged)."""
 
     status: int
-    outcome: str
+    outcome: Outcome
     reason: str
     content_type: Optional[str] = None
     body: bytes = b""

@@ -20,7 +20,7 @@ import orthanc
 from . import __version__
 from .clean_exit import avoid_plugin_teardown
 from .controller import CacheController
-from .data import Fetched, Reply, Request, Version
+from .data import Fetched, Outcome, Reply, Request, Version
 from .freshness import resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
 from .orthanc_changes import (
@@ -230,25 +230,25 @@ class CachePlugin:
                 _warn("%s while serving %s: %s; answered without the cache"
                       % (type(error).__name__, uri, error))
                 reply = self.origin.plain_answer(request, "cache error")
-                reply.outcome = "BYPASS"
-        _info("%s %s %s: %s" % (reply.outcome, call["method"], uri, reply.reason))
+                reply.outcome = Outcome.BYPASS
+        _info("%s %s %s: %s" % (reply.outcome.value, call["method"], uri, reply.reason))
         self.statistics.count(reply.outcome)
         if self.settings.cache_status_header:
-            reply.headers[self.settings.cache_status_header] = reply.outcome
+            reply.headers[self.settings.cache_status_header] = reply.outcome.value
         send(output, reply)
 
     def forward(self, request: Request, method: str, body: bytes) -> Reply:
         """Hand a POST, PUT or DELETE to Orthanc's own route, as if the plugin were absent."""
         if method not in request.route.other_methods:
             allowed = ",".join(("GET",) + request.route.other_methods)
-            return Reply(405, "PASS", method + " not allowed", headers={"Allow": allowed})
+            return Reply(405, Outcome.PASS, method + " not allowed", headers={"Allow": allowed})
         result = _post(request.uri, body)
         if not isinstance(result, bytes):
             return self.origin.plain.error(request, result, method)
         if result[:4] == b"PK\x03\x04":  # a synchronous archive
-            return Reply(200, "PASS", "forwarded " + method, "application/zip", result,
+            return Reply(200, Outcome.PASS, "forwarded " + method, "application/zip", result,
                          self.origin.plain.extra_headers(request, ""))
-        return Reply(200, "PASS", "forwarded " + method, JSON_TYPE, result)
+        return Reply(200, Outcome.PASS, "forwarded " + method, JSON_TYPE, result)
 
     def on_tick(self) -> None:
         """Periodic work of the change-watch thread, off the request path."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Dict, Mapping, Optional, Union
 
-from .data import Reply, Request
+from .data import Outcome, Reply, Request
 from .keys import literal_query, with_query
 from .negotiation import (
     BAD_ACCEPT,
@@ -138,7 +138,7 @@ def _not_boolean(arguments: Mapping[str, str], name: str) -> Optional[str]:
 
 
 def _status_only(status: int, reason: str, headers: Optional[Dict[str, str]] = None) -> Reply:
-    return Reply(status, "PASS", reason, headers=headers or {})
+    return Reply(status, Outcome.PASS, reason, headers=headers or {})
 
 
 class PlainOrthanc:
@@ -202,7 +202,7 @@ class PlainOrthanc:
         """Orthanc's answer to a request that raised the error ``code``."""
         status = _ORTHANC_ERRORS.get(code, (500, ""))[0]
         body = error_body(code, request.uri, method, details) if self._describe_errors else ""
-        return Reply(status, "PASS", "Orthanc error %d" % code, body=body.encode("utf-8"))
+        return Reply(status, Outcome.PASS, "Orthanc error %d" % code, body=body.encode("utf-8"))
 
     def answer(self, request: Request, reason: str) -> Reply:
         """Orthanc's answer to ``request`` (a 200 only when the cache may not keep it)."""
@@ -219,8 +219,8 @@ class PlainOrthanc:
                                                    self.api_version)
             except Unsupported as unsupported:
                 return _status_only(406, str(unsupported))
-            return Reply(200, "PASS", reason, self.content_type(request, representation), result,
-                         self.extra_headers(request, representation))
+            return Reply(200, Outcome.PASS, reason, self.content_type(request, representation),
+                         result, self.extra_headers(request, representation))
         if result == UNSUPPORTED_MEDIA_TYPE:  # Orthanc's 415 has no body
             return _status_only(415, "unsupported media type")
         if result != UNKNOWN_RESOURCE:

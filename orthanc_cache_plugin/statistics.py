@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict
 
-#: Every outcome a reply can have (see controller.Reply).
-OUTCOMES = ("HIT", "MISS", "STALE-REFRESHED", "REVALIDATED", "BYPASS", "PASS")
+from .data import Outcome
+
+#: Every outcome a reply can have, by its name in the header and the log.
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 class Statistics:
@@ -16,9 +18,9 @@ class Statistics:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(OUTCOMES, 0)
 
-    def count(self, outcome: str) -> None:
+    def count(self, outcome: Outcome) -> None:
         with self._lock:
-            self._counts[outcome] = self._counts.get(outcome, 0) + 1
+            self._counts[outcome.value] += 1
 
     def counts(self) -> Dict[str, int]:
         with self._lock:

@@ -812,7 +812,7 @@ def test_waiters_compute_themselves_when_the_leader_raises(tmp_path, store, gate
     def body(request: Request) -> None:
         barrier.wait(10)
         try:
-            outcomes.append(controller.serve(request).outcome)
+            outcomes.append(controller.serve(request).outcome.value)
         except RuntimeError as error:
             outcomes.append(str(error))
 
