@@ -31,7 +31,13 @@ failed=0
 # Linters (configured in pyproject.toml): a finding fails the run; the tests still run.
 .venv/bin/python -m ruff check orthanc_cache_plugin tests bench tools example.py || failed=1
 .venv/bin/python -m mypy || failed=1
-.venv/bin/python -m pytest "$@" tests/unit || failed=1
-.venv/bin/python -m pytest "$@" --stack sid tests/integration || failed=1
-.venv/bin/python -m pytest "$@" --stack bookworm -m old_stack tests/integration || failed=1
+# Each run gets its own temporary folder: pytest's default one is shared by every
+# pytest on the machine, which removes the older runs' folders while they still work.
+basetemp=$(mktemp -d /tmp/orthanc-cache-plugin-tests.XXXXXX)
+trap 'rm -rf "$basetemp"' EXIT
+.venv/bin/python -m pytest "$@" --basetemp "$basetemp/unit" tests/unit || failed=1
+.venv/bin/python -m pytest "$@" --basetemp "$basetemp/sid" --stack sid tests/integration \
+    || failed=1
+.venv/bin/python -m pytest "$@" --basetemp "$basetemp/bookworm" --stack bookworm -m old_stack \
+    tests/integration || failed=1
 exit $failed
