@@ -156,11 +156,11 @@ class Generations:
 
     def announce_all(self, now: datetime) -> None:
         """Before a write whose reach is unknown: a new base dated GRACE ahead."""
-        self._replace_base(new_generation(now + GRACE))
+        self._replace_base(now + GRACE)
 
     def advance_all(self, now: datetime) -> None:
         """After a change whose reach is unknown: a new base (keeping an announced grace)."""
-        self._replace_base(later_generation(self.base, now))
+        self._replace_base(now)
 
     def _replace(self, resource_ids: Iterable[str], make: Callable[[str], str]) -> None:
         with self._lock:
@@ -171,11 +171,14 @@ class Generations:
                 self.base = later_generation(newest, generation_time(self.base) or _EPOCH)
                 self._touched = {}
 
-    def _replace_base(self, base: str) -> None:
+    def _replace_base(self, moment: datetime) -> None:
+        """A new base, dated ``moment`` or later: no earlier than the current base nor
+        any touch, whose announced grace periods it keeps.  It outdates what the
+        touches did, which are dropped."""
         with self._lock:
-            # The touches are older than the new base: dropping them changes no
-            # settling, and the new base outdates what they did.
-            self.base, self._touched = base, {}
+            dates = [generation_time(generation) or _EPOCH
+                     for generation in [self.base, *self._touched.values()]]
+            self.base, self._touched = new_generation(max([moment, *dates])), {}
 
 
 class AnnouncedDeletions:

@@ -252,3 +252,12 @@ def test_a_pause_that_is_never_resumed_ends_by_itself() -> None:
     clock[0] += 61
     updates.remember("studies", "a", "20200101T000000", updates.epoch)
     assert updates.get("studies", "a") == "20200101T000000"
+
+
+def test_a_new_base_keeps_the_grace_of_an_announced_touch() -> None:
+    generations = Generations()
+    generations.announce(["a"], NOW)  # a write in flight, GRACE ahead
+    generations.advance_all(NOW)      # then a change of unknown reach
+    assert not resource_version("20200101T000000", generations.of("a"),
+                                NOW + GRACE + SETTLE - timedelta(seconds=1)).settled
+    assert resource_version("20200101T000000", generations.of("a"), NOW + GRACE + SETTLE).settled
