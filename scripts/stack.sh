@@ -131,6 +131,7 @@ ensure_mounts() {
     mkdir -p "$STACKS"
     (
         flock 9
+        drop_deleted_mounts "$root"
         mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
         mountpoint -q "$root/dev" || mount --rbind /dev "$root/dev"
         for dir in /tmp "$@"; do
@@ -138,9 +139,31 @@ ensure_mounts() {
                 /tmp/*) continue ;;  # seen through the /tmp mount already
             esac
             mkdir -p "$root$dir"
-            mountpoint -q "$root$dir" || mount --bind "$dir" "$root$dir"
+            # A mount left by an earlier run may show another directory that had
+            # the same path (a checkout removed and cloned again, as CI does):
+            # only a mount of this very directory will do.
+            while ! same_directory "$root$dir" "$dir" && mountpoint -q "$root$dir"; do
+                umount -l "$root$dir"
+            done
+            same_directory "$root$dir" "$dir" || mount --bind "$dir" "$root$dir"
         done
     ) 9>"$STACKS/.mounts.lock"
+}
+
+# True when both paths are the same directory (device and inode).
+same_directory() {
+    [ "$(stat -L -c %d:%i "$1" 2>/dev/null)" = "$(stat -L -c %d:%i "$2")" ]
+}
+
+# Unmount the bind mounts below ROOT whose directory was removed from the host
+# (checkouts and work trees gone since): they would keep it alive and hide a
+# new directory at the same path.  The kernel marks them "//deleted".
+drop_deleted_mounts() {
+    awk -v root="$1/" 'index($5, root) == 1 && $4 ~ /\/\/deleted$/ { print $5 }' \
+        /proc/self/mountinfo | sort -r | while read -r target; do
+        # rmdir: the empty mount point made for it in the root goes too.
+        umount -l "$target" 2>/dev/null && rmdir "$target" 2>/dev/null || true
+    done
 }
 
 # Unmount everything below ROOT (before it is removed: /tmp and /dev are there).

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict
+
+import pytest
 
 from support import stacks
 from support.dicom_factory import make_study
@@ -148,3 +153,30 @@ def test_orthanc_configured_as_the_image_runs_the_installed_plugin(tmp_path: Pat
         assert "PYTHONPATH" not in server.env
         assert re.search(r"cache plugin: version \S+ active", server.log_text())
     assert server.process is not None and server.process.returncode == 0
+
+
+def _sees(directory: Path, name: str) -> bool:
+    """Whether a command run in the selected stack with ``directory`` bound finds ``name``."""
+    if stacks.current() == "host":
+        return (directory / name).is_file()
+    found = subprocess.run([str(stacks.STACK_SCRIPT), "run", stacks.current(), "--bind",
+                            str(directory), "--", "test", "-f", str(directory / name)])
+    return found.returncode == 0
+
+
+@pytest.mark.old_stack
+def test_a_directory_cloned_again_at_the_same_path_is_the_one_seen_in_the_stack() -> None:
+    """CI removes its checkout and clones it again at the same path: the bind mount an
+    earlier run left in the root showed the removed directory, and every Orthanc of the
+    next run failed to find its startup script."""
+    directory = Path(tempfile.mkdtemp(prefix="stack-bind-", dir="/var/tmp"))
+    try:
+        (directory / "first").write_text("1", encoding="utf-8")
+        assert _sees(directory, "first")
+        shutil.rmtree(directory)
+        directory.mkdir()
+        (directory / "second").write_text("2", encoding="utf-8")
+        assert _sees(directory, "second")
+        assert not _sees(directory, "first")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
