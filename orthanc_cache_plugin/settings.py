@@ -97,8 +97,9 @@ class Settings:
         "changes. Off: writes are seen through Orthanc's change events, a moment after "
         "they are answered, and every request asks Orthanc for LastUpdate; use it where "
         "clients send header bytes that are not UTF-8 (with a filter registered, the "
-        "Python plugin answers them with a 500 on every route), or with the Python plugin "
-        "4.0 under sustained traffic (its filter leaks memory). See docs/freshness.md.")
+        "Python plugin answers them with a 500 on every route). With the Python plugin "
+        "4.0 (Debian 12) memory grows under sustained traffic either way, less without "
+        "the filter: see docs/freshness.md.")
     admin_prefix: str = _setting(
         "AdminPrefix", str, "/cache",
         "Where the admin API lives: GET {prefix}/statistics, DELETE {prefix}, "
