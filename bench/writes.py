@@ -24,7 +24,9 @@ answered without Orthanc computing the answer (``X-Cache-Status`` HIT, or a
 of untouched resources answered without computing, and at least 0.9 of the
 quiet throughput during writes.  At the end, a write on a read study must be
 seen by the very next read of it (a metadata PUT, then the deletion of an
-instance).
+instance).  Besides the table (``writes-STACK.md``) and the figures
+(``writes-STACK.json``), ``writes-STACK.png`` charts the reads of every
+second, the rounds and each write.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import requests
 
@@ -82,12 +84,16 @@ class Tally:
 class Readers:
     """Threads that revalidate a fixed set of URLs, keeping the latest ETag of each."""
 
-    def __init__(self, server: OrthancServer, paths: Sequence[str], threads: int):
+    def __init__(self, server: OrthancServer, paths: Sequence[str], threads: int,
+                 origin: float):
         self.server = server
         self.paths = list(paths)
         self.etags: Dict[str, str] = {}
         self.lock = threading.Lock()
         self.tally = Tally()
+        #: Second since ``origin`` (time.monotonic) -> reads counted, and those computed.
+        self.origin = origin
+        self.timeline: Dict[int, Counter] = {}
         self.running = threading.Event()
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(number,), daemon=True)
@@ -133,16 +139,25 @@ class Readers:
                 self.etags[path] = answer.headers["ETag"]
             with self.lock:
                 if self.running.is_set():
+                    outcome = answer.headers.get("X-Cache-Status", "-")
                     self.tally.reads += 1
-                    self.tally.outcomes[answer.headers.get("X-Cache-Status", "-")] += 1
+                    self.tally.outcomes[outcome] += 1
                     self.tally.not_modified += answer.status_code == 304
+                    second = self.timeline.setdefault(int(time.monotonic() - self.origin),
+                                                      Counter())
+                    second["reads"] += 1
+                    second["computed"] += outcome not in NOT_COMPUTED
 
 
 class Writer:
     """One write a second on the write studies, each kind in turn."""
 
-    def __init__(self, server: OrthancServer, studies: List[List[dict]], labels: bool):
+    def __init__(self, server: OrthancServer, studies: List[List[dict]], labels: bool,
+                 origin: float):
         self.server = server
+        self.origin = origin
+        #: When each write began (seconds since ``origin``), and its kind.
+        self.times: List[Tuple[float, str]] = []
         self.instances = [instance for study in studies for instance in study]
         self.study_ids = [study[0]["ParentStudy"] for study in studies]
         self.kinds: List[Callable[[int], None]] = [
@@ -157,6 +172,7 @@ class Writer:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             kind = self.kinds[self.count % len(self.kinds)]
+            self.times.append((time.monotonic() - self.origin, kind.__name__.strip("_")))
             kind(self.count)
             self.done[kind.__name__.strip("_")] += 1
             self.count += 1
@@ -215,6 +231,42 @@ def seen_at_once(server: OrthancServer, study: List[dict]) -> Dict[str, bool]:
     return {"metadata PUT": "1024" in metadata, "instance deletion": after == before - 1}
 
 
+def chart(timeline: Dict[int, Counter], rounds: Sequence[Tuple[float, float, str]],
+          writes: Sequence[Tuple[float, str]], title: str, path: Path) -> None:
+    """Reads of every second (all of them, and those Orthanc computed), the rounds
+    with writes shaded, and a mark at each write."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = sorted(second for second in timeline
+                     if any(began <= second + 0.5 < ended for began, ended, _ in rounds))
+    figure, axes = plt.subplots(figsize=(12, 4.5))
+    for began, ended, kind in rounds:
+        if kind == "writes":
+            axes.axvspan(began, ended, color="#ff7f0e", alpha=0.12, linewidth=0)
+    axes.plot([second + 0.5 for second in seconds],
+              [timeline[second]["reads"] for second in seconds],
+              color="#1f77b4", label="reads a second")
+    axes.bar([second + 0.5 for second in seconds],
+             [timeline[second]["computed"] for second in seconds], width=0.8,
+             color="#d62728", label="of which computed by Orthanc")
+    peak = max([timeline[second]["reads"] for second in seconds] or [1])
+    for moment, _ in writes:
+        axes.plot([moment, moment], [0, peak * 0.06], color="#ff7f0e", linewidth=1.5)
+    axes.plot([], [], color="#ff7f0e", alpha=0.4, linewidth=8,
+              label="rounds with one write a second elsewhere (ticks: writes)")
+    axes.set_ylim(0, peak * 1.25)
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("reads a second (revalidations)")
+    axes.set_title("Reads beside unrelated writes: " + title, fontsize=10)
+    axes.legend(loc="upper right", fontsize=8, ncol=3)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", choices=stacks.NAMES, default="sid")
@@ -258,14 +310,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for path in paths:
                 server.get(path)
             api = server.get("/system").json()["ApiVersion"]
-            writer = Writer(server, written, labels=api >= 20)
-            readers = Readers(server, paths, options.readers)
+            origin = time.monotonic()
+            writer = Writer(server, written, labels=api >= 20, origin=origin)
+            readers = Readers(server, paths, options.readers, origin)
             readers.start()
             readers.measure(2.0, time.sleep)  # every reader holds an ETag
             quiet, writes = Tally(), Tally()
+            rounds: List[Tuple[float, float, str]] = []
             for _ in range(options.rounds):
-                quiet.add(readers.measure(options.seconds, time.sleep))
-                writes.add(readers.measure(options.seconds, writer.during))
+                for kind, tally, during in (("quiet", quiet, time.sleep),
+                                            ("writes", writes, writer.during)):
+                    began = time.monotonic() - origin
+                    tally.add(readers.measure(options.seconds, during))
+                    rounds.append((began, time.monotonic() - origin, kind))
             readers.stop()
             fresh = seen_at_once(server, read[0])
         finally:
@@ -300,7 +357,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (options.out / ("writes-%s.md" % options.stack)).write_text(text + "\n", encoding="utf-8")
     (options.out / ("writes-%s.json" % options.stack)).write_text(json.dumps({
         "quiet": vars(quiet), "writes": vars(writes), "ratio": ratio, "fresh": fresh,
-        "writes_done": dict(writer.done)}, default=dict, indent=2), encoding="utf-8")
+        "writes_done": dict(writer.done), "rounds": rounds, "write_times": writer.times,
+        "timeline": {str(second): dict(counts)
+                     for second, counts in sorted(readers.timeline.items())}},
+        default=dict, indent=2), encoding="utf-8")
+    chart(readers.timeline, rounds, writer.times, "Orthanc %s, Python plugin %s%s" % (
+        versions.get("orthanc"), versions.get("orthanc-python"),
+        ", AllowThreads" if options.allow_threads else ""),
+        options.out / ("writes-%s.png" % options.stack))
     met = ratio >= 0.9 and writes.served >= 0.99 and all(fresh.values())
     return 0 if met else 1
 

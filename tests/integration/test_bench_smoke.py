@@ -74,4 +74,10 @@ def test_the_writes_benchmark_runs_and_sees_related_writes(repo_root: Path,
     for kind in ("quiet", "writes"):
         assert figures[kind]["reads"] > 0, figures
     assert sum(figures["writes_done"].values()) >= 2, figures
+    assert len(figures["write_times"]) == sum(figures["writes_done"].values())
+    assert [kind for _, _, kind in figures["rounds"]] == ["quiet", "writes"]
+    assert sum(counts["reads"] for counts in figures["timeline"].values()) >= \
+        figures["quiet"]["reads"] + figures["writes"]["reads"]
     assert "| quiet |" in result.stdout
+    chart = (tmp_path / ("writes-%s.png" % stacks.current())).read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
