@@ -127,3 +127,13 @@ class Version:
     token: str
     modified: Optional[datetime]
     settled: bool
+
+
+@dataclass(frozen=True)
+class Figures:
+    """How full the store is and how far warm-up got: for the metrics and the admin API."""
+
+    entries: int
+    size: int
+    warm_up_queue: int
+    warm_ups_done: int

@@ -1,9 +1,10 @@
 """The thin layer between Orthanc's Python plugin and the cache.
 
-With :mod:`.orthanc_changes`, the only module importing ``orthanc``: it registers one REST
-callback per route of :data:`.routes.ROUTES`, turns Orthanc's callback arguments into a
-:class:`.controller.Request`, sends the controller's :class:`.controller.Reply`
-back, forwards other methods, and runs warm-up on Orthanc's change events.
+One of the three modules importing ``orthanc`` (see :mod:`.orthanc_api`): it
+registers one REST callback per route of :data:`.routes.ROUTES` and of the
+admin API (:mod:`.admin`), turns Orthanc's callback arguments into a
+:class:`.data.Request`, sends the :class:`.data.Reply` back, forwards other
+methods, and runs warm-up on Orthanc's change events.
 """
 
 from __future__ import annotations
@@ -13,26 +14,31 @@ import json
 import threading
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import orthanc
 
 from . import __version__
+from .admin import AdminApi
 from .clean_exit import avoid_plugin_teardown
 from .controller import CacheController
-from .data import Fetched, Outcome, Reply, Request, Version
+from .data import Fetched, Figures, Outcome, Reply, Request, Version
 from .freshness import resource_version
 from .negotiation import JPEG, PAM, jpeg_quality, pam_image
+from .orthanc_api import (
+    error as _error,
+    get as _get,
+    get_json as _get_json,
+    info as _info,
+    post as _post,
+    warn as _warn,
+)
 from .orthanc_changes import (
     HIDDEN_CHANGE_EVENTS,
-    LOG_PREFIX,
     ChangeWatch,
     Lineage,
-    get as _get,
-    info as _info,
     keep_alive,
     stop_watching_changes,
-    warn as _warn,
     watch_changes,
     watch_stored_instances,
     watch_writes,
@@ -151,14 +157,6 @@ def send(output: Any, reply: Reply) -> None:
         output.SendHttpStatusCode(reply.status)
 
 
-def _post(uri: str, body: bytes) -> Union[bytes, int]:
-    try:
-        answer: bytes = orthanc.RestApiPost(uri, body)
-        return answer
-    except orthanc.OrthancException as error:
-        return error.args[0] if error.args and isinstance(error.args[0], int) else -1
-
-
 class CachePlugin:
     """Everything registered with Orthanc, built once by :func:`enable`."""
 
@@ -176,6 +174,10 @@ class CachePlugin:
         self._salt_lock = threading.Lock()
         self.warm_up = WarmUp(self.controller, settings.warm_up_queue_size, _info, _warn) \
             if settings.warm_up else None
+        self.admin = AdminApi(settings.admin_prefix, self.store, self.statistics,
+                              figures=self.figures, configuration=settings.as_configuration,
+                              exists=_exists, descendants=Lineage.descendants,
+                              warm=self._warm, warn=_warn)
 
     def _ensure_salt(self) -> None:
         # Orthanc refuses REST calls while plugins load, so the version that
@@ -184,7 +186,7 @@ class CachePlugin:
             return
         with self._salt_lock:
             if not self.controller.salt:
-                system = json.loads(orthanc.RestApiGet("/system"))
+                system = _get_json("/system")
                 salt = computed_by(str(system.get("Version")))
                 # Output formats change between Orthanc versions: entries of
                 # another version never match (see CacheController._stamp);
@@ -257,52 +259,26 @@ class CachePlugin:
 
     def publish_metrics(self) -> None:
         """Copy the counters to Orthanc's /tools/metrics-prometheus."""
-        for name, value in self.statistics.metrics(*self._store_figures()).items():
+        for name, value in self.statistics.metrics(self.figures()).items():
             orthanc.SetMetricsValue(name, float(value), orthanc.MetricsType.DEFAULT)
 
-    def _store_figures(self) -> Tuple[int, int, int, int]:
-        queue = self.warm_up.pending if self.warm_up is not None else 0
-        done = self.warm_up.done if self.warm_up is not None else 0
-        return self.store.count(), self.store.volume(), queue, done
+    def figures(self) -> Figures:
+        warm_up = self.warm_up
+        return Figures(self.store.count(), self.store.volume(),
+                       warm_up.pending if warm_up is not None else 0,
+                       warm_up.done if warm_up is not None else 0)
+
+    def _warm(self, level: Level, resource_id: str) -> int:
+        """Store the answers of a resource's warm-up routes; how many were stored."""
+        return sum(self.controller.warm(request) for request in warm_requests(level, resource_id))
 
     def on_admin(self, output: Any, uri: str, **call: Any) -> None:
-        """The admin API; every answer is JSON, unknown resources get Orthanc's 404."""
+        """The admin API (admin.py)."""
         self._in_callback(self._administer, output, uri, call)
 
     def _administer(self, output: Any, uri: str, call: Dict[str, Any]) -> None:
         self._ensure_salt()  # before a warm-up stores anything
-        method, groups = call["method"], tuple(call["groups"])
-        prefix = self.settings.admin_prefix.rstrip("/")
-        if uri == prefix + "/statistics":
-            if method != "GET":
-                output.SendMethodNotAllowed("GET")
-                return
-            entries, size, queue, done = self._store_figures()
-            body = self.statistics.report(entries, size, self.store.directory,
-                                          self.store.available,
-                                          self.settings.as_configuration(), queue, done)
-        elif uri == prefix:
-            if method != "DELETE":
-                output.SendMethodNotAllowed("DELETE")
-                return
-            body = {"Removed": self.store.clear()}
-            _warn("store emptied through the admin API")
-        else:
-            level, resource_id, action = groups
-            if not isinstance(_get("/%s/%s" % (level, resource_id)), bytes):
-                output.SendHttpStatusCode(404)
-                return
-            if action and method == "POST":
-                stored = sum(self.controller.warm(request)
-                             for request in warm_requests(Level(level), resource_id))
-                body = {"Stored": stored}
-            elif not action and method == "DELETE":
-                tags = [resource_id] + Lineage.descendants(Level(level), resource_id)
-                body = {"Removed": sum(self.store.evict(tag) for tag in tags)}
-            else:
-                output.SendMethodNotAllowed("POST" if action else "DELETE")
-                return
-        output.AnswerBuffer(json.dumps(body, indent=3), JSON_TYPE)
+        send(output, self.admin.answer(call["method"], uri))
 
     def shutdown(self) -> None:
         """Stop the plugin's threads and close the store (again: no effect).
@@ -331,6 +307,10 @@ class CachePlugin:
             self.shutdown()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
+
+
+def _exists(level: Level, resource_id: str) -> bool:
+    return isinstance(_get("/%s/%s" % (level.value, resource_id)), bytes)
 
 
 def _housekeeper_enabled(configuration: Mapping[str, Any]) -> bool:
@@ -389,17 +369,17 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     try:
         settings = load_settings(configuration, overrides)
     except SettingsError as error:
-        orthanc.LogError(LOG_PREFIX + "not started, invalid settings: %s" % error)
+        _error("not started, invalid settings: %s" % error)
         return False
     if not settings.enable:
-        orthanc.LogWarning(LOG_PREFIX + "disabled by the setting Enable")
+        _warn("disabled by the setting Enable")
         return False
     plugin = CachePlugin(settings, configuration)
     atexit.register(plugin.shutdown)
     # First: without change events the cache could serve stale answers.
     if not watch_changes(plugin.on_change):
         plugin.store.close()
-        orthanc.LogError(LOG_PREFIX + "not started: Orthanc's change events go to a callback "
+        _error("not started: Orthanc's change events go to a callback "
                          "registered before enable_cache_plugin()")
         return False
     archives = _plugin_may_read_archives()
@@ -408,20 +388,17 @@ def enable(overrides: Mapping[str, Any]) -> bool:
             continue
         _register_rest(route.pattern, plugin.handler(route))
     if not archives:
-        orthanc.LogWarning(LOG_PREFIX + "archive and media left to Orthanc (not cached, no "
+        _warn("archive and media left to Orthanc (not cached, no "
                            "validators): this Orthanc cannot compute them for a plugin")
-    prefix = settings.admin_prefix.rstrip("/")
-    _register_rest(prefix + "/statistics", plugin.on_admin)
-    _register_rest(prefix, plugin.on_admin)
-    _register_rest(prefix + "/(patients|studies|series|instances)/([^/]+)(/warm-up)?",
-                   plugin.on_admin)
+    for pattern in plugin.admin.patterns():
+        _register_rest(pattern, plugin.on_admin)
     # Without the filter, a deleted resource's LastUpdate must be asked for every time.
     if settings.watch_http_writes and watch_writes(plugin.changes):
         watch_stored_instances(plugin.changes)
     exit_note = avoid_plugin_teardown()
     if exit_note is not None:
-        orthanc.LogWarning(LOG_PREFIX + exit_note)
-    orthanc.LogWarning(LOG_PREFIX + "version %s active, store in %s (%s)" % (
+        _warn(exit_note)
+    _warn("version %s active, store in %s (%s)" % (
         __version__, settings.directory,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))
     return True

@@ -1,6 +1,7 @@
 """How this node learns of changes that LastUpdate does not show (see freshness.py).
 
-With :mod:`.orthanc_adapter`, the only module importing ``orthanc``.
+One of the three modules importing ``orthanc`` (see :mod:`.orthanc_api`): it
+registers the change, incoming-request and stored-instance callbacks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import queue
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import orthanc
 
@@ -25,28 +26,10 @@ from .freshness import (
     WriteEffect,
     write_effect,
 )
+from .orthanc_api import get, get_after_plugins, get_json, info, touch_and_undo, warn
 from .routes import Level
 from .store import Store
 from .thread_states import keep_thread_state
-
-LOG_PREFIX = "cache plugin: "
-
-
-def warn(message: str) -> None:
-    orthanc.LogWarning(LOG_PREFIX + message)
-
-
-def info(message: str) -> None:
-    orthanc.LogInfo(LOG_PREFIX + message)
-
-
-def get(uri: str) -> Union[bytes, int]:
-    """Orthanc's built-in answer to a GET: the body, or the error code."""
-    try:
-        answer: bytes = orthanc.RestApiGet(uri)
-        return answer
-    except orthanc.OrthancException as error:
-        return error.args[0] if error.args and isinstance(error.args[0], int) else -1
 
 
 def _utcnow() -> datetime:
@@ -262,7 +245,7 @@ class ChangeWatch:
         deletions are then not logged, and /changes stays what Orthanc alone
         writes (Orthanc's test_changes_2 counts them).
         """
-        system = json.loads(orthanc.RestApiGet("/system"))
+        system = get_json("/system")
         self.index_shared = system.get("DatabaseBackendPlugin") is not None
         if self.housekeeper:
             self._watch_housekeeper()
@@ -286,7 +269,7 @@ class ChangeWatch:
                 if self.housekeeper:
                     self._watch_housekeeper()
                 if seen is None:
-                    seen = json.loads(orthanc.RestApiGet("/changes?last"))["Last"]
+                    seen = get_json("/changes?last")["Last"]
                     self._store.set_value("changes-seen", str(seen))
                 seen = self._read_changes(seen)
                 failing = False
@@ -302,7 +285,7 @@ class ChangeWatch:
         """Advance the generations of the resources that /changes shows changed in ways
         LastUpdate does not show; forget remembered LastUpdates after any change (another
         node's new instance moves them)."""
-        changes = json.loads(orthanc.RestApiGet("/changes?since=%d&limit=1000" % seen))
+        changes = get_json("/changes?since=%d&limit=1000" % seen)
         # Orthanc drops the logged changes of a resource when it is deleted: a deletion
         # that emptied a patient (no parent left for the marker) shows only as ``Last``
         # moving, and a LastUpdate remembered since is then of a deleted resource.
@@ -335,10 +318,8 @@ class ChangeWatch:
         begins just after it.
         """
         now = _utcnow()
-        try:  # a plugin's route: not in RestApiGet's built-in API
-            found = orthanc.RestApiGetAfterPlugins("/plugins/housekeeper/status")
-        except orthanc.OrthancException:
-            found = None
+        # A plugin's route: not in RestApiGet's built-in API.
+        found = get_after_plugins("/plugins/housekeeper/status")
         if not isinstance(found, bytes):  # not loaded after all
             self.housekeeper = False
             self.generations.hold(now)
@@ -375,13 +356,7 @@ def _log_marker_above(level: int, ancestors: List[str]) -> None:
 def _log_marker(resource: str) -> bool:
     """Put a change of ``resource`` in /changes, leaving nothing behind; False when the
     resource is gone (nothing of it can be stale)."""
-    uri = "%s/metadata/%d" % (resource, MARKER_METADATA)
-    try:
-        orthanc.RestApiPut(uri, b"")
-        orthanc.RestApiDelete(uri)
-    except orthanc.OrthancException:
-        return False
-    return True
+    return touch_and_undo("%s/metadata/%d" % (resource, MARKER_METADATA))
 
 
 #: Changes that leave LastUpdate as it is (a child's deletion before Orthanc 1.12.1).
@@ -472,6 +447,7 @@ def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
                     try:
                         callback(*event)
                     except Exception as error:  # as the Python plugin does: log, go on
+                        # (in its words, without the cache's prefix: it may be the script's)
                         orthanc.LogError("error in the change callback %s: %s: %s" % (
                             getattr(callback, "__qualname__", callback),
                             type(error).__name__, error))

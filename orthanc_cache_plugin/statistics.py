@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict
 
-from .data import Outcome
+from .data import Figures, Outcome
 
 #: Every outcome a reply can have, by its name in the header and the log.
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
@@ -26,7 +26,7 @@ class Statistics:
         with self._lock:
             return dict(self._counts)
 
-    def metrics(self, entries: int, size: int, queue: int, warm_ups: int) -> Dict[str, int]:
+    def metrics(self, figures: Figures) -> Dict[str, int]:
         """Values for ``/tools/metrics-prometheus``, named ``orthanc_cache_*``."""
         counts = self.counts()
         return {
@@ -34,14 +34,14 @@ class Statistics:
             "orthanc_cache_misses": counts["MISS"] + counts["STALE-REFRESHED"],
             "orthanc_cache_not_modified": counts["REVALIDATED"],
             "orthanc_cache_bypasses": counts["BYPASS"],
-            "orthanc_cache_entries": entries,
-            "orthanc_cache_size_bytes": size,
-            "orthanc_cache_warm_up_queue": queue,
-            "orthanc_cache_warm_ups": warm_ups,
+            "orthanc_cache_entries": figures.entries,
+            "orthanc_cache_size_bytes": figures.size,
+            "orthanc_cache_warm_up_queue": figures.warm_up_queue,
+            "orthanc_cache_warm_ups": figures.warm_ups_done,
         }
 
-    def report(self, entries: int, size: int, directory: str, available: bool,
-               configuration: Dict[str, Any], queue: int, warm_ups: int) -> Dict[str, Any]:
+    def report(self, figures: Figures, directory: str, available: bool,
+               configuration: Dict[str, Any]) -> Dict[str, Any]:
         """The JSON of ``GET {AdminPrefix}/statistics``."""
         counts = self.counts()
         return {
@@ -51,11 +51,11 @@ class Statistics:
             "NotModified": counts["REVALIDATED"],
             "Bypasses": counts["BYPASS"],
             "PassedThrough": counts["PASS"],
-            "Entries": entries,
-            "Size": size,
+            "Entries": figures.entries,
+            "Size": figures.size,
             "Directory": directory,
             "StoreAvailable": available,
-            "WarmUpQueue": queue,
-            "WarmUpsDone": warm_ups,
+            "WarmUpQueue": figures.warm_up_queue,
+            "WarmUpsDone": figures.warm_ups_done,
             "Configuration": configuration,
         }

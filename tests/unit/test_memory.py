@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from orthanc_cache_plugin.data import Entry
 from orthanc_cache_plugin.memory import HotEntries
+from support.clock import Clock
 
 KB = 1024
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _entry(size: int) -> Entry:

@@ -11,39 +11,9 @@ import pytest
 
 from orthanc_cache_plugin.data import FORMAT, Entry
 from orthanc_cache_plugin.store import Store
+from support.clock import Clock
 
 MB = 1024 * 1024
-
-
-class Clock:
-    """An injected monotonic clock that only moves when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def warnings():
-    return []
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path, warnings, clock):
-    opened = Store(str(tmp_path / "store"), 64 * MB, 3600, warn=warnings.append, clock=clock)
-    yield opened
-    opened.close()
-
 
 def _unwritable(tmp_path: Path) -> Path:
     """A directory path below a regular file: it can be neither created nor opened."""

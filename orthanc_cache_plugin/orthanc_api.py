@@ -1,0 +1,75 @@
+"""Calls into Orthanc: its REST API as a plugin sees it, and its log.
+
+One of the three modules that import ``orthanc`` (with :mod:`.orthanc_adapter`,
+which registers the callbacks, and :mod:`.orthanc_changes`, which follows
+changes).  Every call of the package goes through here, so that a failed
+call always comes back as the same value, Orthanc's error code, and every
+log line carries the same prefix (operators grep for it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Union
+
+import orthanc
+
+LOG_PREFIX = "cache plugin: "
+
+
+def warn(message: str) -> None:
+    orthanc.LogWarning(LOG_PREFIX + message)
+
+
+def info(message: str) -> None:
+    orthanc.LogInfo(LOG_PREFIX + message)
+
+
+def error(message: str) -> None:
+    orthanc.LogError(LOG_PREFIX + message)
+
+
+def _error_code(failure: Exception) -> int:
+    """Orthanc's error code (``ErrorCode`` value) of a failed call; -1 when it has none."""
+    return failure.args[0] if failure.args and isinstance(failure.args[0], int) else -1
+
+
+def _answer_or_code(call: Callable[[], Any]) -> Union[bytes, int]:
+    try:
+        answer: bytes = call()
+        return answer
+    except orthanc.OrthancException as failure:
+        return _error_code(failure)
+
+
+def get(uri: str) -> Union[bytes, int]:
+    """Orthanc's built-in answer to a GET: the body, or the error code."""
+    return _answer_or_code(lambda: orthanc.RestApiGet(uri))
+
+
+def get_after_plugins(uri: str) -> Union[bytes, int]:
+    """The answer to a GET of any route, plugins' routes included: the body, or the
+    error code."""
+    return _answer_or_code(lambda: orthanc.RestApiGetAfterPlugins(uri))
+
+
+def post(uri: str, body: bytes) -> Union[bytes, int]:
+    """Orthanc's built-in answer to a POST: the body, or the error code."""
+    return _answer_or_code(lambda: orthanc.RestApiPost(uri, body))
+
+
+def get_json(uri: str) -> Any:
+    """The JSON of a GET that must succeed (``/system``, ``/changes``); raises
+    ``orthanc.OrthancException`` when it fails, for the caller's own recovery."""
+    return json.loads(orthanc.RestApiGet(uri))
+
+
+def touch_and_undo(uri: str) -> bool:
+    """PUT an empty value at ``uri`` and DELETE it again (a change logged in
+    /changes that leaves nothing behind); False when either call fails."""
+    try:
+        orthanc.RestApiPut(uri, b"")
+        orthanc.RestApiDelete(uri)
+    except orthanc.OrthancException:
+        return False
+    return True
