@@ -13,6 +13,9 @@ too; ``StableAge`` 1, so warm-up runs meanwhile), both holding the same data:
   re-creations of deleted instances with other content;
 * ``POST /{level}/{id}/reconstruct`` (sometimes with ``ReconstructFiles``), which
   touches the resource, everything below it and its ancestors (Orthanc 1.11+);
+* on Orthancs that have the Housekeeper plugin (1.11+), restarts of both servers with
+  another ``IngestTranscoding``, after which it rewrites every stored file without
+  telling anyone (no event, no ``LastUpdate``, nothing in /changes);
 * writes that touch no cached answer: labels set and removed (Orthanc 1.12+, when
   ``/system`` says ``HasLabels``), C-ECHOs and queries to a configured modality where
   nobody listens (they fail, alike on both servers);
@@ -59,7 +62,13 @@ from typing import Callable
 
 import pytest
 
-from support.model import CLUSTER_INSTANCE_READS, SERVER_CONFIG, FreshnessRun
+from support import stacks
+from support.model import (
+    CLUSTER_INSTANCE_READS,
+    HOUSEKEEPER_CONFIG,
+    SERVER_CONFIG,
+    FreshnessRun,
+)
 from support.orthanc_server import OrthancServer
 
 OPERATIONS = int(os.environ.get("FRESHNESS_OPERATIONS", "300"))
@@ -73,9 +82,18 @@ OTHER_NODE_BOUND = 1.0
 def test_random_writes_never_leave_a_stale_answer(
         orthanc_factory: Callable[..., OrthancServer],
         cached_orthanc: Callable[..., OrthancServer]) -> None:
-    plain = orthanc_factory(config=SERVER_CONFIG)
-    plugin = cached_orthanc({"StoreBinary": True}, config=SERVER_CONFIG)
-    report = FreshnessRun(SEED, plain, [plugin], keep_going=KEEP_GOING).run(OPERATIONS)
+    """On one node; where Orthanc has its Housekeeper (1.11+), both servers load it and
+    the operations include restarts that make it rewrite every file."""
+    housekeeper = stacks.host_path(stacks.HOUSEKEEPER_PLUGIN).exists()
+    config, plugins = dict(SERVER_CONFIG), []
+    if housekeeper:
+        config.update(HOUSEKEEPER_CONFIG)
+        plugins = [stacks.HOUSEKEEPER_PLUGIN]
+    plain = orthanc_factory(config=dict(config, Plugins=plugins))
+    plugin = cached_orthanc({"StoreBinary": True},
+                            config=dict(config, Plugins=[stacks.PYTHON_PLUGIN] + plugins))
+    report = FreshnessRun(SEED, plain, [plugin], keep_going=KEEP_GOING,
+                          housekeeper=housekeeper).run(OPERATIONS)
     print(report.summary())
     if report.violations:
         pytest.fail(report.failure_message(), pytrace=False)

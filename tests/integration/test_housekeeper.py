@@ -18,9 +18,8 @@ import requests
 
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
-from support.stacks import PYTHON_PLUGIN
+from support.stacks import HOUSEKEEPER_PLUGIN, PYTHON_PLUGIN
 
-HOUSEKEEPER = "/usr/share/orthanc/plugins/libHousekeeper.so"
 IMPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 NO_GZIP = {"Accept-Encoding": "identity"}
 #: freshness.SETTLE + freshness.GRACE, and a margin.
@@ -44,7 +43,7 @@ def housekeeper_busy(server: OrthancServer) -> bool:
 
 def test_files_rewritten_by_the_housekeeper_are_never_served_stale(cached_orthanc) -> None:
     server = cached_orthanc(settings={"StoreBinary": True}, config={
-        "Plugins": [PYTHON_PLUGIN, HOUSEKEEPER],
+        "Plugins": [PYTHON_PLUGIN, HOUSEKEEPER_PLUGIN],
         "Housekeeper": {"Enable": True, "ThrottleDelay": 1},
     })
     instances = [server.upload(dicom) for dicom in make_study("PAT-HK", 2, 2, seed="hk")]

@@ -57,6 +57,13 @@ ATTACHMENT = "Note"
 LABELS = ("reviewed", "model")
 #: A configured modality where nobody listens: C-ECHOs and queries to it fail.
 MODALITY = "nowhere"
+#: The configuration of Orthanc's Housekeeper plugin (Orthanc 1.11 and later) that
+#: "housekeeper rewrite" needs: no pause between studies, so that a rewrite of every
+#: file takes seconds.
+HOUSEKEEPER_CONFIG: Dict[str, Any] = {"Housekeeper": {"Enable": True, "ThrottleDelay": 0}}
+#: The transfer syntaxes that successive "housekeeper rewrite" operations transcode
+#: every stored file to, in turn: implicit, then explicit little endian.
+INGEST_TRANSCODINGS = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
 
 #: Orthanc configuration needed by the operations, on the plain and the plugin servers alike.
 #: ``StableAge`` makes the plugin's warm-up run during the sequence.
@@ -417,6 +424,15 @@ class Report:
 # -- The run -------------------------------------------------------------------------
 
 
+def _housekeeper_done(server: OrthancServer, syntax: str) -> bool:
+    """Whether ``server``'s Housekeeper has finished processing with ``syntax`` as
+    IngestTranscoding."""
+    status = server.get("/plugins/housekeeper/status").json()
+    finished = status.get("LastProcessedConfiguration") or {}
+    return (status.get("CurrentlyProcessingConfiguration") is None
+            and syntax in json.dumps(finished))
+
+
 class FreshnessRun:
     """Random operations on ``targets`` (plugin nodes) checked against ``reference``."""
 
@@ -444,6 +460,9 @@ class FreshnessRun:
         "query": 2,
         # Touches the resource, everything below it and its ancestors (Orthanc 1.11+).
         "reconstruct": 2,
+        # Every server restarted with another IngestTranscoding: the Housekeeper rewrites
+        # every file, telling no one (only with ``housekeeper=True``).
+        "housekeeper rewrite": 1,
     }
     #: Chance that a write is framed by reads of a resource it affects, just before and
     #: just after it (same second, no sleep), the second one conditional on the first.
@@ -472,13 +491,15 @@ class FreshnessRun:
 
     def __init__(self, seed: str, reference: OrthancServer, targets: Sequence[OrthancServer],
                  keep_going: bool = False, instance_reads: ReadTable = INSTANCE_READS,
-                 other_node_delay: float = 0.0):
+                 other_node_delay: float = 0.0, housekeeper: bool = False):
         """``targets`` are plugin nodes sharing one database (one node, or a cluster:
         then pass ``instance_reads=CLUSTER_INSTANCE_READS``); ``reference`` is a plain
         Orthanc with its own database; ``keep_going`` counts every violation instead
         of stopping at the first one; a read on another node than the last write's
         waits until ``other_node_delay`` seconds have passed since that write (the
-        bound docs/freshness.md states for changes made through another node)."""
+        bound docs/freshness.md states for changes made through another node);
+        ``housekeeper`` says that every server loads the Housekeeper plugin with
+        HOUSEKEEPER_CONFIG, so that "housekeeper rewrite" may restart them."""
         if not targets:
             raise ValueError("at least one plugin node is needed")
         self.seed = seed
@@ -490,6 +511,8 @@ class FreshnessRun:
         self.keep_going = keep_going
         self.instance_reads = instance_reads
         self.other_node_delay = other_node_delay
+        self.housekeeper = housekeeper
+        self._transcodings = 0  # "housekeeper rewrite" operations so far
         self._last_write: Tuple[str, float] = ("", 0.0)  # node, time.monotonic()
         self.tree = Tree()
         self.series_recipes: Dict[str, SeriesRecipe] = {}
@@ -535,6 +558,7 @@ class FreshnessRun:
             "query": lambda: self._network("query", {"Level": "Study",
                                                      "Query": {"PatientID": "PAT-*"}}),
             "reconstruct": self._reconstruct,
+            "housekeeper rewrite": self._housekeeper_rewrite,
         }
         #: Writes that the servers' Orthanc lacks (see _unsupported_writes()).
         self.unsupported: Set[str] = set()
@@ -593,8 +617,9 @@ class FreshnessRun:
 
     def _unsupported_writes(self) -> Set[str]:
         """The operations that some server's Orthanc does not have: labels before 1.12
-        (or with a database plugin without them), reconstructions before 1.11."""
-        unsupported = set()
+        (or with a database plugin without them), reconstructions before 1.11,
+        a Housekeeper rewrite unless every server loads the Housekeeper."""
+        unsupported = set() if self.housekeeper else {"housekeeper rewrite"}
         for server in [self.reference] + self.targets:
             system = server.get("/system").json()
             if system.get("ApiVersion", 0) < 20 or not system.get("HasLabels", False):
@@ -826,6 +851,56 @@ class FreshnessRun:
             self._send("POST", path, data)
 
         self._framed(affected, "POST %s %s" % (path, data.decode("utf-8")), write)
+
+    def _housekeeper_rewrite(self) -> None:
+        """Every server restarted with the next ``IngestTranscoding``: the Housekeeper
+        transcodes every stored file, with no change event, no new ``LastUpdate`` and
+        nothing in /changes.  It touches every resource; the write ends when every
+        Housekeeper is done (what it shows on the way is test_housekeeper.py's)."""
+        syntax = INGEST_TRANSCODINGS[self._transcodings % len(INGEST_TRANSCODINGS)]
+        self._transcodings += 1
+        servers = [self.reference] + self.targets
+
+        def write() -> None:
+            self._touch(list(self.tree.nodes))
+            for server in servers:
+                server.stop()
+            for server in servers:
+                server.config["IngestTranscoding"] = syntax
+                server.start()
+            deadline = time.monotonic() + 120
+            while not all(_housekeeper_done(server, syntax) for server in servers):
+                if time.monotonic() > deadline:
+                    raise ModelDiverged("the Housekeeper did not finish transcoding to " + syntax)
+                time.sleep(0.2)
+            # Proof that the files were rewritten (else this operation tests nothing).
+            for instance in self.tree.ids(Level.INSTANCE)[:3]:
+                found = self.reference.get("/instances/%s/metadata/TransferSyntax" % instance)
+                if found.text != syntax:
+                    raise ModelDiverged("instance %s is in %s after the Housekeeper's rewrite "
+                                        "to %s" % (instance, found.text, syntax))
+
+        # The answers a rewrite changes are the stored file's (/file, /header; archives
+        # too, which Orthanc 1.13 leaves uncached): read some once settled, so that they
+        # are stored (and served) before, read them right after, and once more when what
+        # the rewrite touched has settled.
+        instances = self.tree.ids(Level.INSTANCE)
+        files = [Read("/instances/%s%s" % (instance, suffix))
+                 for instance in self.rng.sample(instances, min(2, len(instances)))
+                 for suffix in ("/file", "/header")]
+        self._note("pause %.1f s: earlier writes settle" % self.TOUCH_SETTLE)
+        time.sleep(self.TOUCH_SETTLE)
+        for read in files * 2:
+            self._check(read, conditional=False)
+        affected = [self.tree.nodes[self.rng.choice(sorted(self.tree.nodes))]]
+        self._framed(affected, "restart every server with IngestTranscoding %s: the "
+                     "Housekeeper rewrites every file" % syntax, write)
+        for read in files:
+            self._check(read, conditional=True)
+        self._note("pause %.1f s: what the rewrite touched settles" % self.TOUCH_SETTLE)
+        time.sleep(self.TOUCH_SETTLE)
+        for read in files * 2:
+            self._check(read, conditional=True)
 
     def _series_recipe_below(self, resource_id: str) -> SeriesRecipe:
         instance = self.tree.any_instance_below(resource_id)
