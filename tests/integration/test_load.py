@@ -577,7 +577,9 @@ def test_load_with_writes_then_stop_under_load(
     # quiet (CI saw 1,226 of 4,070).  A fifth, and at least ten a second, is enough to judge.
     assert figures.compared >= max(figures.reads // 5, 10 * LOAD_SECONDS), (
         "too few reads compared: " + summary)
-    assert sum(figures.writes.values()) >= LOAD_SECONDS, "too few writes: " + summary
+    # A write every two seconds at least (each is made on both servers; a busy machine saw
+    # 19 in 22.5 s): enough writes beside the reads to judge them.
+    assert sum(figures.writes.values()) >= LOAD_SECONDS // 2, "too few writes: " + summary
     assert {"HIT", "MISS", "REVALIDATED"} <= set(figures.outcomes), summary
     assert stop.returncode == 0 and not stop.killed, "%s\n%s" % (stop, cached.log_tail())
     assert stop.seconds < STOP_LIMIT, "%s\n%s" % (stop, cached.log_tail())
