@@ -41,6 +41,13 @@ from support.orthanc_server import OrthancServer  # noqa: E402
 
 #: Seconds of one wrk run: the requests are sent in runs of this length.
 CHUNK = 20
+#: The servers measured, by name (--servers): None for plain Orthanc, else the
+#: plugin's settings.
+KINDS: Dict[str, Optional[Dict[str, object]]] = {
+    "plain": None,
+    "plugin": {},
+    "plugin-no-filter": {"WatchHttpWrites": False},
+}
 
 
 def resident_mb(pid: int) -> float:
@@ -87,17 +94,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--stack", choices=stacks.NAMES, default="sid")
     parser.add_argument("--requests", type=int, default=1_000_000,
                         help="requests to each server, after the warm-up")
+    parser.add_argument("--servers", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="which servers to measure (default: all three)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     options = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is missing: apt-get install wrk")
     stacks.select(options.stack)
 
-    kinds = {
-        "plain": None,
-        "plugin": {},
-        "plugin, WatchHttpWrites false": {"WatchHttpWrites": False},
-    }
+    kinds = {name: KINDS[name] for name in options.servers}
     rows: Dict[str, Dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="orthanc-memory-") as folder:
         study = make_study("PAT-MEMORY", 1, 2, seed="memory")
@@ -121,9 +126,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     versions = stacks.versions()
     lines = [
-        "`bench/memory.py --stack %s --requests %d`: Orthanc %s, Python plugin %s; half "
-        "`/system`, half a 2-instance study's `shared-tags`, wrk 16 connections."
-        % (options.stack, options.requests, versions.get("orthanc"),
+        "`bench/memory.py --stack %s --requests %d --servers %s`: Orthanc %s, Python plugin "
+        "%s; half `/system`, half a 2-instance study's `shared-tags`, wrk 16 connections "
+        "(plugin-no-filter: WatchHttpWrites false)."
+        % (options.stack, options.requests, " ".join(options.servers), versions.get("orthanc"),
            versions.get("orthanc-python")),
         "",
         "| server | requests | VmRSS before (MB) | after (MB) | growth per request (bytes) |",

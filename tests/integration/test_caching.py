@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
+from orthanc_cache_plugin.data import Outcome
 from support.dicom_factory import make_instance, make_study
 from support.orthanc_server import OrthancServer
 
@@ -38,12 +39,6 @@ def upload_study(server: OrthancServer, seed: str = "caching", series: int = 2,
 
 def get(server: OrthancServer, path: str, **headers: str):
     return server.get(path, headers=dict(NO_GZIP, **headers))
-
-
-def decisions(server: OrthancServer, path: str) -> List[str]:
-    """Outcomes the plugin logged for GETs of ``path``, oldest first."""
-    pattern = re.compile(r"cache plugin: (\w[\w-]*) GET %s: " % re.escape(path))
-    return pattern.findall(server.log_text())
 
 
 def http_date(moment: datetime) -> str:
@@ -80,7 +75,7 @@ def test_second_get_is_a_hit_with_the_same_body_and_etag(server: OrthancServer) 
     path = "/studies/%s/instances-tags" % study
     first, second = get(server, path), get(server, path)
     assert first.content == second.content and first.headers["ETag"] == second.headers["ETag"]
-    assert decisions(server, path) == ["MISS", "HIT"]
+    assert server.outcomes(path) == [Outcome.MISS, Outcome.HIT]
 
 
 def test_if_none_match_rules(server: OrthancServer) -> None:
@@ -140,7 +135,7 @@ def test_binary_routes_are_validated_but_not_stored_by_default(server: OrthancSe
     path = "/instances/%s/preview" % instance
     first, second = get(server, path), get(server, path)
     assert first.headers["Content-Type"] == "image/png" and first.content == second.content
-    assert decisions(server, path) == ["MISS", "MISS"]
+    assert server.outcomes(path) == [Outcome.MISS, Outcome.MISS]
     assert get(server, path, **{"If-None-Match": first.headers["ETag"]}).status_code == 304
     assert "Accept" in first.headers["Vary"]
 
@@ -152,7 +147,7 @@ def test_store_binary_keeps_each_representation_apart(
     path = "/instances/%s/preview" % instance
     png = [get(server, path) for _ in range(2)]
     jpeg = [get(server, path, Accept="image/jpeg") for _ in range(2)]
-    assert decisions(server, path) == ["MISS", "HIT", "MISS", "HIT"]
+    assert server.outcomes(path) == [Outcome.MISS, Outcome.HIT, Outcome.MISS, Outcome.HIT]
     assert ([answer.headers["Content-Type"] for answer in png + jpeg]
             == ["image/png"] * 2 + ["image/jpeg"] * 2)
     assert png[0].content == png[1].content and jpeg[0].content == jpeg[1].content
@@ -172,7 +167,7 @@ def test_a_new_instance_replaces_the_stored_answer(server: OrthancServer) -> Non
                                  "If-Modified-Since": before.headers["Last-Modified"]})
     assert after.status_code == 200 and len(after.json()) == 3
     assert after.headers["ETag"] != before.headers["ETag"]
-    assert decisions(server, path) == ["MISS", "MISS"]
+    assert server.outcomes(path) == [Outcome.MISS, Outcome.MISS]
 
 
 def test_warm_up_stores_answers_before_the_first_request(
@@ -182,9 +177,9 @@ def test_warm_up_stores_answers_before_the_first_request(
     server.wait_for_log(r"warm-up of studies %s: \d+ answers stored" % study, timeout=20)
     for variant in ("", "?short", "?simplify"):
         get(server, "/studies/%s/shared-tags%s" % (study, variant))
-    assert decisions(server, "/studies/%s/shared-tags" % study) == ["HIT"] * 3
+    assert server.outcomes("/studies/%s/shared-tags" % study) == [Outcome.HIT] * 3
     get(server, "/studies/%s/attachments" % study)
-    assert decisions(server, "/studies/%s/attachments" % study) == ["HIT"]
+    assert server.outcomes("/studies/%s/attachments" % study) == [Outcome.HIT]
 
 
 def test_the_store_survives_a_restart(server: OrthancServer) -> None:
@@ -194,7 +189,7 @@ def test_the_store_survives_a_restart(server: OrthancServer) -> None:
     server.restart()
     again = get(server, path)
     assert again.content == first.content and again.headers["ETag"] == first.headers["ETag"]
-    assert decisions(server, path)[-1] == "HIT"
+    assert server.outcomes(path)[-1] == Outcome.HIT
 
 
 def test_an_unusable_cache_directory_leaves_the_api_working(
@@ -207,7 +202,7 @@ def test_an_unusable_cache_directory_leaves_the_api_working(
     answers = [get(server, path) for _ in range(3)]
     assert all(answer.status_code == 200 for answer in answers)
     assert answers[0].content == answers[2].content and answers[0].json()
-    assert decisions(server, path) == ["BYPASS"] * 3
+    assert server.outcomes(path) == [Outcome.BYPASS] * 3
     log = server.log_text()
     assert log.count("cache store in %s failed" % (blocker / "cache")) == 1
 
@@ -268,7 +263,7 @@ def test_a_corrupt_cache_database_leaves_the_api_working(
     answers = [get(server, path) for _ in range(2)]
     assert [answer.status_code for answer in answers] == [200, 200]
     assert answers[0].json() == answers[1].json() and "ETag" in answers[0].headers
-    assert decisions(server, path) == ["BYPASS", "BYPASS"]
+    assert server.outcomes(path) == [Outcome.BYPASS, Outcome.BYPASS]
     assert server.log_text().count("cache store in %s failed" % directory) == 1
 
 
@@ -300,7 +295,7 @@ def test_answers_of_a_resource_changed_under_two_seconds_ago_are_not_stored(
     study = upload_study(server, settle=False)[0]["ParentStudy"]
     path = "/studies/%s/shared-tags" % study
     first, second = get(server, path), get(server, path)
-    assert decisions(server, path) == ["MISS", "MISS"]
+    assert server.outcomes(path) == [Outcome.MISS, Outcome.MISS]
     assert first.headers["ETag"] == second.headers["ETag"]  # same content
     assert get(server, path, **{"If-None-Match": first.headers["ETag"]}).status_code == 304
     last_update = server.get("/studies/%s/metadata/LastUpdate" % study).text
@@ -312,4 +307,4 @@ def test_answers_of_a_resource_changed_under_two_seconds_ago_are_not_stored(
     assert parse_http_date(settled.headers["Last-Modified"]) == modified
     assert settled.headers["ETag"] != first.headers["ETag"]
     assert get(server, path).headers["ETag"] == settled.headers["ETag"]
-    assert decisions(server, path)[-2:] == ["MISS", "HIT"]
+    assert server.outcomes(path)[-2:] == [Outcome.MISS, Outcome.HIT]

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 import requests
 
+from orthanc_cache_plugin.data import Outcome
 from support.dicom_factory import make_instance, make_study
 from support.orthanc_server import OrthancServer, free_port
 
@@ -36,18 +37,13 @@ def get(server: OrthancServer, path: str, **headers: str) -> requests.Response:
     return server.get(path, headers=dict(NO_GZIP, **headers))
 
 
-def outcomes(server: OrthancServer, path: str) -> List[str]:
-    uri = path.split("?")[0]  # the log names the URI without its query
-    return re.findall(r"cache plugin: (\w+) GET %s: " % re.escape(uri), server.log_text())
-
-
 def stored(server: OrthancServer, paths: List[str]) -> Dict[str, requests.Response]:
     """GET each path until the plugin serves it from its store; the answers."""
     answers = {}
     for path in paths:
         get(server, path)
         answers[path] = get(server, path)
-        assert outcomes(server, path)[-1] == "HIT", (path, outcomes(server, path))
+        assert server.outcomes(path)[-1] == Outcome.HIT, (path, server.outcomes(path))
     return answers
 
 
@@ -178,7 +174,7 @@ def test_writes_elsewhere_change_no_answer_and_no_etag(cached_orthanc) -> None:
             assert revalidated.status_code == 304, (method, path, checked)
             again = get(server, checked)
             assert (again.headers["ETag"], again.content) == (old.headers["ETag"], old.content)
-            assert outcomes(server, checked)[-1] == "HIT", (method, path, checked)
+            assert server.outcomes(checked)[-1] == Outcome.HIT, (method, path, checked)
         if touches_other:
             time.sleep(QUIET)  # the other study's answers settle again
             before.update(stored(server, [other_path]))
@@ -203,7 +199,7 @@ def test_a_restart_keeps_valid_entries_and_never_revives_stale_ones(cached_ortha
     before = stored(server, [study_path, series_path])
     server.restart()
     assert get(server, study_path).content == before[study_path].content
-    assert outcomes(server, study_path)[-1] == "HIT"
+    assert server.outcomes(study_path)[-1] == Outcome.HIT
     assert server.delete("/instances/%s" % instances[0]["ID"]).status_code == 200
     server.restart()
     assert len(get(server, series_path).json()) == 1

@@ -16,6 +16,7 @@ from typing import Dict, List
 
 import requests
 
+from orthanc_cache_plugin.data import Outcome
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 from support.stacks import HOUSEKEEPER_PLUGIN, PYTHON_PLUGIN
@@ -28,12 +29,6 @@ QUIET = 5.5
 
 def get(server: OrthancServer, path: str, **headers: str) -> requests.Response:
     return server.get(path, headers=dict(NO_GZIP, **headers))
-
-
-def last_outcome(server: OrthancServer, path: str) -> str:
-    lines = [line for line in server.log_text().splitlines()
-             if "cache plugin: " in line and " GET %s: " % path in line]
-    return lines[-1].split("cache plugin: ")[1].split()[0]
 
 
 def housekeeper_busy(server: OrthancServer) -> bool:
@@ -53,7 +48,7 @@ def test_files_rewritten_by_the_housekeeper_are_never_served_stale(cached_orthan
     for path in files:
         get(server, path)
         before[path] = get(server, path)
-        assert last_outcome(server, path) == "HIT"
+        assert server.outcomes(path)[-1] == Outcome.HIT
 
     server.stop()
     server.config["IngestTranscoding"] = IMPLICIT_LITTLE_ENDIAN
@@ -93,6 +88,6 @@ def test_files_rewritten_by_the_housekeeper_are_never_served_stale(cached_orthan
     for path in files:
         get(server, path)
         again = get(server, path)
-        assert last_outcome(server, path) == "HIT"
+        assert server.outcomes(path)[-1] == Outcome.HIT
         assert again.headers["ETag"] != before[path].headers["ETag"]
         assert get(server, path, **{"If-None-Match": again.headers["ETag"]}).status_code == 304

@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 import requests
 
+from orthanc_cache_plugin.data import Outcome
 from support.dicom_factory import make_instance, make_study
 from support.nginx import NginxServer
 from support.orthanc_server import OrthancServer
@@ -85,18 +86,6 @@ def proxy_log(proxy: NginxServer, uri: str, method: Optional[str] = "GET", at_le
                    if method in (None, m["method"]) and m["uri"] == uri]
         if len(entries) >= at_least or time.monotonic() > deadline:
             return entries
-        time.sleep(0.05)
-
-
-def decisions(server: OrthancServer, uri: str, at_least: int = 0, timeout: float = 5) -> List[str]:
-    """Outcomes the plugin logged for GETs of ``uri`` (HIT, MISS, REVALIDATED...), oldest first;
-    waits until there are ``at_least`` of them (Orthanc writes its log asynchronously)."""
-    pattern = re.compile(r"cache plugin: (\w[\w-]*) GET %s: " % re.escape(uri))
-    deadline = time.monotonic() + timeout
-    while True:
-        found = pattern.findall(server.log_text())
-        if len(found) >= at_least or time.monotonic() > deadline:
-            return found
         time.sleep(0.05)
 
 
@@ -187,9 +176,9 @@ def test_answers_through_nginx_are_current_after_every_change(
     # Once the changes settle, nginx's copies are confirmed by 304s of the plugin again.
     time.sleep(AFTER_WRITE)
     check_current(tags)
-    seen = len(decisions(orthanc, tags))
+    seen = len(orthanc.outcomes(tags))
     assert through(proxy, tags, auth).headers["X-Proxy-Cache"] == "REVALIDATED"
-    assert decisions(orthanc, tags, at_least=seen + 1)[seen:] == ["REVALIDATED"]
+    assert orthanc.outcomes(tags, at_least=seen + 1)[seen:] == [Outcome.REVALIDATED]
     log = proxy_log(proxy, tags, at_least=7)
     assert (200, "EXPIRED", "200") in log and log[-1] == (200, "REVALIDATED", "304")
 
@@ -218,7 +207,7 @@ def test_nginx_revalidates_its_copies_with_the_plugin(
     assert head.status_code == 200 and head.headers["ETag"] == etag and not head.content
 
     # Every revalidation reached the plugin as a conditional GET answered 304.
-    assert decisions(orthanc, uri, at_least=6) == ["MISS"] + ["REVALIDATED"] * 5
+    assert orthanc.outcomes(uri, at_least=6) == [Outcome.MISS] + [Outcome.REVALIDATED] * 5
     assert proxy_log(proxy, uri,
                      at_least=5) == [(200, "MISS", "200")] + [(200, "REVALIDATED", "304")] * 3 \
         + [(304, "REVALIDATED", "304")]
@@ -261,7 +250,7 @@ def test_requests_without_valid_credentials_always_get_401(
     refusals = [entry for entry in entries if entry[0] == 401]
     assert len(refusals) == len(uris) * 3 * 3 * 3 and {entry[2] for entry in refusals} == {"401"}
     assert {entry[2] for entry in entries if entry[0] == 304} == {"304"}
-    assert decisions(orthanc, uris[0], at_least=6).count("REVALIDATED") >= 3
+    assert orthanc.outcomes(uris[0], at_least=6).count(Outcome.REVALIDATED) >= 3
 
 
 

@@ -19,12 +19,13 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Set, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Union
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from orthanc_cache_plugin.data import Outcome
 from support import stacks
 from support.stacks import ORTHANC_BINARY, PYTHON_PLUGIN
 
@@ -224,6 +225,19 @@ class OrthancServer:
                 return match
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{pattern!r} not in Orthanc log:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def outcomes(self, path: str, at_least: int = 0, timeout: float = 5) -> List[Outcome]:
+        """What the plugin did for each GET of ``path`` (its query aside: the log names
+        the URI), oldest first, read from the log line every request gets; waits until
+        there are ``at_least`` (Orthanc writes its log asynchronously)."""
+        pattern = re.compile(r"cache plugin: ([A-Z][A-Z-]*) GET %s: "
+                             % re.escape(path.split("?")[0]))
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [Outcome(word) for word in pattern.findall(self.log_text())]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
             time.sleep(0.05)
 
     # -- HTTP -------------------------------------------------------------
