@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
 from . import policy
 from .data import Fetched, Reply, Request, Version
@@ -44,8 +43,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(frozen=True)
-class _Job:
+class _Job(NamedTuple):  # a tuple: built on every request, faster than a frozen dataclass
     """One GET of a known resource in a representation, as the steps of serving share it."""
 
     request: Request

@@ -104,7 +104,11 @@ def current(stored: Optional[Entry], stamp: str) -> Optional[Entry]:
 def whole(stored: Optional[Entry], stamp: str) -> Optional[Fetched]:
     """The stored answer, when it is current and kept with its body (not validators only)."""
     entry = current(stored, stamp)
-    if entry is None or entry.body is None:
+    return None if entry is None else _answer_of(entry)
+
+
+def _answer_of(entry: Entry) -> Optional[Fetched]:
+    if entry.body is None:
         return None
     return Fetched(entry.content_type, entry.body, entry.headers)
 
@@ -160,13 +164,14 @@ class ReadStore:
 
     def next(self, stored: Optional[Entry]) -> Union[Decision, Miss]:
         """A 304 or a HIT from a current entry; a miss otherwise."""
-        if current(stored, self.stamp) is not None:
+        entry = current(stored, self.stamp)
+        if entry is not None:
             found = not_modified(self.precondition, Proof.STORED)
             if found is not None:
                 return found
-        answer = whole(stored, self.stamp)
-        if answer is not None:
-            return Decision(200, Outcome.HIT, "stored at this version", answer)
+            answer = _answer_of(entry)
+            if answer is not None:
+                return Decision(200, Outcome.HIT, "stored at this version", answer)
         return Miss(self.precondition, self.stamp, stored)
 
 
