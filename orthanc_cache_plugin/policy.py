@@ -1,8 +1,8 @@
 """The cache policy of one GET: what to read next, and what to answer, with no I/O.
 
 The controller (controller.py) walks a few states.  Each is a value whose
-``next`` takes what the controller has just read (the stored entry, Orthanc's
-answer, a concurrent request's answer, whether the store wrote) and returns
+methods take what the controller has just read (the stored entry, Orthanc's
+answer, a concurrent request's answer, whether the store wrote) and return
 either the next state or the final :class:`Decision`: a 304, or a 200 with
 the answer to send, its outcome and the reason.  The controller does the
 reads, fetches and writes in between, so every rule here is a pure function
@@ -144,10 +144,10 @@ def storage(route: Route, body_length: int, settings: Settings) -> Storage:
 
 
 def on_request(precondition: Evaluation, stamp: str,
-               etag_sent: bool) -> Union[Decision, ReadStore]:
-    """A settled version's GET, before anything is read: a 304 for our very
-    entity-tag (``etag_sent``), else the stored entry decides."""
-    if etag_sent:
+               our_etag_sent: bool) -> Union[Decision, ReadStore]:
+    """A settled version's GET, before anything is read: a 304 when the client
+    sent our very entity-tag (see :func:`etag_sent`), else the stored entry decides."""
+    if our_etag_sent:
         found = not_modified(precondition, Proof.ETAG_SENT)
         if found is not None:
             return found

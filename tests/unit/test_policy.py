@@ -96,15 +96,15 @@ def test_etag_sent(if_none_match, expected):
 
 # --- Before reading, after reading the store ---------------------------------------------------
 
-@pytest.mark.parametrize("precondition, etag_sent, expected", [
+@pytest.mark.parametrize("precondition, our_etag_sent, expected", [
     (MATCH, True, revalidated("If-None-Match matches")),
     (MATCH, False, ("ReadStore", None)),     # "*": the store or Orthanc must show it exists
     (SINCE, False, ("ReadStore", None)),
     (OTHER, False, ("ReadStore", None)),
     (PLAIN, False, ("ReadStore", None)),
 ])
-def test_on_request(precondition, etag_sent, expected):
-    step = policy.on_request(precondition, STAMP, etag_sent)
+def test_on_request(precondition, our_etag_sent, expected):
+    step = policy.on_request(precondition, STAMP, our_etag_sent)
     assert summary(step) == expected
     if isinstance(step, ReadStore):
         assert step == ReadStore(precondition, STAMP)
