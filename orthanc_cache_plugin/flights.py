@@ -7,7 +7,7 @@ coordination every one of them asks Orthanc for the same answer (for
 lets the first one compute while the others wait for its answer, as nginx's
 ``proxy_cache_lock`` and Varnish's request coalescing do.
 
-How it is used (see :meth:`.controller.CacheController.serve`)::
+How it is used (see :meth:`.controller.CacheController._miss`)::
 
     flight, leading = flights.join(key)
     if leading:
