@@ -13,7 +13,7 @@ import pytest
 
 from orthanc_cache_plugin import statistics
 from orthanc_cache_plugin.controller import CacheController
-from orthanc_cache_plugin.data import Fetched, Reply, Request, Version
+from orthanc_cache_plugin.data import Fetched, Outcome, Reply, Request, Version
 from orthanc_cache_plugin.flights import Flights
 from orthanc_cache_plugin.freshness import SETTLE
 from orthanc_cache_plugin.keys import cache_key, entity_tag
@@ -81,18 +81,6 @@ def origin() -> FakeOrigin:
     fake.answers["/instances/in/preview"] = ("image/png", b"\x89PNG")
     fake.answers["/instances/in/tags"] = (JSON, b'{"0010,0010": "x"}')
     return fake
-
-
-@pytest.fixture
-def warnings() -> List[str]:
-    return []
-
-
-@pytest.fixture
-def store(tmp_path, warnings):
-    opened = Store(str(tmp_path / "store"), 64 * MB, 3600, warn=warnings.append)
-    yield opened
-    opened.close()
 
 
 def make_controller(tmp_path, store, origin, vary=(), **overrides) -> CacheController:
@@ -557,15 +545,28 @@ def test_dicomweb_file_goes_to_plain_answer(controller, origin):
 ])
 def test_every_reply_has_a_reason(tmp_path, store, origin, uri, arguments, headers, failing,
                                   known, store_binary):
+    """Two identical requests in a row, in every combination: each reply has a reason,
+    and the status and outcome that the policy gives (stated again here, plainly)."""
     controller = make_controller(tmp_path, store, origin, store_binary=store_binary)
     origin.failing = failing
     if not known:
         origin.versions.clear()
-    for _ in range(2):
-        reply = check_reply(controller.serve(make_request(uri, arguments, headers)))
-        assert reply.status in (200, 304, 404)
-        if reply.status == 304:
-            assert not failing and known
+    replies = [check_reply(controller.serve(make_request(uri, arguments, headers)))
+               for _ in range(2)]
+    assert [(reply.status, reply.outcome) for reply in replies] == \
+        expected_replies(uri, headers, failing, known, store_binary)
+
+
+def expected_replies(uri: str, headers: Dict[str, str], failing: bool, known: bool,
+                     store_binary: bool) -> List[Tuple[int, Outcome]]:
+    """(status, outcome) of two identical requests in a row."""
+    refused = uri.endswith("/preview") and "accept" in headers  # image/gif: not an image we make
+    if not known or refused or failing:
+        return [(404, Outcome.PASS)] * 2  # Orthanc's own answer (the fake's plain 404)
+    if headers.get("if-none-match") == "*" or "if-modified-since" in headers:
+        return [(304, Outcome.REVALIDATED)] * 2  # it exists: Orthanc said so, then the store
+    kept_whole = uri.endswith("/shared-tags") or store_binary
+    return [(200, Outcome.MISS), (200, Outcome.HIT if kept_whole else Outcome.MISS)]
 
 
 # --- Warm-up ---------------------------------------------------------------------------------
