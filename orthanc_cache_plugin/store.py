@@ -1,29 +1,29 @@
 """The server-side store: stored answers on disk, behind get / set / delete.
 
 An entry (:class:`.data.Entry`) is one stored answer (or only its validators)
-with the version of the resource it was computed from.  :class:`Store` keeps entries in
-one ``diskcache.Cache`` (SQLite index plus files, size-limited, LRU
-eviction, per-entry expiry) and turns every failure of the disk into "no
-entry": the caller then asks Orthanc, so a broken store slows the API down but
-never breaks it.  A warning is logged once per failure episode, and the
-store reopens itself a little later.
+with the version of the resource it was computed from.  :class:`Store` is
+the facade the rest of the plugin uses; it combines
+
+* the disk (:class:`.disk.DiskStore`): one ``diskcache.Cache`` (SQLite
+  index plus files, size-limited, LRU eviction, per-entry expiry) that turns
+  every failure of the disk into "no entry": the caller then asks Orthanc, so
+  a broken store slows the API down but never breaks it.  A warning is
+  logged once per failure episode, and the disk reopens itself a little later;
+* the entries kept decoded in memory in front of it
+  (:class:`.memory.HotEntries`), a mirror of the disk kept in sync here;
+* small named strings in files beside the entries (:class:`.state_files.StateFiles`).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import sqlite3
-import threading
 import time
-from typing import Any, Callable, Optional
-
-import diskcache
+from typing import Callable, Optional
 
 from . import __version__
 from .data import FORMAT, Entry
+from .disk import DiskStore
 from .memory import HotEntries
+from .state_files import StateFiles
 
 #: The small value (Store.get_value) naming what computed the stored answers.
 COMPUTED_BY = "computed-by"
@@ -35,10 +35,6 @@ def computed_by(orthanc_version: str) -> str:
     return "orthanc %s, plugin %s, format %d" % (orthanc_version, __version__, FORMAT)
 
 
-_DISKCACHE_FILES = re.compile(r"cache\.db(-wal|-shm|-journal)?")
-_DISKCACHE_FOLDERS = re.compile(r"[0-9a-f]{2}")
-
-
 class Store:
     """Failure-tolerant, size-limited store of :class:`Entry` objects.
 
@@ -48,10 +44,10 @@ class Store:
     memory (:class:`~.memory.HotEntries`) and read from there.
     """
 
-    #: Seconds between attempts to reopen a store that failed.
-    RETRY_DELAY = 5.0
-    #: Bytes of write-ahead log SQLite keeps after a checkpoint.
-    JOURNAL_SIZE_LIMIT = 1024 * 1024
+    #: Seconds between attempts to reopen a store that failed (given to the disk part).
+    RETRY_DELAY = DiskStore.RETRY_DELAY
+    #: Bytes of write-ahead log SQLite keeps after a checkpoint (given to the disk part).
+    JOURNAL_SIZE_LIMIT = DiskStore.JOURNAL_SIZE_LIMIT
 
     def __init__(self, directory: str, size_limit: int, expiration: int,
                  warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
@@ -59,92 +55,27 @@ class Store:
         self.directory = directory
         #: Expiry times are compared with diskcache's own (wall clock).
         self._hot = HotEntries(memory, time.time) if memory > 0 else None
-        self._size_limit = size_limit
         self._expiration = expiration
-        self._warn = warn
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._cache: Optional[diskcache.Cache] = None
-        self._failed_at: Optional[float] = None
-        self._damaged = False
-        self.failures = 0
-        self._open()
+        self._state = StateFiles(directory)
+        self._disk = DiskStore(directory, size_limit, warn, clock,
+                               on_failure=self._forget_memory,
+                               retry_delay=self.RETRY_DELAY,
+                               journal_size_limit=self.JOURNAL_SIZE_LIMIT)
 
     @property
     def available(self) -> bool:
         """False while the store is failing (requests then bypass it)."""
-        return self._cache is not None
+        return self._disk.available
 
-    def _open(self) -> None:
-        if self._damaged:
-            self._start_afresh()
-        try:
-            self._cache = diskcache.Cache(
-                self.directory, size_limit=self._size_limit,
-                eviction_policy="least-recently-used", statistics=False, tag_index=True,
-                # Keep SQLite's write-ahead log small once checkpointed.
-                sqlite_journal_size_limit=self.JOURNAL_SIZE_LIMIT)
-        except Exception as error:  # sqlite3, OSError, anything from the disk
-            self._fail(error)
+    @property
+    def failures(self) -> int:
+        """How many times the disk failed (operations and attempts to reopen)."""
+        return self._disk.failures
 
-    def _start_afresh(self) -> None:
-        """Remove a damaged database and its value folders (only diskcache's own files)."""
-        self._damaged = False
-        self._warn("cache store in %s is damaged: starting it afresh" % self.directory)
-        try:
-            for name in os.listdir(self.directory):
-                path = os.path.join(self.directory, name)
-                if _DISKCACHE_FILES.fullmatch(name) and os.path.isfile(path):
-                    os.remove(path)
-                elif _DISKCACHE_FOLDERS.fullmatch(name) and os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass  # the next attempt to open reports it
-
-    def _fail(self, error: BaseException) -> None:
-        # diskcache's Timeout hides SQLite's own error (e.g. a read-only disk).
-        cause = error.__context__ if not str(error) and error.__context__ else error
-        if isinstance(cause, sqlite3.DatabaseError) and \
-                re.search(r"malformed|not a database", str(cause)):
-            self._damaged = True
-        with self._lock:
-            first = self._failed_at is None
-            self._failed_at = self._clock()
-            self.failures += 1
-            broken, self._cache = self._cache, None
-        if self._hot is not None:  # the memory mirrors a working disk store, never more
+    def _forget_memory(self) -> None:
+        """The memory mirrors a working disk store, never more: a failing disk empties it."""
+        if self._hot is not None:
             self._hot.clear()
-        if broken is not None:
-            try:
-                broken.close()
-            except Exception:
-                pass
-        if first:
-            self._warn("cache store in %s failed (%s: %s); requests go to Orthanc until it "
-                       "works again" % (self.directory, type(cause).__name__, cause))
-
-    def _usable(self) -> Optional[diskcache.Cache]:
-        if self._cache is None and self._failed_at is not None:
-            if self._clock() - self._failed_at >= self.RETRY_DELAY:
-                with self._lock:
-                    retry = self._cache is None
-                if retry:
-                    self._open()
-        return self._cache
-
-    def _call(self, action: Callable[[diskcache.Cache], Any], default: Any = None) -> Any:
-        cache = self._usable()
-        if cache is None:
-            return default
-        try:
-            result = action(cache)
-        except Exception as error:
-            self._fail(error)
-            return default
-        if self._failed_at is not None:
-            self._failed_at = None
-            self._warn("cache store in %s works again" % self.directory)
-        return result
 
     def get(self, key: str) -> Optional[Entry]:
         """The entry stored under ``key``; None if absent, unreadable or the store fails."""
@@ -152,14 +83,13 @@ class Store:
             entry = self._hot.get(key)
             if entry is not None:
                 return entry
-        found = self._call(lambda cache: cache.get(key, expire_time=True, tag=True))
-        raw, expires, tag = found if found is not None else (None, None, None)
+        raw, expires, tag = self._disk.get(key)
         if raw is None:
             return None
         entry = Entry.decode(raw) if isinstance(raw, bytes) else None
         if entry is None:  # written by another plugin version, or damaged
             self.delete(key)
-        elif self._hot is not None and self._cache is not None:
+        elif self._hot is not None and self._disk.available:
             lifetime = self._expiration if expires is None else expires - time.time()
             self._hot.put(key, entry, tag, lifetime)
         return entry
@@ -171,8 +101,7 @@ class Store:
         """
         if self._hot is not None:
             self._hot.delete(key)
-        written = bool(self._call(
-            lambda cache: cache.set(key, entry.encode(), expire=self._expiration, tag=tag), False))
+        written = self._disk.set(key, entry.encode(), self._expiration, tag)
         if written and self._hot is not None:
             self._hot.put(key, entry, tag, self._expiration)
         return written
@@ -181,13 +110,13 @@ class Store:
         """Drop every entry stored with ``tag``; how many went (an indexed query)."""
         if self._hot is not None:
             self._hot.evict(tag)
-        return int(self._call(lambda cache: cache.evict(tag), 0))
+        return self._disk.evict(tag)
 
     def delete(self, key: str) -> None:
         """Forget ``key``."""
         if self._hot is not None:
             self._hot.delete(key)
-        self._call(lambda cache: cache.delete(key))
+        self._disk.delete(key)
 
     def close_thread_connection(self) -> None:
         """Close the SQLite connection of the calling thread, if it opened one.
@@ -195,68 +124,40 @@ class Store:
         Called when a REST callback ends: the next request then opens a new
         connection, which notices a store deleted or damaged on disk (an open
         connection keeps working on an unlinked or overwritten file)."""
-        cache = self._cache
-        if cache is not None:
-            try:
-                cache.close()  # diskcache closes only this thread's connection
-            except Exception as error:
-                self._fail(error)
+        self._disk.close_thread_connection()
 
     def record_accesses(self) -> None:
         """Give the entries read from memory their access time on disk, in one transaction,
         so that the disk's least-recently-used eviction spares them.  Called periodically."""
         touched = self._hot.take_touched() if self._hot is not None else []
-        if not touched:
-            return
-        now = time.time()
-
-        def update(cache: diskcache.Cache) -> None:
-            # diskcache's own LRU update (Cache.get): its schema keeps str keys raw.
-            with cache.transact():
-                cache._con.executemany(  # pylint: disable=protected-access
-                    "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1",
-                    [(now, key) for key in touched])
-        self._call(update)
+        if touched:
+            self._disk.update_access_times(touched, time.time())
 
     def get_value(self, name: str) -> Optional[str]:
         """A small named string kept in a file beside the entries; None if absent."""
-        try:
-            with open(os.path.join(self.directory, "state-" + name), encoding="utf-8") as file:
-                return file.read()
-        except (OSError, ValueError):
-            return None
+        return self._state.get(name)
 
     def set_value(self, name: str, value: str) -> None:
         """Keep ``value`` under ``name``, replacing the file atomically; errors are ignored
         (the store's own failure handling reports a broken directory)."""
-        path = os.path.join(self.directory, "state-" + name)
-        temporary = "%s.%d.%d" % (path, os.getpid(), threading.get_ident())
-        try:
-            with open(temporary, "w", encoding="utf-8") as file:
-                file.write(value)
-            os.replace(temporary, path)
-        except OSError:
-            pass
+        self._state.set(name, value)
 
     def clear(self) -> int:
-        """Forget everything; returns how many entries were removed."""
+        """Forget everything; returns how many entries were removed (the small named
+        values stay)."""
         if self._hot is not None:
             self._hot.clear()
-        return int(self._call(lambda cache: cache.clear(), 0))
+        return self._disk.clear()
 
     def count(self) -> int:
         """Number of entries (kept by diskcache, not counted)."""
-        return int(self._call(lambda cache: len(cache), 0))
+        return self._disk.count()
 
     def volume(self) -> int:
         """Bytes used on disk."""
-        return int(self._call(lambda cache: cache.volume(), 0))
+        return self._disk.volume()
 
     def close(self) -> None:
         """Release the files; later calls reopen nothing."""
-        with self._lock:
-            cache, self._cache, self._failed_at = self._cache, None, None
-        if self._hot is not None:
-            self._hot.clear()
-        if cache is not None:
-            cache.close()
+        self._disk.close()
+        self._forget_memory()

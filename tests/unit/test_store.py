@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
+from typing import Dict
 
 import diskcache
 import pytest
@@ -368,6 +370,36 @@ def test_memory_reads_keep_the_disk_least_recently_used_order(tmp_path, warnings
         store.set("cold-%d" % index, Entry("v", "t", b"c" * 8192))
     assert _on_disk(store, "hot") is not None
     assert _on_disk(store, "cold-0") is None
+    assert warnings == []
+    store.close()
+
+
+def _access_times(store: Store) -> Dict[str, float]:
+    """access_time of every row of diskcache's table, read with SQLite alone."""
+    with closing(sqlite3.connect(str(Path(store.directory) / "cache.db"))) as connection:
+        return dict(connection.execute("SELECT key, access_time FROM Cache").fetchall())
+
+
+def test_record_accesses_writes_the_access_times_of_memory_hits_into_diskcaches_table(
+        tmp_path, warnings):
+    """The access-time UPDATE (through diskcache's private connection, see disk.py) reaches
+    diskcache's own table, for the keys read from memory and no other."""
+    store = _hot_store(tmp_path, warnings)
+    for key in ("read", "not-read"):
+        store.set(key, Entry("v", "t", key.encode()))
+    with closing(sqlite3.connect(str(Path(store.directory) / "cache.db"))) as connection:
+        with connection:
+            connection.execute("UPDATE Cache SET access_time = 0")
+    assert store.get("read") is not None  # from memory: the disk is not asked
+    assert _access_times(store) == {"read": 0.0, "not-read": 0.0}
+    before = time.time()
+    store.record_accesses()
+    times = _access_times(store)
+    assert before <= times["read"] <= time.time()
+    assert times["not-read"] == 0.0
+    store.record_accesses()  # nothing read since: nothing written
+    assert _access_times(store) == times
+    assert store.available and warnings == []
     store.close()
 
 
@@ -386,7 +418,7 @@ def test_close_thread_connection_closes_only_this_threads_connection(store):
     """The next call opens a new connection, which is how a store deleted or damaged on
     disk gets noticed (see Store.close_thread_connection)."""
     store.set("k", Entry("v", "t", b"x"))
-    cache = store._cache  # pylint: disable=protected-access
+    cache = store._disk._cache  # pylint: disable=protected-access
     assert getattr(cache._local, "con", None) is not None  # pylint: disable=protected-access
     store.close_thread_connection()
     assert getattr(cache._local, "con", None) is None  # pylint: disable=protected-access
@@ -394,3 +426,15 @@ def test_close_thread_connection_closes_only_this_threads_connection(store):
     store.close_thread_connection()
     store.close_thread_connection()  # nothing open: nothing happens
     assert store.available
+
+
+# --- Small named values ----------------------------------------------------------------------
+
+def test_named_values_are_files_beside_the_entries_and_outlive_clear(store):
+    assert store.get_value("computed-by") is None
+    store.set_value("computed-by", "orthanc 1.13.0")
+    store.set("k", Entry("v", "t", b"x"))
+    assert store.clear() == 1
+    assert store.get_value("computed-by") == "orthanc 1.13.0"
+    assert (Path(store.directory) / "state-computed-by").read_text(encoding="utf-8") == \
+        "orthanc 1.13.0"
