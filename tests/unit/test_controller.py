@@ -17,10 +17,10 @@ from orthanc_cache_plugin.data import Fetched, Outcome, Reply, Request, Version
 from orthanc_cache_plugin.flights import Flights
 from orthanc_cache_plugin.freshness import SETTLE
 from orthanc_cache_plugin.keys import cache_key, entity_tag
-from orthanc_cache_plugin.routes import match
 from orthanc_cache_plugin.settings import load_settings
 from orthanc_cache_plugin.store import Store
 from orthanc_cache_plugin.validators import format_http_date
+from support.request_factory import make_request
 
 UTC = timezone.utc
 NOW = datetime(2023, 2, 20, 15, 0, 0, tzinfo=UTC)
@@ -29,14 +29,6 @@ SALT = "orthanc 1.10.1, plugin test"
 MB = 1024 * 1024
 JSON = "application/json; charset=utf-8"
 OUTCOMES = set(statistics.OUTCOMES)
-
-
-def make_request(uri: str, arguments: Optional[Dict[str, str]] = None,
-                 headers: Optional[Dict[str, str]] = None) -> Request:
-    found = match(uri)
-    assert found is not None, uri
-    route, groups = found
-    return Request(route, groups, uri, dict(arguments or {}), dict(headers or {}))
 
 
 class FakeOrigin:

@@ -11,9 +11,8 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
-from orthanc_cache_plugin.data import Request
 from orthanc_cache_plugin.plain_answers import JSON_TYPE, PlainOrthanc, error_body
-from orthanc_cache_plugin.routes import match
+from support.request_factory import make_request
 
 PATIENT = "15439993-236cb7c2-71e8ef31-2bc00cb7-e399a1ff"
 STUDY = "0b7294d3-d929cfcb-5863043f-68932bc0-54939296"
@@ -109,14 +108,6 @@ class FakeOrthanc:
     def __call__(self, uri: str) -> Union[bytes, int]:
         self.calls.append(uri)
         return self.answers.get(uri, 17)
-
-
-def make_request(uri: str, arguments: Optional[Dict[str, str]] = None,
-                 headers: Optional[Dict[str, str]] = None) -> Request:
-    found = match(uri)
-    assert found is not None, uri
-    route, groups = found
-    return Request(route, groups, uri, dict(arguments or {}), dict(headers or {}))
 
 
 def answer(get: FakeOrthanc, uri: str, arguments=None, headers=None, describe_errors=True):
