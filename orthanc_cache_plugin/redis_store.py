@@ -56,12 +56,21 @@ production share a server without seeing each other's keys, and
 The scripts are Lua (``EVALSHA``), each atomic on the server; they name
 keys they were not given, which a standalone server or a replicated one
 (Sentinel) allows and Redis Cluster does not: the store needs one server.
+
+**Calls run on threads of this module** (:attr:`RedisStore.WORKERS`), never on
+the Orthanc thread that serves the request.  Python 3.14 leaves code that
+runs on Orthanc's HTTP threads a C stack of a few hundred levels (measured in
+Orthanc 1.13.0 with plugin 7.1: 264 levels of C recursion, against some
+58,000 on a thread that Python started), and the client goes deeper: every
+call failed with ``RecursionError`` (docs/reliability.md).  The hop costs
+tens of microseconds against a round trip of about 250.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
@@ -210,6 +219,9 @@ class RedisStore:
     SWEEP_BATCH = 1000
     #: Keys per TOUCH of :meth:`update_access_times`.
     TOUCH_BATCH = 1000
+    #: Threads that make the calls (see the module's documentation): as many calls at a
+    #: time; more wait their turn (each call is bounded by the timeout).
+    WORKERS = 8
 
     def __init__(self, options: RedisOptions, warn: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic,
@@ -235,6 +247,7 @@ class RedisStore:
         self._bookkeeping = [prefix + "i", prefix + "s", prefix + "b"]
         #: Failures so far (each failed operation or attempt to reconnect).
         self.failures = 0
+        self._workers = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="cache-redis")
         self._open(retrying=False)
 
     @property
@@ -315,10 +328,17 @@ class RedisStore:
                 client.close()
             except Exception:
                 pass
+        self._workers.shutdown(wait=False)
 
     # -- failures and reconnecting ---------------------------------------------------------------
 
     def _open(self, retrying: bool) -> None:
+        try:
+            self._workers.submit(self._connect, retrying).result()
+        except RuntimeError:  # closed meanwhile: the workers take nothing more
+            pass
+
+    def _connect(self, retrying: bool) -> None:
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -386,7 +406,7 @@ class RedisStore:
         if client is None:
             return default
         try:
-            result = action(client)
+            result = self._workers.submit(action, client).result()
         except Exception as error:
             self._fail(error)
             return default
