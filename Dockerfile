@@ -3,7 +3,7 @@
 FROM orthancteam/orthanc
 
 COPY . /tmp/orthanc-cache-plugin
-RUN pip install --break-system-packages /tmp/orthanc-cache-plugin \
+RUN pip install --break-system-packages "/tmp/orthanc-cache-plugin[redis]" \
  && cp /tmp/orthanc-cache-plugin/example.py /etc/orthanc/cache-plugin.py \
  && rm -rf /tmp/orthanc-cache-plugin \
  && mkdir -p /var/lib/orthanc/cache

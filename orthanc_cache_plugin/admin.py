@@ -96,7 +96,7 @@ class AdminApi:
                          headers={"Allow": route.method})
         body: Dict[str, Any]
         if route.action is AdminAction.STATISTICS:
-            body = self._statistics.report(self._figures(), self._store.directory,
+            body = self._statistics.report(self._figures(), self._store.location,
                                            self._store.available, self._configuration())
         elif route.action is AdminAction.EMPTY:
             body = {"Removed": self._store.clear()}

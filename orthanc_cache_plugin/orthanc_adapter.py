@@ -44,8 +44,9 @@ from .orthanc_changes import (
     watch_writes,
 )
 from .plain_answers import JSON_TYPE, PlainOrthanc
+from .redis_store import RedisOptions
 from .routes import ROUTES, Level, Route
-from .settings import Settings, SettingsError, load_settings
+from .settings import Backend, Settings, SettingsError, load_settings
 from .statistics import Statistics
 from .store import COMPUTED_BY, Store, computed_by
 from .thread_states import keep_thread_state
@@ -163,7 +164,8 @@ class CachePlugin:
     def __init__(self, settings: Settings, configuration: Mapping[str, Any]):
         self.settings = settings
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
-                           warn=_warn, memory=settings.memory_size_bytes)
+                           warn=_warn, memory=settings.memory_size_bytes,
+                           redis=_redis_options(settings))
         self.changes = ChangeWatch(self.store, on_tick=self.on_tick,
                                    admin_prefix=settings.admin_prefix,
                                    housekeeper=_housekeeper_enabled(configuration))
@@ -309,6 +311,13 @@ class CachePlugin:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
 
 
+def _redis_options(settings: Settings) -> Optional[RedisOptions]:
+    """How to reach the Redis server, when the setting Backend says so."""
+    if settings.store_backend is not Backend.REDIS:
+        return None
+    return RedisOptions(settings.redis_url, settings.key_prefix, settings.redis_timeout / 1000)
+
+
 def _exists(level: Level, resource_id: str) -> bool:
     return isinstance(_get("/%s/%s" % (level.value, resource_id)), bytes)
 
@@ -399,6 +408,6 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     if exit_note is not None:
         _warn(exit_note)
     _warn("version %s active, store in %s (%s)" % (
-        __version__, settings.directory,
+        __version__, plugin.store.location,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))
     return True

@@ -8,7 +8,9 @@ override them.  Every setting is declared once, as a field of :class:`Settings`;
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 SECTION = "CachePlugin"
@@ -16,6 +18,15 @@ SECTION = "CachePlugin"
 
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names it."""
+
+
+class Backend(Enum):
+    """Where the server-side store keeps its entries (the setting ``Backend``)."""
+
+    #: A diskcache database in ``Directory``: one node, nothing else to run.
+    DISK = "disk"
+    #: A Redis or Valkey server at ``RedisUrl``, keys under ``KeyPrefix``.
+    REDIS = "redis"
 
 
 @dataclass(frozen=True)
@@ -28,14 +39,19 @@ class Setting:
     description: str
     minimum: Optional[int] = None
     may_be_empty: bool = False
+    #: The only values allowed (a closed set), if any.
+    choices: Tuple[str, ...] = ()
+    #: A regular expression the start of the value must match, and what it means.
+    pattern: Optional[Tuple[str, str]] = None
 
 
 def _setting(name: str, kind: type, default: Any, description: str,
-             minimum: Optional[int] = None, may_be_empty: bool = False) -> Any:
+             minimum: Optional[int] = None, may_be_empty: bool = False,
+             choices: Tuple[str, ...] = (), pattern: Optional[Tuple[str, str]] = None) -> Any:
     """A field of :class:`Settings`, carrying its :class:`Setting` (no Python default:
     :func:`load_settings` always gives every value)."""
     return field(metadata={"setting": Setting(name, kind, default, description, minimum,
-                                               may_be_empty)})
+                                               may_be_empty, choices, pattern)})
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,27 @@ class Settings:
         "the same answer (same route, query, representation and version), then uses its "
         "answer instead of asking Orthanc again; past it, or when that request fails, it "
         "asks Orthanc itself. 0 to never wait.", minimum=0)
+    backend: str = _setting(
+        "Backend", str, Backend.DISK.value,
+        "Where the server-side store keeps its entries: \"disk\" (a diskcache database in "
+        "Directory) or \"redis\" (a Redis or Valkey server at RedisUrl, needing the "
+        "package's redis extra; each node still keeps its own answers: see "
+        "docs/deployment.md). Directory keeps the plugin's small state files either way.",
+        choices=tuple(backend.value for backend in Backend))
+    redis_url: str = _setting(
+        "RedisUrl", str, "redis://127.0.0.1:6379/0",
+        "The Redis or Valkey server of Backend \"redis\": redis://[user:password@]host:port/db, "
+        "rediss://... for TLS, or unix:///path/to/socket?db=0. The password is never logged.",
+        pattern=(r"(redis|rediss|unix)://", "a redis://, rediss:// or unix:// URL"))
+    key_prefix: str = _setting(
+        "KeyPrefix", str, "orthanc-cache:",
+        "Start of every key the plugin writes to Redis; DELETE {AdminPrefix}, entry counts "
+        "and sizes touch only these keys. Give each cluster (test, production) its own.")
+    redis_timeout: int = _setting(
+        "RedisTimeout", int, 100,
+        "Milliseconds each Redis call (connecting, sending, each wait for an answer) may "
+        "take; past it the request goes to Orthanc and the store is left alone for a "
+        "while.", minimum=1)
 
     @property
     def maximum_size_bytes(self) -> int:
@@ -122,6 +159,10 @@ class Settings:
     @property
     def memory_size_bytes(self) -> int:
         return self.memory_size * 1024 * 1024
+
+    @property
+    def store_backend(self) -> Backend:
+        return Backend(self.backend)
 
     def as_configuration(self) -> Dict[str, Any]:
         """The settings under their configuration-file names."""
@@ -148,6 +189,12 @@ def _check(setting: Setting, value: Any, origin: str) -> Any:
                             % (origin, setting.name, setting.minimum, value))
     if setting.type is str and not setting.may_be_empty and not value.strip():
         raise SettingsError("%s: %s must not be empty" % (origin, setting.name))
+    if setting.choices and value not in setting.choices:
+        raise SettingsError("%s: %s must be one of %s, got %r"
+                            % (origin, setting.name, ", ".join(setting.choices), value))
+    if setting.pattern is not None and not re.match(setting.pattern[0], value):
+        # Not the value itself: a URL may hold a password.
+        raise SettingsError("%s: %s must be %s" % (origin, setting.name, setting.pattern[1]))
     return value
 
 

@@ -12,17 +12,25 @@ the facade the rest of the plugin uses; it combines
 * the entries kept decoded in memory in front of it
   (:class:`.memory.HotEntries`), a mirror of the disk kept in sync here;
 * small named strings in files beside the entries (:class:`.state_files.StateFiles`).
+
+With ``redis`` options (the setting ``Backend: redis``), a Redis or Valkey
+server (:class:`.redis_store.RedisStore`, the same surface and the same
+failure handling) takes the disk's place; the memory front mirrors it as it
+mirrors the disk, and the state files stay in ``directory``: they belong to
+the node.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from . import __version__
 from .data import FORMAT, Entry
 from .disk import DiskStore
 from .memory import HotEntries
+from .redis_store import RedisOptions, RedisStore
 from .state_files import StateFiles
 
 #: The small value (Store.get_value) naming what computed the stored answers.
@@ -51,26 +59,44 @@ class Store:
 
     def __init__(self, directory: str, size_limit: int, expiration: int,
                  warn: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
-                 memory: int = 0):
+                 memory: int = 0, redis: Optional[RedisOptions] = None):
         self.directory = directory
         #: Expiry times are compared with diskcache's own (wall clock).
         self._hot = HotEntries(memory, time.time) if memory > 0 else None
         self._expiration = expiration
         self._state = StateFiles(directory)
-        self._disk = DiskStore(directory, size_limit, warn, clock,
-                               on_failure=self._forget_memory,
-                               retry_delay=self.RETRY_DELAY,
-                               journal_size_limit=self.JOURNAL_SIZE_LIMIT)
+        self._backend: Union[DiskStore, RedisStore]
+        if redis is None:
+            self._backend = DiskStore(directory, size_limit, warn, clock,
+                                      on_failure=self._forget_memory,
+                                      retry_delay=self.RETRY_DELAY,
+                                      journal_size_limit=self.JOURNAL_SIZE_LIMIT)
+        else:
+            # diskcache makes the directory for the disk store; the state files need it
+            # too (a node that cannot keep its generations starts afresh at each restart).
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as error:
+                warn("cannot make %s for the state files (%s)" % (directory, error))
+            # The size bound is the server's (maxmemory): see docs/deployment.md.
+            self._backend = RedisStore(redis, warn, clock, on_failure=self._forget_memory,
+                                       retry_delay=self.RETRY_DELAY)
+
+    @property
+    def location(self) -> str:
+        """Where the entries are: the directory, or the Redis server (without password)
+        and the key prefix."""
+        return self._backend.directory
 
     @property
     def available(self) -> bool:
         """False while the store is failing (requests then bypass it)."""
-        return self._disk.available
+        return self._backend.available
 
     @property
     def failures(self) -> int:
         """How many times the disk failed (operations and attempts to reopen)."""
-        return self._disk.failures
+        return self._backend.failures
 
     def _forget_memory(self) -> None:
         """The memory mirrors a working disk store, never more: a failing disk empties it."""
@@ -83,13 +109,13 @@ class Store:
             entry = self._hot.get(key)
             if entry is not None:
                 return entry
-        raw, expires, tag = self._disk.get(key)
+        raw, expires, tag = self._backend.get(key)
         if raw is None:
             return None
         entry = Entry.decode(raw) if isinstance(raw, bytes) else None
         if entry is None:  # written by another plugin version, or damaged
             self.delete(key)
-        elif self._hot is not None and self._disk.available:
+        elif self._hot is not None and self._backend.available:
             lifetime = self._expiration if expires is None else expires - time.time()
             self._hot.put(key, entry, tag, lifetime)
         return entry
@@ -101,7 +127,7 @@ class Store:
         """
         if self._hot is not None:
             self._hot.delete(key)
-        written = self._disk.set(key, entry.encode(), self._expiration, tag)
+        written = self._backend.set(key, entry.encode(), self._expiration, tag)
         if written and self._hot is not None:
             self._hot.put(key, entry, tag, self._expiration)
         return written
@@ -110,13 +136,13 @@ class Store:
         """Drop every entry stored with ``tag``; how many went (an indexed query)."""
         if self._hot is not None:
             self._hot.evict(tag)
-        return self._disk.evict(tag)
+        return self._backend.evict(tag)
 
     def delete(self, key: str) -> None:
         """Forget ``key``."""
         if self._hot is not None:
             self._hot.delete(key)
-        self._disk.delete(key)
+        self._backend.delete(key)
 
     def close_thread_connection(self) -> None:
         """Close the SQLite connection of the calling thread, if it opened one.
@@ -124,14 +150,14 @@ class Store:
         Called when a REST callback ends: the next request then opens a new
         connection, which notices a store deleted or damaged on disk (an open
         connection keeps working on an unlinked or overwritten file)."""
-        self._disk.close_thread_connection()
+        self._backend.close_thread_connection()
 
     def record_accesses(self) -> None:
         """Give the entries read from memory their access time on disk, in one transaction,
         so that the disk's least-recently-used eviction spares them.  Called periodically."""
         touched = self._hot.take_touched() if self._hot is not None else []
         if touched:
-            self._disk.update_access_times(touched, time.time())
+            self._backend.update_access_times(touched, time.time())
 
     def get_value(self, name: str) -> Optional[str]:
         """A small named string kept in a file beside the entries; None if absent."""
@@ -147,17 +173,17 @@ class Store:
         values stay)."""
         if self._hot is not None:
             self._hot.clear()
-        return self._disk.clear()
+        return self._backend.clear()
 
     def count(self) -> int:
         """Number of entries (kept by diskcache, not counted)."""
-        return self._disk.count()
+        return self._backend.count()
 
     def volume(self) -> int:
         """Bytes used on disk."""
-        return self._disk.volume()
+        return self._backend.volume()
 
     def close(self) -> None:
         """Release the files; later calls reopen nothing."""
-        self._disk.close()
+        self._backend.close()
         self._forget_memory()

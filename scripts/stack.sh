@@ -116,7 +116,7 @@ build() {
         cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     fi
     env -u PIP_CERT -u PIP_FIND_LINKS PIP_QUIET=1 PIP_ROOT_USER_ACTION=ignore \
-        chroot "$root" pip install --break-system-packages /tmp/orthanc-cache-plugin
+        chroot "$root" pip install --break-system-packages "/tmp/orthanc-cache-plugin[redis]"
     rm -rf "$copy"
     cp "$CHECKOUT/example.py" "$root/etc/orthanc/cache-plugin.py"
 }

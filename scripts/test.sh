@@ -9,9 +9,9 @@ set -eu
 cd "$(dirname "$0")/.."
 
 # The cluster tests start PostgreSQL, the proxy tests nginx, the benchmark's
-# smoke test wrk: their own processes on free loopback ports (the services
-# these packages install are not used).
-packages="debootstrap postgresql nginx wrk python3-pip python3-venv"
+# smoke test wrk, the Redis store's tests redis-server: their own processes on
+# free loopback ports (the services these packages install are not used).
+packages="debootstrap postgresql nginx wrk redis-server python3-pip python3-venv"
 if ! dpkg -s $packages >/dev/null 2>&1; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages

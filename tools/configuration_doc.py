@@ -53,6 +53,10 @@ EXAMPLES: Dict[str, Any] = {
     "WatchHttpWrites": False,
     "AdminPrefix": "/admin/cache",
     "LockTimeout": 60,
+    "Backend": "redis",
+    "RedisUrl": "redis://:secret@redis:6379/0",
+    "KeyPrefix": "orthanc-cache-production:",
+    "RedisTimeout": 250,
 }
 
 #: The setting that the introduction and the Docker section take as example.
@@ -165,7 +169,13 @@ def _type_of(setting: Setting) -> str:
     text = _JSON_TYPES.get(setting.type, setting.type.__name__)
     if setting.minimum is not None:
         text += ", at least %d" % setting.minimum
-    if setting.type is str and not getattr(setting, "may_be_empty", False):
+    choices = getattr(setting, "choices", ())
+    pattern = getattr(setting, "pattern", None)
+    if choices:
+        text += ", one of %s" % ", ".join(_json(choice) for choice in choices)
+    elif pattern is not None:
+        text += ", %s" % pattern[1]
+    elif setting.type is str and not getattr(setting, "may_be_empty", False):
         text += ", not empty"
     return text
 

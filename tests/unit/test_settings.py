@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from orthanc_cache_plugin.settings import SECTION, SETTINGS, Settings, SettingsError, load_settings
+from orthanc_cache_plugin.settings import (
+    SECTION,
+    SETTINGS,
+    Backend,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 
 
 def test_section_name():
@@ -42,7 +49,8 @@ def test_as_configuration_uses_file_names():
                                    "CacheControl", "StoreBinary", "MaximumEntrySize", "MemorySize",
                                    "WarmUp", "WarmUpQueueSize", "CacheStatusHeader",
                                    "WatchHttpWrites",
-                                   "AdminPrefix", "LockTimeout"]
+                                   "AdminPrefix", "LockTimeout", "Backend", "RedisUrl",
+                                   "KeyPrefix", "RedisTimeout"]
 
 
 def test_every_setting_is_documented():
@@ -55,10 +63,14 @@ def test_section_values():
     section = {"Enable": False, "Directory": "/tmp/c", "MaximumSize": 10, "Expiration": 60,
                "CacheControl": "no-cache", "StoreBinary": True, "MaximumEntrySize": 2,
                "MemorySize": 0, "WarmUp": False, "WarmUpQueueSize": 5, "CacheStatusHeader": "",
-               "WatchHttpWrites": False, "AdminPrefix": "/admin/cache", "LockTimeout": 0}
+               "WatchHttpWrites": False, "AdminPrefix": "/admin/cache", "LockTimeout": 0,
+               "Backend": "redis", "RedisUrl": "unix:///run/redis.sock?db=2",
+               "KeyPrefix": "test:", "RedisTimeout": 50}
     settings = load_settings({SECTION: section}, {})
     assert settings == Settings(False, "/tmp/c", 10, 60, "no-cache", True, 2, 0, False, 5, "",
-                                False, "/admin/cache", 0)
+                                False, "/admin/cache", 0, "redis", "unix:///run/redis.sock?db=2",
+                                "test:", 50)
+    assert settings.store_backend is Backend.REDIS
     assert settings.as_configuration() == section
     assert settings.maximum_size_bytes == 10 * 1024 * 1024
 
@@ -125,6 +137,12 @@ def test_settings_are_frozen():
     ("WarmUp", "true"),
     ("WarmUpQueueSize", 0),
     ("WarmUpQueueSize", False),
+    ("Backend", "memcached"),
+    ("Backend", "Redis"),
+    ("RedisUrl", "http://127.0.0.1:6379"),
+    ("RedisUrl", "127.0.0.1:6379"),
+    ("KeyPrefix", ""),
+    ("RedisTimeout", 0),
 ])
 def test_invalid_section_values(name, value):
     with pytest.raises(SettingsError) as error:
@@ -169,3 +187,14 @@ def test_section_must_be_an_object(section):
 
 def test_settings_error_is_a_value_error():
     assert issubclass(SettingsError, ValueError)
+
+
+def test_a_refused_redis_url_is_not_repeated_in_the_message():
+    """The URL may hold a password: the message says what is expected, not what was given."""
+    with pytest.raises(SettingsError) as error:
+        load_settings({SECTION: {"RedisUrl": "redis:/user:secret@host"}}, {})
+    assert "secret" not in str(error.value) and "RedisUrl" in str(error.value)
+
+
+def test_the_default_backend_is_the_disk():
+    assert load_settings({}, {}).store_backend is Backend.DISK

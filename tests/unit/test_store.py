@@ -418,7 +418,7 @@ def test_close_thread_connection_closes_only_this_threads_connection(store):
     """The next call opens a new connection, which is how a store deleted or damaged on
     disk gets noticed (see Store.close_thread_connection)."""
     store.set("k", Entry("v", "t", b"x"))
-    cache = store._disk._cache  # pylint: disable=protected-access
+    cache = store._backend._cache  # pylint: disable=protected-access
     assert getattr(cache._local, "con", None) is not None  # pylint: disable=protected-access
     store.close_thread_connection()
     assert getattr(cache._local, "con", None) is None  # pylint: disable=protected-access

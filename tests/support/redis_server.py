@@ -1,0 +1,208 @@
+"""A throw-away Redis server for tests: start, stop, pause, restart on the same port.
+
+:class:`RedisServer` runs Debian's ``redis-server`` in a fresh temporary
+directory, listening on 127.0.0.1 only, on a free port, without persistence
+(no RDB snapshot, no append-only file): every start begins empty.  It can be
+stopped, paused (SIGSTOP: connections are accepted by the kernel but nothing
+answers) and resumed (SIGCONT), restarted on the same port, given a tiny
+``maxmemory`` to provoke OOM errors, and a password.
+
+No process is left behind: the server gets SIGKILL if the test process dies
+(parent-death signal), and every server still running is killed at exit.
+Commands go through a raw socket in RESP (no client library needed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Set, Union
+
+from support.orthanc_server import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_running: Set[RedisServer] = set()
+
+
+class RedisStartError(RuntimeError):
+    """``redis-server`` exited or did not answer PING in time."""
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _command(*parts: Union[str, bytes]) -> bytes:
+    """One RESP command."""
+    encoded = [part.encode() if isinstance(part, str) else part for part in parts]
+    return b"*%d\r\n" % len(encoded) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded)
+
+
+class RedisServer:
+    """A ``redis-server`` in its own temporary directory; a context manager."""
+
+    def __init__(self, password: Optional[str] = None, start_timeout: float = 10) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.password = password
+        self.start_timeout = start_timeout
+        self.workdir: Optional[Path] = None
+        self.process: Optional[subprocess.Popen] = None
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        """redis://[:password@]127.0.0.1:port/0"""
+        auth = ":%s@" % self.password if self.password else ""
+        return "redis://%s%s:%d/0" % (auth, self.host, self.port)
+
+    @property
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "redis.log"
+
+    def start(self) -> RedisServer:
+        """Launch the server (empty) and wait until it answers PING."""
+        if self.is_running:
+            raise RuntimeError("redis-server is already running")
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="orthanc-test-redis-"))
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", self.host,
+                   "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                   "--logfile", str(self.log_path), "--daemonize", "no",
+                   "--protected-mode", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.process = subprocess.Popen(command, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+        self.paused = False
+        _running.add(self)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RedisStartError("redis-server exited with %s:\n%s"
+                                      % (self.process.returncode, self.log_tail()))
+            try:
+                if self.call("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RedisStartError("redis-server not answering after %s s:\n%s"
+                                      % (self.start_timeout, self.log_tail()))
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Kill the server (nothing to save); the directory stays for a restart."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.paused = False
+        _running.discard(self)
+
+    def restart(self) -> RedisServer:
+        """Stop, then start on the same port: an empty server."""
+        self.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the server accepts connections (the kernel does) but answers nothing."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def remove(self) -> None:
+        """Stop and remove the directory."""
+        self.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> RedisServer:
+        if not self.is_running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    # -- commands -------------------------------------------------------------
+
+    def call(self, *parts: Union[str, bytes], timeout: float = 2) -> bytes:
+        """Send one command (authenticated if the server has a password); the first line of
+        the answer, or the bulk string's bytes (without the RESP framing)."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as connection:
+            file = connection.makefile("rb")
+            if self.password:
+                connection.sendall(_command("AUTH", self.password))
+                file.readline()
+            connection.sendall(_command(*parts))
+            return _read_reply(file)
+
+    def keys(self, pattern: str = "*") -> List[bytes]:
+        """The keys matching ``pattern`` (KEYS: fine on a test server)."""
+        with socket.create_connection((self.host, self.port), timeout=2) as connection:
+            file = connection.makefile("rb")
+            if self.password:
+                connection.sendall(_command("AUTH", self.password))
+                file.readline()
+            connection.sendall(_command("KEYS", pattern))
+            header = file.readline().strip()
+            assert header.startswith(b"*"), header
+            return [_read_bulk(file) for _ in range(int(header[1:]))]
+
+    def config_set(self, name: str, value: str) -> None:
+        answer = self.call("CONFIG", "SET", name, value)
+        assert answer == b"+OK", answer
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.workdir is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _read_bulk(file) -> bytes:  # type: ignore[no-untyped-def]
+    header = file.readline().strip()
+    assert header.startswith(b"$"), header
+    length = int(header[1:])
+    data: bytes = file.read(length + 2)[:length]
+    return data
+
+
+def _read_reply(file) -> bytes:  # type: ignore[no-untyped-def]
+    line: bytes = file.readline().rstrip(b"\r\n")
+    if line.startswith(b"$"):
+        length = int(line[1:])
+        return b"" if length < 0 else file.read(length + 2)[:length]
+    return line
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Last resort: never leave a redis-server behind."""
+    for server in list(_running):
+        server.remove()

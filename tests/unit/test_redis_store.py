@@ -1,0 +1,312 @@
+"""Unit tests of orthanc_cache_plugin.redis_store, against a real redis-server.
+
+Debian's ``redis-server`` (tests/support/redis_server.py) runs on loopback;
+starting one takes a few milliseconds, so each failure test has its own.
+Covered: values with expiry and tag, TTLs, evict by tag, prefixes that never
+see each other's keys, the counts, binary values; and each failure (server
+stopped, paused, full, wrong password, client missing): "nothing" within a
+few timeouts, one warning per episode, recovery after the retry delay; and
+the Store facade with its memory front emptied on failure.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+from orthanc_cache_plugin.data import Entry
+from orthanc_cache_plugin.redis_store import RedisOptions, RedisStore, describe
+from orthanc_cache_plugin.store import Store
+from support.clock import Clock
+from support.redis_server import RedisServer
+
+pytest.importorskip("redis")
+
+#: RedisTimeout of the tests: 100 ms, the default.
+TIMEOUT = 0.1
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A server of the test's own, to stop, pause or fill."""
+    with RedisServer() as own:
+        yield own
+
+
+def open_store(server: RedisServer, warnings: List[str], clock: Clock, prefix: str = "test:",
+               **kwargs: Any) -> RedisStore:
+    return RedisStore(RedisOptions(server.url, prefix, TIMEOUT), warnings.append, clock, **kwargs)
+
+
+@pytest.fixture
+def redis(shared_server, warnings, clock, request) -> Iterator[RedisStore]:
+    """A store on the shared server, under a prefix of the test's own."""
+    opened = open_store(shared_server, warnings, clock, prefix=request.node.name + ":")
+    yield opened
+    opened.clear()
+    opened.close()
+
+
+def fresh_figures(store: RedisStore) -> RedisStore:
+    store._figures = None  # read the counts now, not a second later
+    return store
+
+
+def test_values_come_back_with_their_expiry_and_tag(redis, warnings):
+    before = time.time()
+    assert redis.set("k", b"value", 60, "study") is True
+    assert redis.set("forever", b"other", None, None) is True
+    assert redis.set("empty", b"", 60, "") is True
+    value, expires, tag = redis.get("k")
+    assert (value, tag) == (b"value", "study")
+    assert before + 60 - 0.01 <= expires <= time.time() + 60
+    assert redis.get("forever") == (b"other", None, None)
+    assert redis.get("empty")[0::2] == (b"", "")
+    assert redis.get("absent") == (None, None, None)
+    assert warnings == []
+
+
+def test_binary_values_and_odd_keys_are_kept_byte_for_byte(redis):
+    body = bytes(range(256)) * 1000 + b"\n1 2\n"
+    key = "/instances/x/frames/0/raw?a=b c&d=\u00e9\n*"
+    assert redis.set(key, body, 60, "tag\nwith newline") is True
+    assert redis.get(key) == (body, pytest.approx(time.time() + 60, abs=1), "tag\nwith newline")
+
+
+def test_the_expiration_is_the_keys_ttl(redis, shared_server):
+    assert redis.set("short", b"x", 0.3, "t")
+    ttl = int(shared_server.call("PTTL", redis.options.prefix + "e:short")[1:])
+    assert 0 < ttl <= 300
+    time.sleep(0.4)
+    assert redis.get("short") == (None, None, None)
+    assert fresh_figures(redis).count() == 0 and redis.volume() == 0
+
+
+def test_evict_drops_the_tags_entries_only(redis):
+    for key in ("a", "b", "c"):
+        assert redis.set(key, b"12345", 60, "study")
+    assert redis.set("other", b"1", 60, "series")
+    assert fresh_figures(redis).count() == 4 and redis.volume() == 16
+    assert redis.evict("study") == 3
+    assert [redis.get(key)[0] for key in ("a", "b", "c", "other")] == [None, None, None, b"1"]
+    assert fresh_figures(redis).count() == 1 and redis.volume() == 1
+    assert redis.evict("study") == 0
+
+
+def test_counts_follow_replacements_and_deletions(redis):
+    assert redis.set("k", b"1234", 60, None) and redis.set("k", b"12", 60, None)
+    assert fresh_figures(redis).count() == 1 and redis.volume() == 2
+    redis.delete("k")
+    redis.delete("never stored")
+    assert fresh_figures(redis).count() == 0 and redis.volume() == 0
+
+
+def test_counts_are_read_at_most_once_a_period(redis, clock):
+    assert redis.count() == 0
+    redis.set("k", b"1", 60, None)
+    assert redis.count() == 0  # within FIGURES_PERIOD: the figures read before
+    clock.advance(RedisStore.FIGURES_PERIOD)
+    assert redis.count() == 1
+
+
+def test_two_prefixes_on_one_server_never_see_each_others_keys(shared_server, warnings, clock):
+    first = open_store(shared_server, warnings, clock, prefix="cluster-a:")
+    second = open_store(shared_server, warnings, clock, prefix="cluster-a:b:")  # a longer one
+    third = open_store(shared_server, warnings, clock, prefix="[c]*:")  # glob characters
+    try:
+        for index, store in enumerate((first, second, third)):
+            assert store.set("k", b"%d" % index, 60, "t")
+            assert store.set("only-%d" % index, b"x", 60, None)
+        assert [store.get("k")[0] for store in (first, second, third)] == [b"0", b"1", b"2"]
+        assert first.get("only-1") == (None, None, None)
+        assert first.evict("t") == 1 and second.get("k")[0] == b"1"
+        assert third.clear() == 2
+        assert [fresh_figures(store).count() for store in (first, second, third)] == [1, 2, 0]
+        assert second.clear() == 2
+        assert first.get("only-0")[0] == b"x"
+        remaining = shared_server.keys("*")
+        assert remaining and all(key.startswith(b"cluster-a:") for key in remaining)
+        assert not any(key.startswith(b"cluster-a:b:") for key in remaining)
+    finally:
+        for store in (first, second, third):
+            store.clear()
+            store.close()
+
+
+def test_reads_from_the_memory_front_touch_the_keys(redis, shared_server):
+    redis.set("k", b"1", 60, None)
+    key = redis.options.prefix + "e:k"
+    shared_server.call("DEBUG", "SLEEP", "0")  # nothing; keeps the server warm
+    time.sleep(1.1)
+    assert int(shared_server.call("OBJECT", "IDLETIME", key)[1:]) >= 1
+    redis.update_access_times(["k", "absent"], time.time())
+    assert int(shared_server.call("OBJECT", "IDLETIME", key)[1:]) == 0
+
+
+def test_the_password_is_never_shown():
+    assert describe("redis://user:secret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert describe("rediss://:secret@host/1") == "rediss://:***@host/1"
+    assert describe("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?db=2"
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def check_failing(store: RedisStore) -> float:
+    """Every operation gives its "nothing"; the longest one's duration."""
+    longest = 0.0
+    for operation, nothing in [(lambda: store.get("k"), (None, None, None)),
+                               (lambda: store.set("k", b"v", 60, "t"), False),
+                               (lambda: store.evict("t"), 0),
+                               (lambda: store.delete("k"), None),
+                               (lambda: store.clear(), 0),
+                               (lambda: fresh_figures(store).count(), 0),
+                               (lambda: store.volume(), 0),
+                               (lambda: store.update_access_times(["k"], 0), None)]:
+        started = time.monotonic()
+        assert operation() == nothing
+        longest = max(longest, time.monotonic() - started)
+    return longest
+
+
+def failure_episode(server: RedisServer, warnings: List[str], clock: Clock, fault: Any,
+                    repair: Any, first_failing: Any = None) -> None:
+    """A working store, ``fault``, then every call gives nothing quickly with one warning;
+    after ``repair`` and the retry delay, the store works again and says so."""
+    forgotten: List[str] = []
+    store = open_store(server, warnings, clock, on_failure=lambda: forgotten.append("x"))
+    try:
+        assert store.set("k", b"v", 60, "t") and store.get("k")[0] == b"v"
+        fault()
+        if first_failing is not None:
+            assert first_failing(store)
+        assert check_failing(store) < 5 * TIMEOUT
+        assert not store.available and forgotten
+        assert len(warnings) == 1 and "failed" in warnings[0], warnings
+        clock.advance(RedisStore.RETRY_DELAY - 0.1)
+        assert store.get("k") == (None, None, None) and len(warnings) == 1
+        repair()
+        clock.advance(0.1)
+        assert store.set("k", b"again", 60, None) is True
+        assert store.available and store.get("k")[0] == b"again"
+        assert warnings[1:] == ["cache store %s works again" % store.directory]
+    finally:
+        store.close()
+
+
+def test_a_stopped_server(server, warnings, clock):
+    failure_episode(server, warnings, clock, server.stop, server.start)
+
+
+def test_a_paused_server_costs_a_timeout_not_a_hang(server, warnings, clock):
+    failure_episode(server, warnings, clock, server.pause, server.resume)
+
+
+def test_a_full_server(server, warnings, clock):
+    server.config_set("maxmemory-policy", "noeviction")
+
+    def fill() -> None:
+        server.config_set("maxmemory", "1")  # below what it uses: every write is refused
+
+    # Reads still work on a full server: the episode begins with the first refused write.
+    failure_episode(server, warnings, clock, fill, lambda: server.config_set("maxmemory", "0"),
+                    first_failing=lambda store: store.get("k")[0] == b"v"
+                    and store.set("k2", b"v", 60, None) is False)
+    assert "OutOfMemoryError" in warnings[0]
+
+
+def test_a_wrong_password(warnings, clock):
+    with RedisServer(password="right") as server:
+        wrong = RedisStore(RedisOptions(server.url.replace("right", "wrong"), "p:", TIMEOUT),
+                           warnings.append, clock)
+        assert check_failing(wrong) < 5 * TIMEOUT
+        assert len(warnings) == 1 and "wrong" not in warnings[0] and "***" in warnings[0]
+        right = RedisStore(RedisOptions(server.url, "p:", TIMEOUT), warnings.append, clock)
+        assert right.set("k", b"v", 60, None) and right.get("k")[0] == b"v"
+        wrong.close()
+        right.close()
+
+
+def test_an_unreachable_server_waits_longer_after_each_failed_attempt(server, warnings, clock):
+    store = open_store(server, warnings, clock)
+    server.stop()
+    assert store.get("k") == (None, None, None)
+    failures = store.failures
+    for delay in (5, 10, 20, 40, 60, 60):
+        clock.advance(delay - 0.01)
+        store.get("k")
+        assert store.failures == failures  # not yet
+        clock.advance(0.01)
+        store.get("k")
+        assert store.failures == failures + 1  # one attempt, which failed
+        failures += 1
+    assert len(warnings) == 1
+    server.start()
+    clock.advance(60)
+    assert store.set("k", b"v", 60, None) is True
+    clock_after = clock.now
+    server.stop()
+    assert store.get("k") == (None, None, None)
+    server.start()
+    clock.now = clock_after + RedisStore.RETRY_DELAY  # the delay starts afresh
+    assert store.get("k")[0] is None and store.available
+    store.close()
+
+
+def test_without_the_client_the_store_is_unavailable_and_says_how_to_fix_it(
+        shared_server, warnings, clock, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_redis(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "redis" or name.startswith("redis."):
+            raise ImportError("No module named 'redis'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_redis)
+    store = open_store(shared_server, warnings, clock)
+    assert check_failing(store) < TIMEOUT
+    clock.advance(3600)
+    assert store.get("k") == (None, None, None)
+    assert len(warnings) == 1 and "orthanc-cache-plugin[redis]" in warnings[0]
+    store.close()
+
+
+# -- through the Store facade ------------------------------------------------------------------
+
+
+def test_the_store_facade_with_its_memory_front(server, warnings, clock, tmp_path):
+    store = Store(str(tmp_path / "state"), 64 * MB, 3600, warn=warnings.append, clock=clock,
+                  memory=8 * MB, redis=RedisOptions(server.url, "facade:", TIMEOUT))
+    try:
+        assert store.location == "%s (keys facade:*)" % server.url
+        entry = Entry("v1", "application/json", b"[1]")
+        assert store.set("k", entry, tag="study") and store.get("k") == entry
+        server.stop()
+        # The memory front answers without Redis until a call fails...
+        assert store.get("k") == entry
+        assert store.set("other", entry) is False
+        # ...which empties it: nothing is served that the server may no longer hold.
+        assert store.get("k") is None and not store.available
+        assert len(warnings) == 1
+        store.set_value("generations", "kept")  # state files stay in the directory
+        assert store.get_value("generations") == "kept"
+        server.start()  # empty, as after a restart without persistence
+        clock.advance(Store.RETRY_DELAY)
+        assert store.get("k") is None and store.available
+        assert store.set("k", entry, tag="study") and store.get("k") == entry
+        store.record_accesses()
+        assert store.evict("study") == 1 and store.get("k") is None
+        assert store.clear() == 0 and store.count() == 0
+        assert warnings[1:] == ["cache store %s works again" % store.location]
+    finally:
+        store.close()
