@@ -141,7 +141,8 @@ class Settings:
     key_prefix: str = _setting(
         "KeyPrefix", str, "orthanc-cache:",
         "Start of every key the plugin writes to Redis; DELETE {AdminPrefix}, entry counts "
-        "and sizes touch only these keys. Give each cluster (test, production) its own.")
+        "and sizes touch only these keys. Give each node its own for now (nodes do not "
+        "share answers yet: docs/deployment.md), and so each cluster (test, production).")
     redis_timeout: int = _setting(
         "RedisTimeout", int, 100,
         "Milliseconds each Redis call (connecting, sending, each wait for an answer) may "
