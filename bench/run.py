@@ -457,8 +457,12 @@ class Wrk:
         return idle
 
     def run(self, server: Any, targets: Sequence[Tuple[str, str]], connections: int, duration: int,
-            label: str, idle: Optional[Idle] = None) -> Load:
-        """One wrk run; first waits for idle servers unless ``idle`` tells it was done."""
+            label: str, idle: Optional[Idle] = None, measured: Sequence[int] = ()) -> Load:
+        """One wrk run; first waits for idle servers unless ``idle`` tells it was done.
+
+        ``server`` gives the port (and the pid) wrk loads; ``measured``, the processes
+        whose CPU time is not foreign (default: the server's), e.g. the nodes behind a
+        proxy."""
         port = server.port
         self._count += 1
         target_file = self.out / "targets" / ("%03d.txt" % self._count)
@@ -469,7 +473,7 @@ class Wrk:
                    "http://127.0.0.1:%d/" % port]
         if idle is None:
             idle = self.wait_idle(label)
-        watch = CpuWatch(server.pid)
+        watch = CpuWatch(*(measured or (server.pid,)))
         result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120,
                                 env=dict(os.environ, BENCH_TARGETS=str(target_file)))
         foreign = watch.foreign()

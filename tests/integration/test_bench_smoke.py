@@ -81,3 +81,52 @@ def test_the_writes_benchmark_runs_and_sees_related_writes(repo_root: Path,
     assert "| quiet |" in result.stdout
     chart = (tmp_path / ("writes-%s.png" % stacks.current())).read_bytes()
     assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
+
+
+def test_the_cluster_benchmark_measures_both_stores(repo_root: Path, tmp_path: Path) -> None:
+    """bench/cluster.py --quick: three nodes behind nginx, per-node disk stores then the
+    shared Redis store; every scenario measured through nginx on every node, the cost of
+    a hit end to end and in-process, the table printed and the chart drawn (about 80 s)."""
+    stack = stacks.current()
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "bench" / "cluster.py"), "--quick", "--stack", stack,
+         "--out", str(tmp_path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / ("cluster-%s.md" % stack)).read_text()
+    assert table.strip() in result.stdout
+    assert "| Scenario | Store | Reads | Hit ratio | per node |" in table
+
+    results = json.loads((tmp_path / ("cluster-%s.json" % stack)).read_text())
+    rows = {(row["store"], row["scenario"]): row["tally"] for row in results["scenarios"]}
+    scenarios = ["after warm-up on node 1", "steady state (every node served)",
+                 "right after node 2 restarts", "node 2 rescheduled (empty Directory)"]
+    assert sorted(rows) == sorted((store, scenario) for store in ("disk", "redis")
+                                  for scenario in scenarios)
+    for (store, scenario), tally in rows.items():
+        assert tally["errors"] == 0, (store, scenario, tally)
+        assert sorted(tally["nodes"]) == ["node 1", "node 2", "node 3"], (store, scenario, tally)
+        assert tally["hit_ratio"] is not None
+
+    def node_ratios(store: str, scenario: str) -> list:
+        nodes = rows[(store, scenario)]["nodes"]
+        return [nodes["node %d" % number]["hit_ratio"] for number in (1, 2, 3)]
+
+    # Node 1 warmed every answer; per-node disk stores leave nodes 2 and 3 to compute theirs.
+    assert node_ratios("disk", scenarios[0]) == [1.0, 0.0, 0.0]
+    assert node_ratios("redis", scenarios[0])[0] == 1.0
+    assert rows[("disk", scenarios[1])]["hit_ratio"] >= 0.95
+    # A restart keeps a node's disk store and generations; an empty Directory does not.
+    assert node_ratios("disk", scenarios[2]) == [1.0, 1.0, 1.0]
+    assert node_ratios("disk", scenarios[3]) == [1.0, 0.0, 1.0]
+
+    assert {(row["source"], row["store"]) for row in results["end_to_end"]} == {
+        ("memory front", "disk"), ("disk", "disk"), ("memory front", "redis"),
+        ("redis", "redis")}
+    for row in results["end_to_end"]:
+        assert row["requests"] > 0 and row["errors"] == 0, row
+    assert {row["source"] for row in results["micro"]} == {
+        "memory front", "disk", "disk, connection per get", "redis"}
+    assert all(row["us"] > 0 for row in results["micro"])
+    chart = (tmp_path / ("cluster-%s.png" % stack)).read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
