@@ -186,7 +186,11 @@ class Client:
 
 
 def upload_all(port: int, files: Sequence[bytes], threads: int) -> Tuple[float, List[str]]:
-    """POST every file to /instances with ``threads`` connections; (seconds, parent studies)."""
+    """POST every file to /instances with ``threads`` connections; (seconds, parent studies).
+
+    A 503 is sent again (up to 5 times): with a PostgreSQL index, concurrent uploads
+    of one study may fail to serialize, and Orthanc says the transaction should be
+    retried."""
     local = threading.local()
     clients: List[Client] = []
 
@@ -195,8 +199,12 @@ def upload_all(port: int, files: Sequence[bytes], threads: int) -> Tuple[float, 
         if client is None:
             client = local.client = Client(port)
             clients.append(client)
-        status, _, body, _ = client.request("POST", "/instances", dicom,
-                                            {"Content-Type": "application/dicom"})
+        for attempt in range(6):
+            status, _, body, _ = client.request("POST", "/instances", dicom,
+                                                {"Content-Type": "application/dicom"})
+            if status != 503:
+                break
+            time.sleep(0.05 * (attempt + 1))
         if status != 200:
             raise RuntimeError("upload answered %d: %r" % (status, body[:200]))
         return json.loads(body)["ParentStudy"]
