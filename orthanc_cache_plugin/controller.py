@@ -92,7 +92,7 @@ class CacheController:
         sent = policy.etag_sent(request.headers, validators.etag)
         step: policy.Step = policy.on_request(precondition, self._stamp(version), sent)
         if isinstance(step, policy.ReadStore):
-            step = step.next(self.store.get(job.key))
+            step = step.next(self.store.get(job.key, self._stamp(version)))
         if isinstance(step, policy.Miss):
             return self._miss(job, step, headers)
         return _reply(step, headers)
@@ -118,7 +118,7 @@ class CacheController:
         try:
             if miss.read_again:
                 # A flight that landed between our read and join() may have stored it.
-                stored = self.store.get(job.key)
+                stored = self.store.get(job.key, miss.stamp)
                 found = policy.whole(stored, miss.stamp)
                 if found is not None:
                     flight.land(found)
@@ -171,7 +171,8 @@ class CacheController:
         headers = self._headers(job.request, Validators(etag, modified), now)
         # If-Modified-Since cannot tell two contents of the same second apart: ETag only.
         precondition = evaluate_preconditions(job.request.headers, Validators(etag, None), now)
-        return _reply(policy.on_unsettled(precondition, fetched, SETTLE), headers)
+        return _reply(policy.on_unsettled(precondition, fetched, SETTLE, job.version.held),
+                      headers)
 
     def warm(self, request: Request, wait: Callable[[float], Any] = time.sleep) -> bool:
         """Compute and store ``request``'s answer unless stored at the current version.
@@ -189,7 +190,7 @@ class CacheController:
             return False
         query = normalized_query(request.arguments)
         key, stamp = cache_key(request.uri, query, ""), self._stamp(version)
-        if policy.whole(self.store.get(key), stamp) is not None:
+        if policy.whole(self.store.get(key, stamp), stamp) is not None:
             return False
         fetched = self.origin.fetch(request, query, "")
         if fetched is None:

@@ -233,8 +233,10 @@ class Miss:
 Step = Union[Decision, ReadStore, Miss]
 
 
-def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta) -> Decision:
-    """A version changed less than ``settle`` ago: Orthanc's ``answer``, never stored.
+def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta,
+                 held: str = "") -> Decision:
+    """A version changed less than ``settle`` ago, or ``held`` unsettled (the reason):
+    Orthanc's ``answer``, never stored.
 
     ``precondition`` must be evaluated against an entity-tag that covers the
     body (the content may change under the same version) and no Last-Modified
@@ -243,5 +245,7 @@ def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta) -
     found = not_modified(precondition, Proof.SAME_CONTENT)
     if found is not None:
         return found
+    if held:
+        return Decision(200, Outcome.BYPASS, "not served from the store: " + held, answer)
     return Decision(200, Outcome.MISS,
                     "changed less than %d s ago: not stored" % settle.total_seconds(), answer)
