@@ -199,12 +199,14 @@ class Miss:
         """What the second read of a leader allows, as the first read would."""
         return ReadStore(self.precondition, self.stamp).next(stored)
 
-    def shared(self, answer: Fetched) -> Decision:
-        """The answer of the concurrent request this one waited for (same key and version)."""
+    def shared(self, answer: Fetched, where: str = "") -> Decision:
+        """The answer of the concurrent request this one waited for (same key and version),
+        on this node or ``where``."""
         found = not_modified(self.precondition, Proof.SHARED)
         if found is not None:
             return found
-        return Decision(200, Outcome.HIT, "computed by a concurrent request", answer)
+        return Decision(200, Outcome.HIT, "computed by a concurrent request"
+                        + (" on " + where if where else ""), answer)
 
     def fetched(self, answer: Fetched, storage: Storage, written: bool,
                 store_available: bool) -> Decision:

@@ -244,6 +244,7 @@ class RedisStore:
         prefix = options.prefix
         self._entry_prefix = prefix + "e:"
         self._tag_prefix = prefix + "t:"
+        self._claim_prefix = prefix + "c:"
         self._bookkeeping = [prefix + "i", prefix + "s", prefix + "b"]
         #: Failures so far (each failed operation or attempt to reconnect).
         self.failures = 0
@@ -314,6 +315,26 @@ class RedisStore:
 
         if keys:
             self._call(touch)
+
+    def claim(self, name: str, seconds: float) -> Optional[bool]:
+        """Take the claim ``name`` for ``seconds`` unless another holder has it (``SET NX
+        PX``): True when taken, False when held by another, None when the server fails."""
+        key = self._claim_prefix + name
+        milliseconds = max(1, int(seconds * 1000))
+        taken: Optional[bool] = self._call(
+            lambda client: bool(client.set(key, b"1", nx=True, px=milliseconds)))
+        return taken
+
+    def claimed(self, name: str) -> Optional[bool]:
+        """Whether the claim ``name`` is held; None when the server fails."""
+        key = self._claim_prefix + name
+        held: Optional[bool] = self._call(lambda client: bool(client.exists(key)))
+        return held
+
+    def release(self, name: str) -> None:
+        """Give the claim ``name`` up (taken by :meth:`claim`)."""
+        key = self._claim_prefix + name
+        self._call(lambda client: client.delete(key))
 
     def close_thread_connection(self) -> None:
         """Nothing to do: connections belong to the client's pool, not to threads, and are
