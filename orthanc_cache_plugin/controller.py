@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
 from . import policy
-from .data import Fetched, Reply, Request, Version
+from .data import Entry, Fetched, Reply, Request, Version
 from .flights import Flight, Flights
 from .freshness import SETTLE
-from .keys import cache_key, entity_tag, normalized_query
+from .keys import cache_key, claim_name, entity_tag, normalized_query
 from .negotiation import NotAcceptable, Unsupported, representation_of
 from .settings import Settings
 from .store import Store
@@ -69,6 +69,9 @@ class CacheController:
         self._clock = clock
         #: Misses being computed, by key and version: concurrent ones wait (flights.py).
         self.flights: Flights[Fetched] = Flights()
+        #: How a request waiting for another node sleeps and tells time (tests inject them).
+        self.sleep: Callable[[float], Any] = time.sleep
+        self.monotonic: Callable[[], float] = time.monotonic
 
     def serve(self, request: Request) -> Reply:
         """Answer one GET; never raises for a store failure."""
@@ -92,7 +95,7 @@ class CacheController:
         sent = policy.etag_sent(request.headers, validators.etag)
         step: policy.Step = policy.on_request(precondition, self._stamp(version), sent)
         if isinstance(step, policy.ReadStore):
-            step = step.next(self.store.get(job.key))
+            step = step.next(self.store.get(job.key, self._stamp(version)))
         if isinstance(step, policy.Miss):
             return self._miss(job, step, headers)
         return _reply(step, headers)
@@ -115,10 +118,11 @@ class CacheController:
             # Timed out, or the leader had nothing to share (Orthanc answered it an
             # error, the store failed...): ask Orthanc ourselves, outside the flight.
             return self._compute(job, miss, headers, None)
+        claim = ""
         try:
             if miss.read_again:
                 # A flight that landed between our read and join() may have stored it.
-                stored = self.store.get(job.key)
+                stored = self.store.get(job.key, miss.stamp)
                 found = policy.whole(stored, miss.stamp)
                 if found is not None:
                     flight.land(found)
@@ -126,9 +130,46 @@ class CacheController:
                 if isinstance(step, policy.Decision):
                     return _reply(step, headers)
                 miss = step
+            cluster = self.store.shared
+            if cluster is not None:
+                # Other nodes may miss it too: the first to claim it computes.
+                claim = claim_name(job.key, miss.stamp)
+                taken = cluster.claim(claim, self.settings.lock_timeout)
+                if taken is False:  # another node computes it: wait for its entry
+                    claim = ""
+                    found = policy.whole(self._await_other_node(job, miss), miss.stamp)
+                    if found is not None:
+                        flight.land(found)
+                        return _reply(miss.shared(found, "another node"), headers)
+                elif not taken:
+                    claim = ""  # the store fails: compute, as every request meanwhile
             return self._compute(job, miss, headers, flight)
         finally:
             flight.land(None)  # no effect when the answer was shared
+            if claim and self.store.shared is not None:
+                self.store.shared.release(claim)
+
+    def _await_other_node(self, job: _Job, miss: policy.Miss) -> Optional[Entry]:
+        """The entry another node stores while it holds the claim of this key and version,
+        once it gave the claim up; None when it took longer than LockTimeout or the store
+        failed.  Looks at the claim (a small key) more and more sparsely: 5 ms, 10 ms... up
+        to 100 ms, and at the entry, which may be large, only once the claim is gone.  The
+        other node gives the claim up without an entry when Orthanc answered it an error,
+        or when it keeps only validators (binaries without StoreBinary): this node then
+        computes the answer itself."""
+        shared = self.store.shared
+        assert shared is not None
+        name, delay = claim_name(job.key, miss.stamp), 0.005
+        deadline = self.monotonic() + self.settings.lock_timeout
+        while self.monotonic() < deadline:
+            self.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            held = shared.claimed(name)
+            if held is None:
+                return None
+            if not held:
+                return self.store.get(job.key, miss.stamp)
+        return None
 
     def _compute(self, job: _Job, miss: policy.Miss, headers: Dict[str, str],
                  flight: Optional[Flight[Fetched]]) -> Reply:
@@ -171,7 +212,8 @@ class CacheController:
         headers = self._headers(job.request, Validators(etag, modified), now)
         # If-Modified-Since cannot tell two contents of the same second apart: ETag only.
         precondition = evaluate_preconditions(job.request.headers, Validators(etag, None), now)
-        return _reply(policy.on_unsettled(precondition, fetched, SETTLE), headers)
+        return _reply(policy.on_unsettled(precondition, fetched, SETTLE, job.version.held),
+                      headers)
 
     def warm(self, request: Request, wait: Callable[[float], Any] = time.sleep) -> bool:
         """Compute and store ``request``'s answer unless stored at the current version.
@@ -189,7 +231,7 @@ class CacheController:
             return False
         query = normalized_query(request.arguments)
         key, stamp = cache_key(request.uri, query, ""), self._stamp(version)
-        if policy.whole(self.store.get(key), stamp) is not None:
+        if policy.whole(self.store.get(key, stamp), stamp) is not None:
             return False
         fetched = self.origin.fetch(request, query, "")
         if fetched is None:

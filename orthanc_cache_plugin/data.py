@@ -127,6 +127,9 @@ class Version:
     token: str
     modified: Optional[datetime]
     settled: bool
+    #: Why no version settles now, when something else than a recent change holds them
+    #: (:meth:`.freshness.Generations.hold`); empty otherwise.
+    held: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,3 +140,20 @@ class Figures:
     size: int
     warm_up_queue: int
     warm_ups_done: int
+
+
+@dataclass(frozen=True)
+class GenerationUpdate:
+    """What changed in the generations (:class:`.freshness.Generations`), as nodes tell
+    each other through a shared store: a new base (empty: none), new generations of
+    resources, and whether remembered ``LastUpdate`` values must be read again (a new
+    instance, which moves them and no generation).  Merging updates is commutative and
+    idempotent (the newest generation wins), so their order does not matter."""
+
+    base: str = ""
+    touched: Dict[str, str] = field(default_factory=dict)
+    forget: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.base or self.touched or self.forget)
+

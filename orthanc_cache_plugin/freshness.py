@@ -43,7 +43,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from .data import Version
+from .data import GenerationUpdate, Version
 from .routes import Level
 from .validators import parse_orthanc_timestamp
 
@@ -67,6 +67,24 @@ def new_generation(moment: datetime) -> str:
     return "%.6f/%s" % (seconds, os.urandom(6).hex())
 
 
+def _seconds(generation: str) -> float:
+    """A generation's date as a number, -1 for the empty one: what orders generations
+    here and in the shared store's merge script (``redis_store._MERGE``: Lua's numbers
+    are the same doubles, which tell microseconds apart for dates of this era)."""
+    match = _GENERATION.fullmatch(generation)
+    return float(match.group(1)) if match else -1.0
+
+
+def newer(generation: str, than: str) -> bool:
+    """Whether ``generation`` comes after ``than``: a later date, or the same date and a
+    greater text.  Every node picks the same winner whatever the order of updates."""
+    first, second = _seconds(generation), _seconds(than)
+    return first > second if first != second else generation > than
+
+
+_TICK = timedelta(microseconds=1)
+
+
 @lru_cache(maxsize=16)  # on every request, for the current generation
 def generation_time(generation: str) -> Optional[datetime]:
     """When ``generation`` was dated; None for the empty (initial) generation."""
@@ -77,14 +95,15 @@ def generation_time(generation: str) -> Optional[datetime]:
 
 
 def later_generation(current: str, now: datetime) -> str:
-    """The generation replacing ``current`` after a change: dated now, or
-    later when ``current`` announced a write still in its grace period."""
+    """The generation replacing ``current`` after a change: dated now, or later when
+    ``current`` announced a write still in its grace period; always dated after
+    ``current``, so that it wins wherever the two meet (:func:`newer`)."""
     current_time = generation_time(current)
-    return new_generation(max(now, current_time) if current_time else now)
+    return new_generation(max(now, current_time + _TICK) if current_time else now)
 
 
 class Generations:
-    """The node's base generation and the generation of each resource touched since.
+    """The base generation and the generation of each resource touched since.
 
     Kept as one small JSON text (:meth:`dump`, :meth:`load`) beside the
     store, written before a touch takes effect: a touch forgotten by a
@@ -93,6 +112,13 @@ class Generations:
     resources, the base is replaced instead (everything outdated once) and
     the touches are dropped.  Readers take plain dict and string reads
     (atomic in CPython); writers hold a lock.
+
+    Every change returns what it changed (a :class:`.data.GenerationUpdate`),
+    for the other nodes of a cluster that share a store; :meth:`merge` takes
+    theirs.  Each new generation is :func:`newer` than the one it replaces,
+    a touch dated no later than the base is outdated by it, and a merge keeps
+    the newest of each: nodes that saw the same updates, in any order, hold
+    the same generations, hence the same versions and entity-tags.
     """
 
     #: Touched resources kept at most.
@@ -102,17 +128,26 @@ class Generations:
         self.base = base
         self._touched: Dict[str, str] = dict(touched or {})
         self._lock = threading.Lock()
-        #: Until when no version settles (None: no hold), whatever its generations: while
-        #: something may change resources without saying which (Orthanc's Housekeeper).
-        #: Unlike a new base, a hold outdates nothing: validators stay what they were.
-        self.held_until: Optional[datetime] = None
+        #: Until when no version settles, by reason, whatever the generations: while
+        #: something may change resources without saying which (Orthanc's Housekeeper),
+        #: or while this node may not hear of other nodes' changes.  Unlike a new base,
+        #: a hold outdates nothing: validators stay what they were.
+        self._holds: Dict[str, datetime] = {}
 
-    def hold(self, until: Optional[datetime]) -> None:
-        """Keep every version unsettled until ``until`` (None: until told otherwise)."""
-        self.held_until = until if until is not None else datetime.max.replace(tzinfo=timezone.utc)
+    def hold(self, until: Optional[datetime], reason: str = "Orthanc's Housekeeper may be "
+             "rewriting files") -> None:
+        """Keep every version unsettled until ``until`` (None: until :meth:`release`), for
+        ``reason`` (said in the log of each request meanwhile)."""
+        self._holds = dict(self._holds, **{
+            reason: until if until is not None else datetime.max.replace(tzinfo=timezone.utc)})
 
-    def held(self, now: datetime) -> bool:
-        return self.held_until is not None and now < self.held_until
+    def release(self, reason: str) -> None:
+        self._holds = {name: end for name, end in self._holds.items() if name != reason}
+
+    def held(self, now: datetime) -> Optional[str]:
+        """Why versions are held at ``now``; None when they are not."""
+        holds = self._holds  # replaced, never changed: safe to read without the lock
+        return next((reason for reason, end in holds.items() if now < end), None)
 
     @classmethod
     def load(cls, text: Optional[str]) -> Generations:
@@ -139,6 +174,11 @@ class Generations:
             return json.dumps({"base": self.base, "touched": self._touched},
                               separators=(",", ":"))
 
+    def everything(self) -> GenerationUpdate:
+        """All of it, as an update: what a node tells the others when it (re)joins them."""
+        with self._lock:
+            return GenerationUpdate(self.base, dict(self._touched))
+
     def of(self, resource_id: str) -> str:
         """What versions ``resource_id``'s answers besides ``LastUpdate``: ``base|own``."""
         return self.base + "|" + self._touched.get(resource_id, "")
@@ -146,39 +186,64 @@ class Generations:
     def touched(self, resource_id: str) -> bool:
         return resource_id in self._touched
 
-    def announce(self, resource_ids: Iterable[str], now: datetime) -> None:
+    def announce(self, resource_ids: Iterable[str], now: datetime) -> GenerationUpdate:
         """Before a write to these resources: generations dated GRACE ahead."""
-        self._replace(resource_ids, lambda current: new_generation(now + GRACE))
+        return self._replace(resource_ids, lambda current: later_generation(current, now + GRACE))
 
-    def advance(self, resource_ids: Iterable[str], now: datetime) -> None:
+    def advance(self, resource_ids: Iterable[str], now: datetime) -> GenerationUpdate:
         """After a change of these resources: new generations (keeping an announced grace)."""
-        self._replace(resource_ids, lambda current: later_generation(current, now))
+        return self._replace(resource_ids, lambda current: later_generation(current, now))
 
-    def announce_all(self, now: datetime) -> None:
+    def announce_all(self, now: datetime) -> GenerationUpdate:
         """Before a write whose reach is unknown: a new base dated GRACE ahead."""
-        self._replace_base(now + GRACE)
+        with self._lock:
+            return self._replace_base(now + GRACE)
 
-    def advance_all(self, now: datetime) -> None:
+    def advance_all(self, now: datetime) -> GenerationUpdate:
         """After a change whose reach is unknown: a new base (keeping an announced grace)."""
-        self._replace_base(now)
-
-    def _replace(self, resource_ids: Iterable[str], make: Callable[[str], str]) -> None:
         with self._lock:
-            for resource_id in resource_ids:
-                self._touched[resource_id] = make(self._touched.get(resource_id, ""))
+            return self._replace_base(now)
+
+    def merge(self, update: GenerationUpdate) -> bool:
+        """Take another node's update: the newer of each generation; whether any changed."""
+        changed = False
+        with self._lock:
+            if update.base and newer(update.base, self.base):
+                self.base, changed = update.base, True
+                self._drop_outdated_touches()
+            floor = _seconds(self.base)
+            for resource_id, generation in update.touched.items():
+                if _seconds(generation) > floor and newer(
+                        generation, self._touched.get(resource_id, "")):
+                    self._touched[resource_id], changed = generation, True
+        return changed
+
+    def _replace(self, resource_ids: Iterable[str],
+                 make: Callable[[str], str]) -> GenerationUpdate:
+        with self._lock:
+            touched = {resource_id: make(self._touched.get(resource_id, ""))
+                       for resource_id in resource_ids}
+            self._touched.update(touched)
             if len(self._touched) > self.LIMIT:
-                newest = max(self._touched.values(), key=lambda g: generation_time(g) or _EPOCH)
-                self.base = later_generation(newest, generation_time(self.base) or _EPOCH)
-                self._touched = {}
+                newest = max(self._touched.values(), key=_seconds)
+                return self._replace_base(generation_time(newest) or _EPOCH)
+            return GenerationUpdate(touched=touched)
 
-    def _replace_base(self, moment: datetime) -> None:
-        """A new base, dated ``moment`` or later: no earlier than the current base nor
-        any touch, whose announced grace periods it keeps.  It outdates what the
-        touches did, which are dropped."""
-        with self._lock:
-            dates = [generation_time(generation) or _EPOCH
-                     for generation in [self.base, *self._touched.values()]]
-            self.base, self._touched = new_generation(max([moment, *dates])), {}
+    def _replace_base(self, moment: datetime) -> GenerationUpdate:
+        """A new base, dated ``moment`` or later: after the current base and every
+        touch, whose announced grace periods it keeps.  It outdates what the touches
+        did, which are dropped.  Holds the lock."""
+        dates = [generation_time(generation) or _EPOCH
+                 for generation in [self.base, *self._touched.values()]]
+        self.base = new_generation(max([moment] + [date + _TICK for date in dates]))
+        self._drop_outdated_touches()
+        return GenerationUpdate(base=self.base)
+
+    def _drop_outdated_touches(self) -> None:
+        floor = _seconds(self.base)
+        self._touched = {resource_id: generation
+                         for resource_id, generation in self._touched.items()
+                         if _seconds(generation) > floor}
 
 
 class AnnouncedDeletions:

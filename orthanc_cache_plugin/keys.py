@@ -76,3 +76,10 @@ def entity_tag(salt: str, key: str, version: str) -> str:
     digest = hashlib.blake2b("\0".join((salt, key, version)).encode("utf-8"),
                              digest_size=16).hexdigest()
     return 'W/"%s"' % digest
+
+
+def claim_name(key: str, stamp: str) -> str:
+    """The name under which one node of a cluster claims the computation of ``key`` at
+    ``stamp`` (the version an entry must carry): a digest, short whatever the URI."""
+    return hashlib.blake2b(("%s\0%s" % (key, stamp)).encode("utf-8"),
+                           digest_size=16).hexdigest()

@@ -98,7 +98,8 @@ class OrthancOrigin:
                 updates.remember(level, resource_id, last_update, epoch)
         generations = self.changes.generations
         version = resource_version(last_update, generations.of(resource_id), now)
-        return replace(version, settled=False) if generations.held(now) else version
+        held = generations.held(now)
+        return version if held is None else replace(version, settled=False, held=held)
 
     def fetch(self, request: Request, query: str, representation: str) -> Optional[Fetched]:
         # ``query`` is the key's normalized form; Orthanc is given the arguments in the
@@ -192,9 +193,11 @@ class CachePlugin:
                 salt = computed_by(str(system.get("Version")))
                 # Output formats change between Orthanc versions: entries of
                 # another version never match (see CacheController._stamp);
-                # removing them frees their room at once.
+                # removing them frees their room at once.  Not from a store that
+                # nodes share: a node new to it (or upgraded first) would empty it
+                # for the others; their entries expire or are evicted instead.
                 if self.store.get_value(COMPUTED_BY) != salt:
-                    removed = self.store.clear()
+                    removed = self.store.clear() if self.store.shared is None else 0
                     self.store.set_value(COMPUTED_BY, salt)
                     if removed:
                         _warn("%d stored answers removed: computed by another version "

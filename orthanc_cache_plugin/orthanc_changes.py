@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import orthanc
 
+from .data import GenerationUpdate
 from .freshness import (
     GRACE,
     LOGGED_HIDDEN_CHANGES,
@@ -27,6 +28,7 @@ from .freshness import (
     write_effect,
 )
 from .orthanc_api import get, get_after_plugins, get_json, info, touch_and_undo, warn
+from .redis_bus import RedisBus
 from .routes import Level
 from .store import Store
 from .thread_states import keep_thread_state
@@ -118,6 +120,11 @@ class ChangeWatch:
     Orthanc does not log, are logged by writing and removing a marker metadata
     (before the deletion on the resource itself, after it on its parent), so
     other nodes see them too.
+
+    With a store that nodes share (Redis), a fourth: every change of the
+    generations is published to the other nodes, and theirs merged
+    (:mod:`.redis_bus`); markers are then written only when a publication
+    failed.
     """
 
     #: Seconds between two reads of /changes (bounds what other nodes miss),
@@ -148,11 +155,62 @@ class ChangeWatch:
         self._housekeeper_seen = False
         if housekeeper:
             self.generations.hold(None)
+        #: Hears and tells the other nodes sharing the store; until it has joined them,
+        #: nothing settles (their changes are unknown).
+        shared = store.shared
+        self._bus = RedisBus(shared, self._heard, self._lost, self._joined) \
+            if shared is not None else None
+        self._hearing = False
+        if self._bus is not None:
+            self.generations.hold(None, _CLUSTER)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
 
     def _save(self) -> None:
         self._store.set_value("generations", self.generations.dump())
+
+    def _changed(self, update: GenerationUpdate) -> bool:
+        """Keep what changed, and tell the other nodes sharing the store; whether they
+        were told (False without a shared store)."""
+        self._save()
+        return self._bus is not None and bool(update) and self._bus.publish(update)
+
+    def _heard(self, update: GenerationUpdate) -> None:
+        """Another node's change (on the bus's thread)."""
+        if self.generations.merge(update):
+            self._save()
+        self.forget_updates()
+
+    def _lost(self, reason: str) -> None:
+        """Other nodes' changes may go unheard: nothing settles until the bus joins again."""
+        self.generations.hold(None, _CLUSTER)
+        self.forget_updates()
+        if self._hearing:
+            warn("cannot hear the other nodes' changes through %s (%s): answers are not "
+                 "served from the store until it works again" % (self._store.location, reason))
+        self._hearing = False
+
+    def _joined(self, shared: GenerationUpdate) -> bool:
+        """Subscribed: take what the nodes know, tell them what this node knows (changes
+        it made while it could not tell them), then serve from the store again."""
+        self.generations.merge(shared)
+        if not self.generations.base:  # the first node: entries of no earlier base match
+            self.generations.advance_all(_utcnow())
+        assert self._bus is not None
+        if not self._bus.publish(self.generations.everything()):
+            return False
+        self._save()
+        self.forget_updates()
+        self.generations.release(_CLUSTER)
+        info("hears the other nodes' changes through %s" % self._store.location)
+        self._hearing = True
+        return True
+
+    def instance_stored(self) -> None:
+        """A new instance moves LastUpdates: read them again, here and on the other nodes."""
+        self.forget_updates()
+        if self._bus is not None and self._hearing:
+            self._bus.tell_forget()
 
     def forget_updates(self) -> None:
         """Something may have moved a LastUpdate: stop trusting the remembered ones."""
@@ -169,14 +227,15 @@ class ChangeWatch:
             return  # reads, uploads (seen by watch_stored_instances), network...
         self.forget_updates()
         if effect.level is None:
-            self.generations.announce_all(_utcnow())
+            update = self.generations.announce_all(_utcnow())
             info("%s: every stored answer outdated" % effect.reason)
         else:
             touched = self._touched_by(effect)
-            self.generations.announce(touched, _utcnow())
+            update = self.generations.announce(touched, _utcnow())
             info("%s %s (%s): %d resources touched" % (method, uri, effect.reason, len(touched)))
-        self._save()
-        if effect.reach is Reach.DELETION and effect.level is not None and self.index_shared:
+        told = self._changed(update)
+        if effect.reach is Reach.DELETION and effect.level is not None and self.index_shared \
+                and not told:
             _log_marker("/%s/%s" % (effect.level.value, effect.resource_id))
 
     def _touched_by(self, effect: WriteEffect) -> List[str]:
@@ -210,9 +269,9 @@ class ChangeWatch:
                 # It exists again: an overwrite (OverwriteInstances) deletes the instance,
                 # and the parents it empties, and stores it anew in one transaction.  What
                 # changed is the resource and its ancestors, as for a metadata write.
-                self._advance_resource(kind, resource_id, now)
+                self._changed(self._advance_resource(kind, resource_id, now))
             elif deletion is None:  # not announced (Lua, a job, recycling): reach unknown
-                self.generations.advance_all(now)
+                self._changed(self.generations.advance_all(now))
                 info("deletion of %s that no request announced: every stored answer "
                      "outdated" % resource_id)
             else:
@@ -224,19 +283,18 @@ class ChangeWatch:
                     return
                 if self.updates is not None:
                     self.updates.resume(deleted_id)
-                self.generations.advance([resource_id] + ancestors, now)
-                if self.index_shared:
+                told = self._changed(self.generations.advance([resource_id] + ancestors, now))
+                if self.index_shared and not told:
                     _log_marker_above(level, ancestors)
         else:  # metadata or attachment of an existing resource
-            self._advance_resource(_LEVELS.get(level), resource_id, now)
-        self._save()
+            self._changed(self._advance_resource(_LEVELS.get(level), resource_id, now))
 
-    def _advance_resource(self, level: Optional[Level], resource_id: str, now: datetime) -> None:
+    def _advance_resource(self, level: Optional[Level], resource_id: str,
+                          now: datetime) -> GenerationUpdate:
         if level is None:
-            self.generations.advance_all(now)
-        else:
-            self.generations.advance(
-                [resource_id] + self.lineage.ancestors(level, resource_id), now)
+            return self.generations.advance_all(now)
+        return self.generations.advance(
+            [resource_id] + self.lineage.ancestors(level, resource_id), now)
 
     def start(self) -> None:
         """Start polling (Orthanc accepts REST calls only once started).
@@ -249,19 +307,24 @@ class ChangeWatch:
         self.index_shared = system.get("DatabaseBackendPlugin") is not None
         if self.housekeeper:
             self._watch_housekeeper()
+        if self._bus is not None:
+            self._bus.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._bus is not None:
+            self._bus.stop()
         if self._thread.is_alive():
             self._thread.join(5)
 
     def _poll(self) -> None:
         saved = self._store.get_value("changes-seen")
         seen: Optional[int] = int(saved) if saved and saved.isdigit() else None
-        if seen is None:  # what happened while we were not watching is unknown
-            self.generations.advance_all(_utcnow())
-            self._save()
+        if seen is None and self._bus is None:
+            # What happened while we were not watching is unknown.  With a shared store,
+            # the other nodes were watching: joining them gives what they know.
+            self._changed(self.generations.advance_all(_utcnow()))
         failing = False
         while not self._stopping.wait(self.POLL):
             try:
@@ -278,7 +341,8 @@ class ChangeWatch:
                     warn("cannot follow /changes (%s: %s): nothing is stored until it works "
                           "again" % (type(error).__name__, error))
                 failing = True
-                self.generations.advance_all(_utcnow())  # keeps every version unsettled
+                # Keeps every version unsettled (a new base each time).
+                self._changed(self.generations.advance_all(_utcnow()))
                 self.forget_updates()
 
     def _read_changes(self, seen: int) -> int:
@@ -293,11 +357,16 @@ class ChangeWatch:
             self.forget_updates()
         hidden = [change for change in changes["Changes"]
                   if change["ChangeType"] in LOGGED_HIDDEN_CHANGES]
+        touched: List[str] = []
         for change in hidden:
-            self._advance_resource(_LEVEL_NAMES.get(change.get("ResourceType", "")),
-                                   str(change.get("ID", "")), _utcnow())
-        if hidden:
-            self._save()
+            level = _LEVEL_NAMES.get(change.get("ResourceType", ""))
+            resource_id = str(change.get("ID", ""))
+            touched += [resource_id] + (self.lineage.ancestors(level, resource_id)
+                                        if level is not None else [])
+        if any(_LEVEL_NAMES.get(change.get("ResourceType", "")) is None for change in hidden):
+            self._changed(self.generations.advance_all(_utcnow()))
+        elif touched:
+            self._changed(self.generations.advance(touched, _utcnow()))
         if changes["Last"] != seen:
             self._store.set_value("changes-seen", str(changes["Last"]))
         last: int = changes["Last"]
@@ -331,8 +400,7 @@ class ChangeWatch:
         self._housekeeper_seen = True
         finished = json.dumps(status.get("LastProcessedConfiguration"), sort_keys=True)
         if finished != self._store.get_value("housekeeper-finished"):
-            self.generations.advance_all(now)
-            self._save()
+            self._changed(self.generations.advance_all(now))
             self._store.set_value("housekeeper-finished", finished)
         if working != self._housekeeping:
             warn("Orthanc's Housekeeper %s: %s" % (
@@ -340,6 +408,9 @@ class ChangeWatch:
                 if working else ("is done", "every answer stored before is outdated")))
             self._housekeeping = working
 
+
+#: The reason of the hold while the other nodes' changes may go unheard.
+_CLUSTER = "the other nodes' changes may go unheard"
 
 #: The levels above each change event's level, nearest first.
 _LEVELS_ABOVE = {3: (Level.SERIES, Level.STUDY, Level.PATIENT),
@@ -496,7 +567,7 @@ def watch_stored_instances(changes: ChangeWatch) -> None:
     def build(chained: List[Callable[..., Any]]) -> Callable[..., Any]:
         def on_stored_instance(dicom: Any, instance_id: str) -> Any:
             keep_thread_state()
-            changes.forget_updates()
+            changes.instance_stored()
             return chained[0](dicom, instance_id) if chained else None
         return on_stored_instance
 

@@ -199,12 +199,14 @@ class Miss:
         """What the second read of a leader allows, as the first read would."""
         return ReadStore(self.precondition, self.stamp).next(stored)
 
-    def shared(self, answer: Fetched) -> Decision:
-        """The answer of the concurrent request this one waited for (same key and version)."""
+    def shared(self, answer: Fetched, where: str = "") -> Decision:
+        """The answer of the concurrent request this one waited for (same key and version),
+        on this node or ``where``."""
         found = not_modified(self.precondition, Proof.SHARED)
         if found is not None:
             return found
-        return Decision(200, Outcome.HIT, "computed by a concurrent request", answer)
+        return Decision(200, Outcome.HIT, "computed by a concurrent request"
+                        + (" on " + where if where else ""), answer)
 
     def fetched(self, answer: Fetched, storage: Storage, written: bool,
                 store_available: bool) -> Decision:
@@ -233,8 +235,10 @@ class Miss:
 Step = Union[Decision, ReadStore, Miss]
 
 
-def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta) -> Decision:
-    """A version changed less than ``settle`` ago: Orthanc's ``answer``, never stored.
+def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta,
+                 held: str = "") -> Decision:
+    """A version changed less than ``settle`` ago, or ``held`` unsettled (the reason):
+    Orthanc's ``answer``, never stored.
 
     ``precondition`` must be evaluated against an entity-tag that covers the
     body (the content may change under the same version) and no Last-Modified
@@ -243,5 +247,7 @@ def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta) -
     found = not_modified(precondition, Proof.SAME_CONTENT)
     if found is not None:
         return found
+    if held:
+        return Decision(200, Outcome.BYPASS, "not served from the store: " + held, answer)
     return Decision(200, Outcome.MISS,
                     "changed less than %d s ago: not stored" % settle.total_seconds(), answer)

@@ -244,6 +244,7 @@ class RedisStore:
         prefix = options.prefix
         self._entry_prefix = prefix + "e:"
         self._tag_prefix = prefix + "t:"
+        self._claim_prefix = prefix + "c:"
         self._bookkeeping = [prefix + "i", prefix + "s", prefix + "b"]
         #: Failures so far (each failed operation or attempt to reconnect).
         self.failures = 0
@@ -315,6 +316,26 @@ class RedisStore:
         if keys:
             self._call(touch)
 
+    def claim(self, name: str, seconds: float) -> Optional[bool]:
+        """Take the claim ``name`` for ``seconds`` unless another holder has it (``SET NX
+        PX``): True when taken, False when held by another, None when the server fails."""
+        key = self._claim_prefix + name
+        milliseconds = max(1, int(seconds * 1000))
+        taken: Optional[bool] = self._call(
+            lambda client: bool(client.set(key, b"1", nx=True, px=milliseconds)))
+        return taken
+
+    def claimed(self, name: str) -> Optional[bool]:
+        """Whether the claim ``name`` is held; None when the server fails."""
+        key = self._claim_prefix + name
+        held: Optional[bool] = self._call(lambda client: bool(client.exists(key)))
+        return held
+
+    def release(self, name: str) -> None:
+        """Give the claim ``name`` up (taken by :meth:`claim`)."""
+        key = self._claim_prefix + name
+        self._call(lambda client: client.delete(key))
+
     def close_thread_connection(self) -> None:
         """Nothing to do: connections belong to the client's pool, not to threads, and are
         handed back after each call."""
@@ -340,9 +361,7 @@ class RedisStore:
 
     def _connect(self, retrying: bool) -> None:
         try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
+            import redis  # noqa: F401  (new_client imports it again: here to say it is missing)
         except ImportError as error:
             self.failures += 1
             self._warn("cache store %s unavailable: the redis client is not installed "
@@ -351,13 +370,7 @@ class RedisStore:
             return  # not retried: the client does not appear while Orthanc runs
         client = None
         try:
-            client = redis.Redis.from_url(
-                self.options.url, socket_timeout=self.options.timeout,
-                socket_connect_timeout=self.options.timeout,
-                # Never retried by the client (from redis-py 6 it retries 3 times with
-                # backoff): a failure is the store's to handle, at once.
-                retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-                client_name="orthanc-cache-plugin")
+            client = self.new_client(self.options.timeout)
             client.ping()
             scripts = tuple(client.register_script(source)
                             for source in (_SET, _DELETE, _EVICT, _FIGURES))
@@ -373,6 +386,41 @@ class RedisStore:
                 _quietly_close(client)
                 return
             self._scripts, self._client = scripts, client
+
+    def new_client(self, timeout: float) -> Any:
+        """A client of the server with ``timeout`` on every call and no retries (from
+        redis-py 6 the client retries 3 times with backoff): a failure is the caller's to
+        handle, at once.  Raises ImportError without the client."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        return redis.Redis.from_url(
+            self.options.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+            client_name="orthanc-cache-plugin")
+
+    def call(self, action: Callable[[Any], Any], default: Any = None) -> Any:
+        """``action(client)`` on one of the store's threads, with its failure handling:
+        ``default`` when the server fails or is known to be failing."""
+        return self._call(action, default)
+
+    def call_soon(self, action: Callable[[Any], Any]) -> None:
+        """``action(client)`` on one of the store's threads, without waiting for it; its
+        failure is handled as :meth:`call`'s."""
+        client = self._usable()
+        if client is None:
+            return
+
+        def done(future: Any) -> None:
+            error = future.exception()
+            if error is not None:
+                self._fail(error)
+
+        try:
+            self._workers.submit(action, client).add_done_callback(done)
+        except RuntimeError:  # closed meanwhile
+            pass
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:

@@ -89,6 +89,11 @@ class Store:
         return self._backend.directory
 
     @property
+    def shared(self) -> Optional[RedisStore]:
+        """The Redis store when the entries are on a server that other nodes may share."""
+        return self._backend if isinstance(self._backend, RedisStore) else None
+
+    @property
     def available(self) -> bool:
         """False while the store is failing (requests then bypass it)."""
         return self._backend.available
@@ -103,11 +108,16 @@ class Store:
         if self._hot is not None:
             self._hot.clear()
 
-    def get(self, key: str) -> Optional[Entry]:
-        """The entry stored under ``key``; None if absent, unreadable or the store fails."""
+    def get(self, key: str, wanted: Optional[str] = None) -> Optional[Entry]:
+        """The entry stored under ``key``; None if absent, unreadable or the store fails.
+
+        ``wanted`` is the version the caller can use: with a shared store, an entry in
+        memory at another version is read again from the server, where another node
+        may have stored the wanted one (the memory mirrors what this node saw)."""
         if self._hot is not None:
             entry = self._hot.get(key)
-            if entry is not None:
+            if entry is not None and (wanted is None or entry.version == wanted
+                                      or self.shared is None):
                 return entry
         raw, expires, tag = self._backend.get(key)
         if raw is None:

@@ -70,6 +70,7 @@ from support.model import (
     FreshnessRun,
 )
 from support.orthanc_server import OrthancServer
+from support.redis_server import RedisServer
 
 OPERATIONS = int(os.environ.get("FRESHNESS_OPERATIONS", "300"))
 SEED = os.environ.get("FRESHNESS_SEED", "1")
@@ -77,6 +78,9 @@ KEEP_GOING = os.environ.get("FRESHNESS_KEEP_GOING", "") not in ("", "0")
 CLUSTER_OPERATIONS = int(os.environ.get("FRESHNESS_CLUSTER_OPERATIONS", "250"))
 #: docs/freshness.md: changes made through another node are seen within 1 s.
 OTHER_NODE_BOUND = 1.0
+#: docs/deployment.md: with a shared Redis store, within 0.25 s.
+SHARED_STORE_BOUND = 0.25
+SHARED_OPERATIONS = int(os.environ.get("FRESHNESS_SHARED_OPERATIONS", "250"))
 
 
 def test_random_writes_never_leave_a_stale_answer(
@@ -109,5 +113,28 @@ def test_random_writes_on_a_cluster_never_leave_a_stale_answer(
                           instance_reads=CLUSTER_INSTANCE_READS,
                           other_node_delay=OTHER_NODE_BOUND).run(CLUSTER_OPERATIONS)
     print(report.summary())
+    if report.violations:
+        pytest.fail(report.failure_message(), pytrace=False)
+
+
+def test_random_writes_on_three_nodes_sharing_redis_never_leave_a_stale_answer(
+        orthanc_factory: Callable[..., OrthancServer], cluster) -> None:
+    """Three plugin nodes on one PostgreSQL index and one Redis store (``Backend:
+    redis``, one key prefix): answers one node stored are served by the others, so a
+    change made through one node must reach the others' versions; reads through another
+    node than the last write's wait only the shared store's bound (0.25 s)."""
+    plain = orthanc_factory(config=SERVER_CONFIG)
+    with RedisServer() as redis:
+        nodes = cluster(3, settings={"StoreBinary": True, "Backend": "redis",
+                                     "RedisUrl": redis.url, "KeyPrefix": "model:"},
+                        config=SERVER_CONFIG).nodes
+        for node in nodes:
+            assert node.wait_for_log("hears the other nodes' changes")
+        report = FreshnessRun(SEED, plain, nodes, keep_going=KEEP_GOING,
+                              instance_reads=CLUSTER_INSTANCE_READS,
+                              other_node_delay=SHARED_STORE_BOUND).run(SHARED_OPERATIONS)
+        print(report.summary())
+        hits = sum(node.log_text().count("HIT GET") for node in nodes)
+        print("hits on the three nodes: %d" % hits)
     if report.violations:
         pytest.fail(report.failure_message(), pytrace=False)

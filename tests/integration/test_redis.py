@@ -5,7 +5,7 @@ hit with plain Orthanc's body, the entries under the prefix in Redis; Redis
 stopped: the same answers (BYPASS, or HIT from the memory front until the
 first failed call empties it), never a 5xx, one warning; Redis back (empty,
 on the same port): hits again after the retry delay; Orthanc restarted:
-its entries in Redis and its generations in its state files give hits at once.
+its entries and its generations in Redis give hits once it has joined.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def test_answers_from_redis_and_through_its_outage(
         outcomes += [answer(each) for each in [path] + others]
         assert set(outcomes) <= {"BYPASS", "HIT"} and outcomes[-3:] == ["BYPASS"] * 3, outcomes
         failed = "cache store redis://127.0.0.1:%d/0 (keys %s*) failed" % (redis.port, PREFIX)
+        # Requests no longer reach the store once the node stops hearing the others: the
+        # metrics' reading of its counts (every 0.25 s) notices the failure.
+        assert server.wait_for_log(re.escape(failed), timeout=5)
+        assert server.wait_for_log(re.escape("cannot hear the other nodes' changes"))
         assert server.log_text().count(failed) == 1
         assert server.get("/cache/statistics").json()["StoreAvailable"] is False
 
@@ -80,10 +84,15 @@ def test_answers_from_redis_and_through_its_outage(
         server.wait_for_log(re.escape("cache store redis://127.0.0.1:%d/0 (keys %s*) works again"
                                       % (redis.port, PREFIX)),
                             timeout=RedisStore.RETRY_DELAY * 3 + 5)
+        # ...and the node hears the other nodes again (a second "hears" line).
+        assert server.wait_for_log(r"hears the other nodes' changes(.|\n)*"
+                                   r"hears the other nodes' changes", timeout=20)
         assert [answer(path), answer(path)] == ["MISS", "HIT"]
         assert server.log_text().count(failed) == 1
 
-        # Orthanc restarted: the entries are in Redis, the versions in the state files.
+        # Orthanc restarted: the entries are in Redis, the versions there too (and in the
+        # state files); hits once the node has joined the others (a few milliseconds).
         server.restart()
+        assert server.wait_for_log("hears the other nodes' changes")
         assert answer(path) == "HIT"
         assert server.outcomes(path)[-1] == Outcome.HIT

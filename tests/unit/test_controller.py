@@ -908,10 +908,10 @@ def test_a_leader_reads_the_store_again_after_joining(controller, origin, store,
     controller.serve(make_request(uri))
     real_get, reads = store.get, []
 
-    def get_missing_once(key):
+    def get_missing_once(key, wanted=None):
         # As if a concurrent flight stored the answer between the first read and join().
         reads.append(key)
-        return None if len(reads) == 1 else real_get(key)
+        return None if len(reads) == 1 else real_get(key, wanted)
 
     monkeypatch.setattr(store, "get", get_missing_once)
     reply = controller.serve(make_request(uri))

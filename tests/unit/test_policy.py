@@ -204,13 +204,15 @@ def test_fetched(stored, precondition, storage, written, available, expected):
     check(step, ANSWER)
 
 
-@pytest.mark.parametrize("precondition, expected", [
-    (PLAIN, (200, Outcome.MISS, "changed less than 3 s ago: not stored")),
-    (OTHER, (200, Outcome.MISS, "changed less than 3 s ago: not stored")),
-    (MATCH, revalidated("If-None-Match matches (same content)")),
+@pytest.mark.parametrize("precondition, held, expected", [
+    (PLAIN, "", (200, Outcome.MISS, "changed less than 3 s ago: not stored")),
+    (OTHER, "", (200, Outcome.MISS, "changed less than 3 s ago: not stored")),
+    (MATCH, "", revalidated("If-None-Match matches (same content)")),
+    (OTHER, "nodes unheard", (200, Outcome.BYPASS, "not served from the store: nodes unheard")),
+    (MATCH, "nodes unheard", revalidated("If-None-Match matches (same content)")),
 ])
-def test_on_unsettled(precondition, expected):
-    step = policy.on_unsettled(precondition, ANSWER, timedelta(seconds=3))
+def test_on_unsettled(precondition, held, expected):
+    step = policy.on_unsettled(precondition, ANSWER, timedelta(seconds=3), held)
     assert summary(step) == expected
     check(step, ANSWER)
 

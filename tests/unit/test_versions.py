@@ -22,6 +22,7 @@ from orthanc_cache_plugin.freshness import (
 from orthanc_cache_plugin.routes import Level
 
 NOW = datetime(2023, 2, 20, 15, 0, 0, 500000, tzinfo=timezone.utc)
+TICK = timedelta(microseconds=1)
 
 
 def test_generations_are_unique_and_dated() -> None:
@@ -33,7 +34,8 @@ def test_generations_are_unique_and_dated() -> None:
 
 def test_a_later_generation_keeps_an_announced_grace_period() -> None:
     announced = new_generation(NOW + GRACE)
-    assert generation_time(later_generation(announced, NOW)) == NOW + GRACE
+    # A microsecond after it: a replacement is always dated after what it replaces.
+    assert generation_time(later_generation(announced, NOW)) == NOW + GRACE + TICK
     assert generation_time(later_generation(new_generation(NOW), NOW + SETTLE)) == NOW + SETTLE
     assert generation_time(later_generation("", NOW)) == NOW
 
@@ -165,7 +167,7 @@ def test_too_many_touches_become_a_new_base_dated_after_the_last_one() -> None:
     untouched = generations.of("z")
     generations.announce(["d"], NOW)
     assert not generations.touched("a") and generations.of("z") != untouched
-    assert generation_time(generations.base) == NOW + GRACE
+    assert generation_time(generations.base) == NOW + GRACE + TICK
 
 
 def test_remembered_updates_are_kept_until_anything_changes():
