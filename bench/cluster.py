@@ -681,13 +681,14 @@ def chart(results: Dict[str, Any], path: Path) -> None:
             nodes = rows[name]["tally"]["nodes"]
             marks = [100 * (nodes.get("node %d" % number, {}).get("hit_ratio") or 0)
                      for number in range(1, NODES + 1)]
-            ratio.scatter([x - width / 3, x, x + width / 3], marks, color="black", s=60,
-                          linewidths=2, zorder=3, marker="_",
+            ratio.scatter([x - width / 3, x, x + width / 3], marks, color="black", s=30,
+                          linewidths=2.5, zorder=3, marker="_",
                           label="node 1, 2, 3 (left to right)" if x == xs[0] and not offset
                           else None)
         speed.bar(xs, [rows[name]["rps"] if name in rows else 0 for name in scenarios], width,
                   color=colors[store], label=store)
-    ratio.set_ylim(0, 110)
+    ratio.set_ylim(0, 128)
+    ratio.set_yticks(range(0, 101, 20))
     ratio.set_ylabel("hits, % of reads")
     ratio.set_title("Hit ratio through nginx", fontsize=10)
     speed.set_yscale("log")
@@ -695,10 +696,11 @@ def chart(results: Dict[str, Any], path: Path) -> None:
     speed.set_ylabel("requests/s (log)")
     speed.set_title("Throughput through nginx (first reads: 1 connection; wrk: %d)"
                     % results["plan"]["connections"], fontsize=10)
+    speed.set_ylim(top=speed.get_ylim()[1] * 4)
     for axis in (ratio, speed):
         axis.set_xticks(range(len(scenarios)))
         axis.set_xticklabels(names, fontsize=7)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="upper center", ncol=3)
         axis.grid(axis="y", alpha=0.3)
 
     micro, e2e = axes[1]
@@ -717,7 +719,8 @@ def chart(results: Dict[str, Any], path: Path) -> None:
     micro.yaxis.set_major_formatter(plain_numbers)
     micro.set_ylabel("µs per Store.get (log)")
     micro.set_title("Cost of one hit in the store (in-process)", fontsize=10)
-    micro.legend(fontsize=8)
+    micro.set_ylim(top=micro.get_ylim()[1] * 30)
+    micro.legend(fontsize=8, loc="upper center", ncol=2)
     micro.grid(axis="y", which="both", alpha=0.3)
 
     rows = results["end_to_end"]
@@ -739,7 +742,8 @@ def chart(results: Dict[str, Any], path: Path) -> None:
                          for route in routes])
     e2e.set_ylabel("hits/s, one node (wrk, %d connections)" % results["plan"]["e2e_connections"])
     e2e.set_title("Cost of a hit end to end (one node, no nginx)", fontsize=10)
-    e2e.legend(fontsize=7)
+    e2e.set_ylim(top=e2e.get_ylim()[1] * 1.3)
+    e2e.legend(fontsize=7, loc="upper center", ncol=2)
     e2e.grid(axis="y", alpha=0.3)
 
     env = results["environment"]
