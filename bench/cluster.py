@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -75,6 +76,11 @@ STORES = ("disk", "redis")
 KEY_PREFIX = "orthanc-cache:bench-cluster:"
 #: What the plugin's X-Cache-Status may say, in the order the tables list them.
 OUTCOMES = ("HIT", "MISS", "STALE-REFRESHED", "REVALIDATED", "BYPASS", "PASS")
+#: The counters of GET /cache/statistics, by the outcome they count.
+STATISTICS = {"HIT": "Hits", "MISS": "Misses", "STALE-REFRESHED": "StaleRefreshed",
+              "REVALIDATED": "NotModified", "BYPASS": "Bypasses", "PASS": "PassedThrough"}
+#: The plugin's warnings at every start (not worth reporting).
+STARTING = r"cache plugin: (version \S+ active|archive and media left|\S+ kept loaded)"
 ACTIVE = r"cache plugin: version \S+ active, store in .* \(available\)"
 MB = 1024 * 1024
 
@@ -263,6 +269,16 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def warnings(self) -> List[str]:
+        """The plugin's warnings in the nodes' logs, but those of every start."""
+        found = []
+        for number, node in enumerate(self.nodes, 1):
+            for line in node.log_text().splitlines():
+                if line.startswith("W") and "cache plugin:" in line and not re.search(
+                        STARTING, line):
+                    found.append("node %d: %s" % (number, line.split("] ", 1)[-1]))
+        return found
 
 
 class Bench:
@@ -478,11 +494,16 @@ class Bench:
                 if "BYPASS" in outcomes:
                     run._log("%s: BYPASS before a hit (%s)" % (label, " ".join(
                         outcome for outcome in outcomes if outcome)))
+                before = node.get("/cache/statistics").json()
                 load = self.wrk.run(node, [(url, "")], self.plan.e2e_connections,
                                     self.plan.duration, label, measured=self.cluster.pids)
+                after = node.get("/cache/statistics").json()
+                counts = {outcome: after[name] - before[name]
+                          for outcome, name in STATISTICS.items() if after[name] > before[name]}
                 row = {"store": self.cluster.store, "source": source, "route": route,
                        "bytes": len(body), "connections": self.plan.e2e_connections,
-                       "priming": outcomes,
+                       "priming": outcomes, "outcomes": counts,
+                       "hit_ratio": counts.get("HIT", 0) / max(1, sum(counts.values())),
                        **load.as_dict()}
                 self.results["end_to_end"].append(row)
                 run._log("%s: %.0f req/s, p50 %.2f ms (%d bytes)" % (label, load.rps,
@@ -502,6 +523,8 @@ class Bench:
             self.first_reads("node 2 rescheduled (empty Directory)", restart_s=seconds)
             self.end_to_end()
         finally:
+            if self.cluster is not None:
+                self.results.setdefault("warnings", {})[store] = self.cluster.warnings()
             self.stop_cluster()
 
     # -- the cost of one Store.get ------------------------------------------------------
@@ -614,6 +637,11 @@ def markdown(results: Dict[str, Any]) -> str:
             row["scenario"], "wrk" if row["kind"] == "wrk" else "first reads", row["store"],
             sum(tally["outcomes"].values()), _share(tally["hit_ratio"]), nodes, row["rps"],
             _ms(row["p50_ms"]), _ms(row["p99_ms"]), _outcomes(tally["outcomes"]), errors))
+    for store, warnings in results.get("warnings", {}).items():
+        if warnings:
+            lines += ["", "Warnings of the plugin during the *%s* runs (%d): %s." % (
+                store, len(warnings), "; ".join("`%s`" % line for line in warnings[:5])
+                + ("; ..." if len(warnings) > 5 else ""))]
     restarts = ["%s %s: %.1f s" % (row["store"], row["scenario"].split(" (")[0], row["restart_s"])
                 for row in results["scenarios"] if "restart_s" in row]
     if restarts:
@@ -624,13 +652,13 @@ def markdown(results: Dict[str, Any]) -> str:
                   "wrk straight to one node (no nginx), %d connections, one URL: node 1 "
                   "answers from its memory front; node 3, restarted with `MemorySize` 0, reads "
                   "every hit from its store." % plan["e2e_connections"], "",
-                  "| Hit from | Configuration | Route (bytes) | req/s | p50 / p99 ms |",
-                  "|---|---|---|--:|--:|"]
+                  "| Hit from | Configuration | Route (bytes) | req/s | p50 / p99 ms | Outcomes |",
+                  "|---|---|---|--:|--:|---|"]
         for row in results["end_to_end"]:
-            lines.append("| %s | %s | %s (%d) | %.0f | %s / %s |" % (
+            lines.append("| %s | %s | %s (%d) | %.0f | %s / %s | %s |" % (
                 "memory front" if row["source"] == "memory front" else row["source"] + " store",
                 row["store"], row["route"], row["bytes"], row["rps"], _ms(row["p50_ms"]),
-                _ms(row["p99_ms"])))
+                _ms(row["p99_ms"]), _outcomes(row.get("outcomes", {}))))
     if results["micro"]:
         sizes = sorted({row["body_bytes"] for row in results["micro"]})
         sources = list(dict.fromkeys(row["source"] for row in results["micro"]))
