@@ -57,6 +57,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -543,10 +544,14 @@ class Bench:
             "disk": Store(str(folder / "disk"), 1024 * MB, 604800, run._log),
             "redis": Store(str(folder / "redis"), 1024 * MB, 604800, run._log, redis=options),
         }
-        # (name in the table, store, close the thread's SQLite connection after each get:
-        # as the plugin does at the end of every request that opened one)
-        cases = [("memory front", "memory front", False), ("disk", "disk", False),
-                 ("disk, connection per get", "disk", True), ("redis", "redis", False)]
+        # (name in the table, store, close the thread's SQLite connection after each get
+        # as the plugin does at the end of every request that opened one, with another
+        # thread holding a connection meanwhile as the warm-up thread of a node does:
+        # without one, each close is the last and SQLite checkpoints its log then)
+        cases = [("memory front", "memory front", False, False), ("disk", "disk", False, False),
+                 ("disk, connection per get", "disk", True, True),
+                 ("disk, connection per get, no other", "disk", True, False),
+                 ("redis", "redis", False, False)]
         gets = self.plan.micro_gets
         try:
             for size in self.plan.body_sizes:
@@ -559,11 +564,17 @@ class Bench:
                 for store in stores.values():
                     if not store.set(key, entry):
                         raise RuntimeError("%s: could not store the entry" % store.location)
-                for name, which, close in cases:
+                for name, which, close, other in cases:
                     store = stores[which]
                     found = store.get(key)
                     if found is None or found.body != body:
                         raise RuntimeError("%s: the entry did not come back" % name)
+                    release = threading.Event()
+                    holder = threading.Thread(target=_hold_connection,
+                                              args=(store, key, release))
+                    if other:
+                        holder.start()
+                        time.sleep(0.1)
                     batches = []
                     for _ in range(5):
                         began = time.perf_counter()
@@ -573,6 +584,9 @@ class Bench:
                                 store.close_thread_connection()
                         batches.append((time.perf_counter() - began) / (gets // 5) * 1e6)
                     store.close_thread_connection()
+                    release.set()
+                    if other:
+                        holder.join()
                     self.results["micro"].append({"source": name, "bytes": len(entry.encode()),
                                                   "body_bytes": len(body),
                                                   "us": statistics.median(batches),
@@ -584,6 +598,14 @@ class Bench:
                 store.close()
 
 
+def _hold_connection(store: Any, key: str, release: threading.Event) -> None:
+    """Open the calling thread's SQLite connection to ``store`` (a get), keep it until
+    ``release``."""
+    store.get(key)
+    release.wait()
+    store.close_thread_connection()
+
+
 # -- reporting ------------------------------------------------------------------------------
 
 def _share(value: Optional[float]) -> str:
@@ -592,6 +614,10 @@ def _share(value: Optional[float]) -> str:
 
 def _ms(value: float) -> str:
     return "%.1f" % value if value < 100 else "%.0f" % value
+
+
+def _noisy(row: Dict[str, Any]) -> str:
+    return " †" if row.get("foreign_cpu", 0) > run.NOISY else ""
 
 
 def _outcomes(counts: Dict[str, int]) -> str:
@@ -633,8 +659,9 @@ def markdown(results: Dict[str, Any]) -> str:
         nodes = " / ".join(_share(tally["nodes"].get("node %d" % number, {}).get("hit_ratio"))
                            for number in range(1, NODES + 1))
         errors = " (%d errors)" % tally["errors"] if tally["errors"] else ""
-        lines.append("| %s (%s) | %s | %d | %s | %s | %.0f | %s / %s | %s%s |" % (
-            row["scenario"], "wrk" if row["kind"] == "wrk" else "first reads", row["store"],
+        lines.append("| %s (%s)%s | %s | %d | %s | %s | %.0f | %s / %s | %s%s |" % (
+            row["scenario"], "wrk" if row["kind"] == "wrk" else "first reads", _noisy(row),
+            row["store"],
             sum(tally["outcomes"].values()), _share(tally["hit_ratio"]), nodes, row["rps"],
             _ms(row["p50_ms"]), _ms(row["p99_ms"]), _outcomes(tally["outcomes"]), errors))
     for store, warnings in results.get("warnings", {}).items():
@@ -655,10 +682,13 @@ def markdown(results: Dict[str, Any]) -> str:
                   "| Hit from | Configuration | Route (bytes) | req/s | p50 / p99 ms | Outcomes |",
                   "|---|---|---|--:|--:|---|"]
         for row in results["end_to_end"]:
-            lines.append("| %s | %s | %s (%d) | %.0f | %s / %s | %s |" % (
+            lines.append("| %s%s | %s | %s (%d) | %.0f | %s / %s | %s |" % (
                 "memory front" if row["source"] == "memory front" else row["source"] + " store",
-                row["store"], row["route"], row["bytes"], row["rps"], _ms(row["p50_ms"]),
-                _ms(row["p99_ms"]), _outcomes(row.get("outcomes", {}))))
+                _noisy(row), row["store"], row["route"], row["bytes"], row["rps"],
+                _ms(row["p50_ms"]), _ms(row["p99_ms"]), _outcomes(row.get("outcomes", {}))))
+    if any(_noisy(row) for row in results["scenarios"] + results["end_to_end"]):
+        lines += ["", "† other processes used more than %d %% of the CPUs during that wrk run "
+                  "(`foreign_cpu` in the JSON, an estimate that errs low)." % (100 * run.NOISY)]
     if results["micro"]:
         sizes = sorted({row["body_bytes"] for row in results["micro"]})
         sources = list(dict.fromkeys(row["source"] for row in results["micro"]))
@@ -666,7 +696,9 @@ def markdown(results: Dict[str, Any]) -> str:
                   "In this process (the benchmark's Python %s, not Orthanc's), median of 5 "
                   "batches of %d gets of one entry; µs per get. *disk, connection per get*: "
                   "the SQLite connection closed after each get, as the plugin does at the end "
-                  "of every request that opened one." % (env.get("python"),
+                  "of every request that opened one, while another thread holds one (as a "
+                  "node's warm-up thread does); *no other*: without it, each close is the "
+                  "last, and SQLite checkpoints its write-ahead log then." % (env.get("python"),
                                                          plan["micro_gets"] // 5), "",
                   "| Hit from | %s |" % " | ".join("%d KB body" % round(size / 1000)
                                                    for size in sizes),
@@ -689,7 +721,8 @@ def chart(results: Dict[str, Any], path: Path) -> None:
 
     plain_numbers = FuncFormatter(lambda value, _: "%g" % value)
     colors = {"disk": "#1f77b4", "redis": "#d62728", "memory front": "#2ca02c",
-              "disk, connection per get": "#aec7e8"}
+              "disk, connection per get": "#6baed6",
+              "disk, connection per get, no other": "#c6dbef"}
     figure, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     scenarios = list(dict.fromkeys(row["scenario"] for row in results["scenarios"]))
     names = [scenario.replace(" (", "\n(").replace("right after ", "after ")
