@@ -4,7 +4,7 @@
 One command (as root, from the repository's root, after ``scripts/test.sh`` made the
 virtual environment and the stacks)::
 
-    .venv/bin/python bench/cluster.py [--stack sid|bookworm] [--duration 5]   # ~5 minutes
+    .venv/bin/python bench/cluster.py [--stack sid|bookworm] [--duration 5]   # ~4 minutes
     .venv/bin/python bench/cluster.py --quick    # tiny data, 1 s wrk runs: a smoke test
 
 It starts PostgreSQL (the orthanc-postgresql index), one redis-server, three
@@ -856,7 +856,7 @@ def environment(stack: str, urls: int) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny data, 1 s wrk runs (smoke test, about a minute)")
+                        help="tiny data, 1 s wrk runs (smoke test, 70 to 90 s)")
     parser.add_argument("--stack", choices=("sid", "bookworm"), default="sid",
                         help="sid: Orthanc 1.13.0, plugin 7.1; bookworm: 1.10.1, plugin 4.0")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default 5; quick 1)")
