@@ -20,20 +20,19 @@ plugin runs without it when ``Backend`` is ``disk``.  With ``Backend``
 ``redis`` and no client installed, the store stays unavailable (requests go
 to Orthanc, as with any failure) and says so once, with the fix.
 
-**Nothing stale after an outage.**  In this first step each node stores and
-reads only its own entries: every entry carries the version it was computed
-at (``LastUpdate`` and this node's generations, :mod:`.freshness`), and the
-node's generations are its own (a random base per node, kept in its state
-files).  A node learns changes from Orthanc (change events, its request
-filter, ``/changes`` of a shared index), never from Redis, so an outage of
-Redis hides no change from it: generations move on while Redis is away, and
-every entry stored before a change is of an older version when Redis comes
-back, which the controller refuses (``policy.current``).  What the outage
-may leave behind is harmless for the same reason: a write sent just before
-the server paused and carried out when it resumes stores an answer at the
-version it was computed for, an entry the node failed to delete is refused
-by its version, and a server restarted from an old snapshot gives back
-entries of older versions only.  The memory front is emptied on the first
+**Nothing stale after an outage.**  Every entry carries the version it was
+computed at (``LastUpdate`` and the generations, :mod:`.freshness`), which
+the controller compares with the current one (``policy.current``).  The
+nodes sharing the server keep their generations in step through it
+(:mod:`.redis_bus`), and a node that cannot hear the others serves nothing
+from the store until it has joined them again; changes it made meanwhile
+are told through Orthanc's change log, then merged when it joins.  What an
+outage may leave behind is harmless for the same reason: a write sent just
+before the server paused and carried out when it resumes stores an answer
+at the version it was computed for, an entry a node failed to delete is
+refused by its version, and a server restarted from an old snapshot gives
+back entries of older versions only, while the nodes publish their newer
+generations when they join.  The memory front is emptied on the first
 error and refilled only from entries read or written once the server works.
 
 **Keys** (all under ``KeyPrefix``, so that several clusters or test and
@@ -45,6 +44,10 @@ production share a server without seeing each other's keys, and
   ``Expiration`` as its TTL (``PX``);
 * ``{prefix}t:{tag}``: the set of keys stored with a tag (a resource id),
   for :meth:`evict`, with the TTL of its newest entry;
+* ``{prefix}c:{digest}``: a node's claim to compute one key at one version
+  (:meth:`claim`), for ``LockTimeout`` at most;
+* ``{prefix}g`` and the channel ``{prefix}changes``: the generations the
+  nodes share (:mod:`.redis_bus`);
 * ``{prefix}i``, ``{prefix}s``, ``{prefix}b``: the plugin's own count of its
   entries (a sorted set of keys by expiry time), their sizes (a hash) and
   their total (a counter), kept by the same scripts that write and delete

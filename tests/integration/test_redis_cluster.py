@@ -25,6 +25,9 @@ from support.orthanc_server import OrthancServer
 from support.postgres import OrthancCluster
 from support.redis_server import RedisServer
 
+#: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
+pytestmark = pytest.mark.old_stack
+
 NO_GZIP = {"Accept-Encoding": "identity"}
 #: freshness.SETTLE + freshness.GRACE: after a write, answers are stored again.
 QUIET = 5.2
