@@ -408,12 +408,13 @@ class RedisStore:
         ``default`` when the server fails or is known to be failing."""
         return self._call(action, default)
 
-    def call_soon(self, action: Callable[[Any], Any]) -> None:
+    def call_soon(self, action: Callable[[Any], Any]) -> bool:
         """``action(client)`` on one of the store's threads, without waiting for it; its
-        failure is handled as :meth:`call`'s."""
+        failure is handled as :meth:`call`'s.  False when it was not sent (the server
+        is failing, or the store closed)."""
         client = self._usable()
         if client is None:
-            return
+            return False
 
         def done(future: Any) -> None:
             error = future.exception()
@@ -423,7 +424,8 @@ class RedisStore:
         try:
             self._workers.submit(action, client).add_done_callback(done)
         except RuntimeError:  # closed meanwhile
-            pass
+            return False
+        return True
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
