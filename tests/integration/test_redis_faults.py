@@ -36,10 +36,16 @@ servers, between two reads (:class:`Gate`).  Asserted:
 * nothing stale once it works again: every read equals plain Orthanc's
   current answer, and the ETag of an answer stored before the episode gives
   no 304 when that answer changed.
+
+Every test is marked ``old_stack`` (also run on Debian 12's Orthanc 1.10.1,
+plugin 4.0).  There, calls of 200 to 400 ms were seen in every kind (a loaded
+2-core machine): a call that exceeds RedisTimeout once the store works again
+is a genuine new episode, which the tests accept when its error is a timeout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 import threading
@@ -69,8 +75,9 @@ RIGHTS = ("on >%s resetkeys ~%s* resetchannels -@all +get +set +del +unlink +tou
           "+evalsha +eval +script +ping +client +select +zadd +zrem +zcard +zrangebyscore "
           "+hget +hset +hdel +hmget +incrby +decrby +sadd +smembers +persist +pexpire"
           % (SECRET, PREFIX))
-#: RedisTimeout (ms): the setting's default.
-TIMEOUT_MS = 100
+#: RedisTimeout (ms): more than the default 100, as these 2-core machines, shared with other
+#: test runs, stall calls past 100 ms now and then (a genuine timeout, a new episode).
+TIMEOUT_MS = 250
 #: Retry delays of the store in this module (see the module's documentation).
 RETRY_DELAY, LONGEST_RETRY_DELAY = 0.5, 2.0
 STARTUP = """\
@@ -158,8 +165,21 @@ def session() -> requests.Session:
     return client
 
 
+#: Orthanc 1.10 names /file's download after the attachment's UUID, random per server
+#: (test_fidelity.py maps each one to a name); the bodies are compared byte for byte.
+_ATTACHMENT_FILE = re.compile(r'filename="[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.dcm"')
+
+
+def comparable(response: requests.Response) -> Exchange:
+    """What must be the same on both servers (:func:`support.oracle.exchange`)."""
+    seen = exchange(response, {})
+    return dataclasses.replace(seen, headers=tuple(
+        (name, value if value is None else _ATTACHMENT_FILE.sub('filename="<uuid>.dcm"', value))
+        for name, value in seen.headers))
+
+
 def same(ours: requests.Response, theirs: requests.Response) -> bool:
-    return exchange(ours, {}) == exchange(theirs, {})
+    return comparable(ours) == comparable(theirs)
 
 
 @dataclass
@@ -208,7 +228,7 @@ class Rig:
         with self.gate.write():
             ours = self.plugin.request(method, path, **kwargs)
             theirs = self.plain.request(method, path, **kwargs)
-        assert same(ours, theirs), (method, path, exchange(ours, {}), exchange(theirs, {}))
+        assert same(ours, theirs), (method, path, comparable(ours), comparable(theirs))
         assert ours.status_code == 200, (method, path, ours.status_code, ours.text)
         return ours
 
@@ -258,7 +278,7 @@ class Rig:
                 with self.gate.read():
                     ours = client.get(self.plugin.url + path, headers=NO_GZIP, timeout=30)
                 if ours.headers.get(STATUS) == "HIT":
-                    primed[path] = (ours.headers["ETag"], exchange(ours, {}))
+                    primed[path] = (ours.headers["ETag"], comparable(ours))
             missing = [path for path in paths if path not in primed]
             if not missing:
                 return primed
@@ -336,6 +356,7 @@ class Sample:
     ours: float  # seconds
     theirs: float
     same: bool
+    began: float  # time.monotonic()
 
 
 class Load:
@@ -388,12 +409,13 @@ class Load:
                     self.errors.append("%s %s: %r" % (phase, path, error))
                 continue
             sample = Sample(phase, path, ours.status_code, ours.headers.get(STATUS, ""),
-                            middle - began, ended - middle, same(ours, theirs))
+                            middle - began, ended - middle, same(ours, theirs),
+                            time.monotonic() - (ended - began))
             with self._lock:
                 self.samples.append(sample)
                 if not sample.same:
                     self.mismatches.append("%s %s: ours %s, plain %s" % (
-                        phase, path, exchange(ours, {}), exchange(theirs, {})))
+                        phase, path, comparable(ours), comparable(theirs)))
 
     def of(self, phase: str) -> List[Sample]:
         with self._lock:
@@ -421,8 +443,8 @@ class Fault:
     name: str
     inject: Callable[[], None]
     repair: Callable[[], None]
-    #: Words of the "failed" warning (the error the client saw).
-    error: str = ""
+    #: Words of the "failed" warning (the error the client saw), one of them.
+    error: Tuple[str, ...] = ()
 
 
 def ensure_working(rig: Rig) -> None:
@@ -454,8 +476,13 @@ def episode(rig: Rig, fault: Fault, failed_at_start: bool = False) -> None:
         if not failed_at_start:
             load.run_for(BASELINE_SECONDS)
         if not failed_at_start:
+            # The episode starts from a working store (a stall may have begun another).
+            wait_until(lambda: rig.stats()["StoreAvailable"] is True, NOTICE_TIMEOUT,
+                       "the store is available")
+            failed, recovered = rig.warnings()
             rig.cool()
         load.phase = "fault"
+        injected = time.monotonic()
         fault.inject()
         try:
             noticed = wait_until(lambda: rig.warnings()[0] > failed, NOTICE_TIMEOUT,
@@ -463,10 +490,12 @@ def episode(rig: Rig, fault: Fault, failed_at_start: bool = False) -> None:
             changes = rig.change(fault.name)
             load.run_for(FAULT_SECONDS)
         finally:
+            at_repair = rig.warnings()
             fault.repair()  # also when the test fails, for the next ones
             repaired = time.monotonic()
         wait_until(lambda: rig.warnings()[1] > recovered, NOTICE_TIMEOUT,
                    "%s: a 'works again' warning" % fault.name)
+        at_recovery = rig.warnings()
         reconnected = time.monotonic() - repaired
         load.phase = "after"
         load.run_for(AFTER_SECONDS)
@@ -477,15 +506,25 @@ def episode(rig: Rig, fault: Fault, failed_at_start: bool = False) -> None:
         fault.name, len(load.mismatches), load.mismatches[:3])
     assert all(each.status < 500 for each in load.samples)
 
-    # One warning of each per episode (none per request, none per attempt to reconnect).
+    # One warning of each per episode (none per request, none per attempt to reconnect):
+    # one "failed" and no "works again" while the failure lasts, one "works again" after.
     text = rig.plugin.log_text()
-    assert rig.warnings() == (failed + 1, recovered + 1), (
-        "%s: 'failed' and 'works again' warnings: %s, expected one each after %s\n%s"
-        % (fault.name, rig.warnings(), (failed, recovered),
-           "\n".join(line for line in text.splitlines()[-4000:] if "cache store" in line)))
+    failures = re.findall(r"cache store %s failed \(.*" % re.escape(rig.directory), text)
+    history = "\n".join(line for line in text.splitlines() if "cache store" in line)
+    assert at_repair == (failed + 1, recovered) and at_recovery == (failed + 1, recovered + 1), (
+        "%s: ('failed', 'works again') warnings: %s during the failure, %s once it worked "
+        "again, after %s before it:\n%s"
+        % (fault.name, at_repair, at_recovery, (failed, recovered), history))
     if fault.error:
-        warning = text[text.rindex("cache store %s failed (" % rig.directory):].splitlines()[0]
-        assert fault.error in warning, warning
+        assert any(word in failures[failed] for word in fault.error), failures[failed]
+    # Later episodes: a loaded 2-core machine may stall a call past RedisTimeout (seen on
+    # bookworm, calls of 200-400 ms in every kind); a genuine timeout is a new episode, with
+    # its own pair of warnings.  Anything else is not.
+    later = failures[failed + 1:]
+    assert all("TimeoutError" in each for each in later), (fault.name, later)
+    if later:
+        wait_until(lambda: rig.warnings()[1] == recovered + 1 + len(later), NOTICE_TIMEOUT,
+                   "%s: a 'works again' after each later timeout" % fault.name)
     assert SECRET not in text
 
     during, after = load.of("fault"), load.of("after")
@@ -494,7 +533,7 @@ def episode(rig: Rig, fault: Fault, failed_at_start: bool = False) -> None:
     assert failed_at_start or outcomes["BYPASS"] > 0, (fault.name, outcomes)
     # Reconnected: after "works again", no request bypasses the store.
     after_outcomes = Counter(each.outcome for each in after)
-    assert after and after_outcomes["BYPASS"] == 0, (fault.name, after_outcomes)
+    assert after and (later or after_outcomes["BYPASS"] == 0), (fault.name, after_outcomes)
 
     # Latency: plain Orthanc's and a few milliseconds, but for a few requests.
     ours = [each.ours for each in during]
@@ -504,16 +543,20 @@ def episode(rig: Rig, fault: Fault, failed_at_start: bool = False) -> None:
         "ours p90": percentile(ours, 0.9), "plain p90": percentile(theirs, 0.9),
         "ours max": max(ours),
     }
-    waited = sum(1 for each in during if each.ours - each.theirs > TIMEOUT_MS / 1000 * 0.8)
+    waited = [each for each in during if each.ours - each.theirs > TIMEOUT_MS / 1000 * 0.8]
     print("\n%s: noticed in %.2f s, reconnected %.2f s after repair, episode %.1f s, "
-          "%d requests during (%s), %d waited ~RedisTimeout; %s; after: %s; changes: %s"
+          "%d requests during (%s), %d waited ~RedisTimeout (at %s s); %s; after: %s%s; "
+          "changes: %s"
           % (fault.name, noticed, reconnected, time.monotonic() - started, len(during),
-             dict(outcomes), waited,
+             dict(outcomes), len(waited),
+             " ".join("%.2f" % (each.began - injected) for each in waited),
              ", ".join("%s %.1f ms" % (name, value * 1000) for name, value in figures.items()),
-             dict(after_outcomes), "; ".join(changes)))
+             dict(after_outcomes),
+             " (then %d timeout episode(s): a loaded machine)" % len(later) if later else "",
+             "; ".join(changes)))
     assert figures["ours p50"] <= figures["plain p50"] + MEDIAN_SLACK, (fault.name, figures)
     assert figures["ours p90"] <= figures["plain p90"] + P90_SLACK, (fault.name, figures)
-    assert waited <= SLOW_REQUESTS, (fault.name, waited)
+    assert len(waited) <= SLOW_REQUESTS, (fault.name, len(waited))
     assert figures["ours max"] < 2.0, (fault.name, figures)  # no hang
 
     # Nothing stale: every answer stored before is refused if it changed meanwhile.
@@ -524,18 +567,19 @@ def episode(rig: Rig, fault: Fault, failed_at_start: bool = False) -> None:
             ours_now = client.get(rig.plugin.url + path,
                                   headers=dict(NO_GZIP, **{"If-None-Match": etag}), timeout=30)
             theirs_now = client.get(rig.plain.url + path, headers=NO_GZIP, timeout=30)
-        if exchange(theirs_now, {}) != before:
+        if comparable(theirs_now) != before:
             changed += 1
             assert ours_now.status_code != 304, (fault.name, path, "old ETag, changed answer")
-            assert same(ours_now, theirs_now), (fault.name, path, exchange(ours_now, {}))
+            assert same(ours_now, theirs_now), (fault.name, path, comparable(ours_now))
         elif ours_now.status_code != 304:
-            assert same(ours_now, theirs_now), (fault.name, path, exchange(ours_now, {}))
+            assert same(ours_now, theirs_now), (fault.name, path, comparable(ours_now))
     assert not primed or changed >= 5, (fault.name, changed)  # the changes touched answers
 
 
 # -- the episodes -----------------------------------------------------------
 
 
+@pytest.mark.old_stack
 def test_unreachable_at_start(rig: Rig) -> None:
     """Orthanc started while nothing listened on the store's port (the module's fixture):
     one warning at start, plain answers, then the server starts and the store connects."""
@@ -548,10 +592,11 @@ def test_unreachable_at_start(rig: Rig) -> None:
         rig.redis.start()
         rig.redis.config_set("maxmemory-policy", "noeviction")
 
-    episode(rig, Fault("unreachable at start", lambda: None, start, "ConnectionError"),
+    episode(rig, Fault("unreachable at start", lambda: None, start, ("ConnectionError",)),
             failed_at_start=True)
 
 
+@pytest.mark.old_stack
 def test_stopped(rig: Rig) -> None:
     """Killed (after a snapshot), then started again from that snapshot: the entries stored
     before the outage come back, and must not be served for what changed meanwhile."""
@@ -564,14 +609,17 @@ def test_stopped(rig: Rig) -> None:
         rig.redis.config_set("maxmemory-policy", "noeviction")
         assert rig.redis.keys(PREFIX + "e:*"), "the snapshot brought the entries back"
 
-    episode(rig, Fault("stopped", kill, start, "ConnectionError"))
+    # A call in flight when the process dies may also end in a timeout.
+    episode(rig, Fault("stopped", kill, start, ("ConnectionError", "TimeoutError")))
 
 
+@pytest.mark.old_stack
 def test_paused(rig: Rig) -> None:
     """SIGSTOP: connections are accepted, nothing answers; then SIGCONT."""
-    episode(rig, Fault("paused", rig.redis.pause, rig.redis.resume, "Timeout"))
+    episode(rig, Fault("paused", rig.redis.pause, rig.redis.resume, ("TimeoutError",)))
 
 
+@pytest.mark.old_stack
 def test_slow(rig: Rig) -> None:
     """CLIENT PAUSE: every call waits longer than RedisTimeout, until the pause ends."""
     def pause() -> None:
@@ -580,16 +628,19 @@ def test_slow(rig: Rig) -> None:
     def wait_for_the_end() -> None:
         assert rig.redis.call("PING", timeout=10) == b"+PONG"  # answered when it ends
 
-    episode(rig, Fault("slow", pause, wait_for_the_end, "Timeout"))
+    episode(rig, Fault("slow", pause, wait_for_the_end, ("TimeoutError",)))
 
 
+@pytest.mark.old_stack
 def test_full(rig: Rig) -> None:
     """maxmemory below what the server uses, noeviction: writes fail with OOM, reads work."""
     episode(rig, Fault("full", lambda: rig.redis.config_set("maxmemory", "1"),
-                       lambda: rig.redis.config_set("maxmemory", "0"), "OutOfMemoryError"))
+                       lambda: rig.redis.config_set("maxmemory", "0"), ("OutOfMemoryError",)))
 
 
+@pytest.mark.old_stack
 def test_errors(rig: Rig) -> None:
     """The plugin's ACL user loses every permission (NOPERM), then gets its rights back."""
     episode(rig, Fault("errors", lambda: rig.redis.acl_setuser(USER, "-@all"),
-                       lambda: rig.redis.acl_setuser(USER, *RIGHTS.split()), "NoPermission"))
+                       lambda: rig.redis.acl_setuser(USER, *RIGHTS.split()),
+                       ("NoPermissionError",)))
