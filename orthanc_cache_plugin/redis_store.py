@@ -377,6 +377,12 @@ class RedisStore:
             client.ping()
             scripts = tuple(client.register_script(source)
                             for source in (_SET, _DELETE, _EVICT, _FIGURES))
+            # A write too (the delete script with no key: DECRBY 0 of the byte count), so
+            # that a server that answers reads but refuses writes (full with noeviction:
+            # OOM; an ACL user without the scripts' commands: NOPERM) stays failing, one
+            # episode, rather than reconnecting and failing again at the next write (a
+            # "works again" and "failed" pair of warnings at every retry).
+            scripts[1](self._bookkeeping, [self._entry_prefix], client)
         except Exception as error:  # ConnectionError, TimeoutError, AuthenticationError...
             if client is not None:
                 _quietly_close(client)
@@ -419,7 +425,7 @@ class RedisStore:
         def done(future: Any) -> None:
             error = future.exception()
             if error is not None:
-                self._fail(error)
+                self._fail(error, client)
 
         try:
             self._workers.submit(action, client).add_done_callback(done)
@@ -427,8 +433,13 @@ class RedisStore:
             return False
         return True
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, client: Any = None) -> None:
         with self._lock:
+            if client is not None and self._client is not None and client is not self._client:
+                # A call on a client already replaced by a reconnection: it says nothing of
+                # the new one, which must not be dropped (nor a new episode begun).
+                self.failures += 1
+                return
             first = self._failed_at is None
             self._failed_at = self._clock()
             self.failures += 1
@@ -461,12 +472,17 @@ class RedisStore:
         try:
             result = self._workers.submit(action, client).result()
         except Exception as error:
-            self._fail(error)
+            self._fail(error, client)
             return default
         if self._failed_at is not None:
             with self._lock:
-                recovered, self._failed_at = self._failed_at is not None, None
-                self._delay = self._first_delay
+                # Only a call on the current client ends an episode: one that began before
+                # a concurrent call failed (the client is gone) says nothing, and ending the
+                # episode then left the store without client and without retries for good.
+                recovered = self._failed_at is not None and self._client is client
+                if recovered:
+                    self._failed_at = None
+                    self._delay = self._first_delay
             if recovered:
                 self._warn("cache store %s works again" % self.directory)
         return result
