@@ -178,7 +178,7 @@ class CacheController:
         fetched = self.origin.fetch(job.request, job.query, job.representation)
         if fetched is None:
             # Followers ask Orthanc themselves and get their own plain answer.
-            return self.origin.plain_answer(job.request, "Orthanc answered an error")
+            return self.origin.plain_answer(job.request, policy.ORTHANC_ERROR)
         storage, written = self._keep(job.request, job.key, miss.stamp, fetched)
         if flight is not None and written:
             # The version is settled, so the answer is the same for every request of
@@ -203,7 +203,7 @@ class CacheController:
         """
         fetched = self.origin.fetch(job.request, job.query, job.representation)
         if fetched is None:
-            return self.origin.plain_answer(job.request, "Orthanc answered an error")
+            return self.origin.plain_answer(job.request, policy.ORTHANC_ERROR)
         digest = hashlib.blake2b(fetched.body, digest_size=16).hexdigest()
         etag = entity_tag(self.salt, job.key, job.version.token + "|" + digest)
         modified = None

@@ -231,6 +231,10 @@ class Miss:
                         answer)
 
 
+#: The reason of Orthanc's own error answer (never stored nor shared: each request gets
+#: its own, as plain Orthanc gives it).
+ORTHANC_ERROR = "Orthanc answered an error"
+
 #: Where the walk of a settled version's GET stands: answered, or what to read next.
 Step = Union[Decision, ReadStore, Miss]
 

@@ -164,7 +164,8 @@ class RedisBus:
             self._forget_pending.clear()
             return int(client.publish(self.channel, message))
 
-        self._store.call_soon(send)
+        if not self._store.call_soon(send):
+            self._forget_pending.clear()
 
     def start(self) -> None:
         self._thread.start()

@@ -20,20 +20,19 @@ plugin runs without it when ``Backend`` is ``disk``.  With ``Backend``
 ``redis`` and no client installed, the store stays unavailable (requests go
 to Orthanc, as with any failure) and says so once, with the fix.
 
-**Nothing stale after an outage.**  In this first step each node stores and
-reads only its own entries: every entry carries the version it was computed
-at (``LastUpdate`` and this node's generations, :mod:`.freshness`), and the
-node's generations are its own (a random base per node, kept in its state
-files).  A node learns changes from Orthanc (change events, its request
-filter, ``/changes`` of a shared index), never from Redis, so an outage of
-Redis hides no change from it: generations move on while Redis is away, and
-every entry stored before a change is of an older version when Redis comes
-back, which the controller refuses (``policy.current``).  What the outage
-may leave behind is harmless for the same reason: a write sent just before
-the server paused and carried out when it resumes stores an answer at the
-version it was computed for, an entry the node failed to delete is refused
-by its version, and a server restarted from an old snapshot gives back
-entries of older versions only.  The memory front is emptied on the first
+**Nothing stale after an outage.**  Every entry carries the version it was
+computed at (``LastUpdate`` and the generations, :mod:`.freshness`), which
+the controller compares with the current one (``policy.current``).  The
+nodes sharing the server keep their generations in step through it
+(:mod:`.redis_bus`), and a node that cannot hear the others serves nothing
+from the store until it has joined them again; changes it made meanwhile
+are told through Orthanc's change log, then merged when it joins.  What an
+outage may leave behind is harmless for the same reason: a write sent just
+before the server paused and carried out when it resumes stores an answer
+at the version it was computed for, an entry a node failed to delete is
+refused by its version, and a server restarted from an old snapshot gives
+back entries of older versions only, while the nodes publish their newer
+generations when they join.  The memory front is emptied on the first
 error and refilled only from entries read or written once the server works.
 
 **Keys** (all under ``KeyPrefix``, so that several clusters or test and
@@ -45,6 +44,10 @@ production share a server without seeing each other's keys, and
   ``Expiration`` as its TTL (``PX``);
 * ``{prefix}t:{tag}``: the set of keys stored with a tag (a resource id),
   for :meth:`evict`, with the TTL of its newest entry;
+* ``{prefix}c:{digest}``: a node's claim to compute one key at one version
+  (:meth:`claim`), for ``LockTimeout`` at most;
+* ``{prefix}g`` and the channel ``{prefix}changes``: the generations the
+  nodes share (:mod:`.redis_bus`);
 * ``{prefix}i``, ``{prefix}s``, ``{prefix}b``: the plugin's own count of its
   entries (a sorted set of keys by expiry time), their sizes (a hash) and
   their total (a counter), kept by the same scripts that write and delete
@@ -374,6 +377,12 @@ class RedisStore:
             client.ping()
             scripts = tuple(client.register_script(source)
                             for source in (_SET, _DELETE, _EVICT, _FIGURES))
+            # A write too (the delete script with no key: DECRBY 0 of the byte count), so
+            # that a server that answers reads but refuses writes (full with noeviction:
+            # OOM; an ACL user without the scripts' commands: NOPERM) stays failing, one
+            # episode, rather than reconnecting and failing again at the next write (a
+            # "works again" and "failed" pair of warnings at every retry).
+            scripts[1](self._bookkeeping, [self._entry_prefix], client)
         except Exception as error:  # ConnectionError, TimeoutError, AuthenticationError...
             if client is not None:
                 _quietly_close(client)
@@ -405,25 +414,32 @@ class RedisStore:
         ``default`` when the server fails or is known to be failing."""
         return self._call(action, default)
 
-    def call_soon(self, action: Callable[[Any], Any]) -> None:
+    def call_soon(self, action: Callable[[Any], Any]) -> bool:
         """``action(client)`` on one of the store's threads, without waiting for it; its
-        failure is handled as :meth:`call`'s."""
+        failure is handled as :meth:`call`'s.  False when it was not sent (the server
+        is failing, or the store closed)."""
         client = self._usable()
         if client is None:
-            return
+            return False
 
         def done(future: Any) -> None:
             error = future.exception()
             if error is not None:
-                self._fail(error)
+                self._fail(error, client)
 
         try:
             self._workers.submit(action, client).add_done_callback(done)
         except RuntimeError:  # closed meanwhile
-            pass
+            return False
+        return True
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, client: Any = None) -> None:
         with self._lock:
+            if client is not None and self._client is not None and client is not self._client:
+                # A call on a client already replaced by a reconnection: it says nothing of
+                # the new one, which must not be dropped (nor a new episode begun).
+                self.failures += 1
+                return
             first = self._failed_at is None
             self._failed_at = self._clock()
             self.failures += 1
@@ -456,12 +472,17 @@ class RedisStore:
         try:
             result = self._workers.submit(action, client).result()
         except Exception as error:
-            self._fail(error)
+            self._fail(error, client)
             return default
         if self._failed_at is not None:
             with self._lock:
-                recovered, self._failed_at = self._failed_at is not None, None
-                self._delay = self._first_delay
+                # Only a call on the current client ends an episode: one that began before
+                # a concurrent call failed (the client is gone) says nothing, and ending the
+                # episode then left the store without client and without retries for good.
+                recovered = self._failed_at is not None and self._client is client
+                if recovered:
+                    self._failed_at = None
+                    self._delay = self._first_delay
             if recovered:
                 self._warn("cache store %s works again" % self.directory)
         return result

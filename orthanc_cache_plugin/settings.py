@@ -130,8 +130,9 @@ class Settings:
         "Backend", str, Backend.DISK.value,
         "Where the server-side store keeps its entries: \"disk\" (a diskcache database in "
         "Directory) or \"redis\" (a Redis or Valkey server at RedisUrl, needing the "
-        "package's redis extra; each node still keeps its own answers: see "
-        "docs/deployment.md). Directory keeps the plugin's small state files either way.",
+        "package's redis extra, which the nodes of a cluster share: what one computed is a "
+        "hit on the others; see docs/deployment.md). Directory keeps the plugin's small "
+        "state files either way.",
         choices=tuple(backend.value for backend in Backend))
     redis_url: str = _setting(
         "RedisUrl", str, "redis://127.0.0.1:6379/0",
@@ -140,9 +141,9 @@ class Settings:
         pattern=(r"(redis|rediss|unix)://", "a redis://, rediss:// or unix:// URL"))
     key_prefix: str = _setting(
         "KeyPrefix", str, "orthanc-cache:",
-        "Start of every key the plugin writes to Redis; DELETE {AdminPrefix}, entry counts "
-        "and sizes touch only these keys. Give each node its own for now (nodes do not "
-        "share answers yet: docs/deployment.md), and so each cluster (test, production).")
+        "Start of every key and channel the plugin uses in Redis; DELETE {AdminPrefix}, "
+        "entry counts and sizes touch only these keys. The same on every node of a "
+        "cluster (they share answers), another for each cluster (test, production).")
     redis_timeout: int = _setting(
         "RedisTimeout", int, 100,
         "Milliseconds each Redis call (connecting, sending, each wait for an answer) may "

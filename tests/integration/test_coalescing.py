@@ -3,49 +3,19 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
-from typing import Callable, List
+from typing import Callable
 
 import pytest
-import requests
 
 from support import stacks
+from support.concurrent import get_together
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 
 #: Seconds after a change before answers are stored (freshness.SETTLE, 3 s).
 SETTLE = 3.1
 CLIENTS = 16  # the harness's HttpThreadsCount
-
-
-def get_together(server: OrthancServer, path: str, count: int) -> List[requests.Response]:
-    """``count`` GETs of ``path`` sent at the same moment, each on its own connection."""
-    barrier = threading.Barrier(count)
-    answers: List[requests.Response] = []
-    errors: List[BaseException] = []
-    lock = threading.Lock()
-
-    def client() -> None:
-        with requests.Session() as session:
-            session.trust_env = False
-            try:
-                barrier.wait(timeout=30)
-                answer = session.get(server.url + path, headers={"Accept-Encoding": "identity"},
-                                     timeout=120)
-                with lock:
-                    answers.append(answer)
-            except BaseException as error:
-                with lock:
-                    errors.append(error)
-
-    threads = [threading.Thread(target=client) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=180)
-    assert errors == [] and len(answers) == count
-    return answers
 
 
 @pytest.mark.old_stack

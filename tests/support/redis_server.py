@@ -2,10 +2,13 @@
 
 :class:`RedisServer` runs Debian's ``redis-server`` in a fresh temporary
 directory, listening on 127.0.0.1 only, on a free port, without persistence
-(no RDB snapshot, no append-only file): every start begins empty.  It can be
+(no RDB snapshot, no append-only file): every start begins empty, unless
+:meth:`snapshot` saved the data, which the next start loads.  It can be
 stopped, paused (SIGSTOP: connections are accepted by the kernel but nothing
 answers) and resumed (SIGCONT), restarted on the same port, given a tiny
-``maxmemory`` to provoke OOM errors, and a password.
+``maxmemory`` to provoke OOM errors, a password, ACL users (from the start,
+and changed while it runs: NOPERM errors) and ``CLIENT PAUSE`` (every call
+waits: a slow server).
 
 No process is left behind: the server gets SIGKILL if the test process dies
 (parent-death signal), and every server still running is killed at exit.
@@ -23,7 +26,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Set, Union
+from typing import List, Optional, Sequence, Set, Union
 
 from support.orthanc_server import free_port
 
@@ -52,10 +55,14 @@ def _command(*parts: Union[str, bytes]) -> bytes:
 class RedisServer:
     """A ``redis-server`` in its own temporary directory; a context manager."""
 
-    def __init__(self, password: Optional[str] = None, start_timeout: float = 10) -> None:
+    def __init__(self, password: Optional[str] = None, start_timeout: float = 10,
+                 users: Sequence[str] = ()) -> None:
+        """``users``: ACL rules of users besides ``default``, one user a line as in an ACL
+        file (``"orthanc on >secret ~prefix:* +@all"``), in place at every start."""
         self.host = "127.0.0.1"
         self.port = free_port()
         self.password = password
+        self.users = list(users)
         self.start_timeout = start_timeout
         self.workdir: Optional[Path] = None
         self.process: Optional[subprocess.Popen] = None
@@ -88,6 +95,11 @@ class RedisServer:
                    "--protected-mode", "no"]
         if self.password:
             command += ["--requirepass", self.password]
+        if self.users:
+            acl_file = self.workdir / "users.acl"
+            acl_file.write_text("".join("user %s\n" % user for user in self.users),
+                                encoding="utf-8")
+            command += ["--aclfile", str(acl_file)]
         self.process = subprocess.Popen(command, cwd=self.workdir, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=_die_with_parent)
@@ -176,6 +188,34 @@ class RedisServer:
 
     def config_set(self, name: str, value: str) -> None:
         answer = self.call("CONFIG", "SET", name, value)
+        assert answer == b"+OK", answer
+
+    def snapshot(self, timeout: float = 10) -> None:
+        """Write the data to ``dump.rdb`` (BGSAVE: the server keeps answering meanwhile);
+        the next start loads it instead of starting empty."""
+        assert self.call("BGSAVE") == b"+Background saving started"
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.call("INFO", "persistence").decode()
+            if "rdb_bgsave_in_progress:0" in info:
+                assert "rdb_last_bgsave_status:ok" in info, info
+                return
+            assert time.monotonic() < deadline, "BGSAVE still running after %s s" % timeout
+            time.sleep(0.02)
+
+    def url_of(self, user: str, password: str) -> str:
+        """redis://user:password@127.0.0.1:port/0"""
+        return "redis://%s:%s@%s:%d/0" % (user, password, self.host, self.port)
+
+    def acl_setuser(self, user: str, *rules: str) -> None:
+        """Change a user's rules at run time (``ACL SETUSER``): its connections obey at once."""
+        answer = self.call("ACL", "SETUSER", user, *rules)
+        assert answer == b"+OK", answer
+
+    def client_pause(self, milliseconds: int) -> None:
+        """``CLIENT PAUSE milliseconds ALL``: every client's commands (this helper's too)
+        wait until the pause ends; connections are accepted meanwhile."""
+        answer = self.call("CLIENT", "PAUSE", str(milliseconds), "ALL")
         assert answer == b"+OK", answer
 
     def log_tail(self, lines: int = 20) -> str:

@@ -12,6 +12,7 @@ the Store facade with its memory front emptied on failure.
 from __future__ import annotations
 
 import builtins
+import threading
 import time
 from typing import Any, Iterator, List
 
@@ -223,6 +224,53 @@ def test_a_full_server(server, warnings, clock):
                     first_failing=lambda store: store.get("k")[0] == b"v"
                     and store.set("k2", b"v", 60, None) is False)
     assert "OutOfMemoryError" in warnings[0]
+
+
+def test_a_full_server_is_one_episode_however_many_retries(server, warnings, clock):
+    """Reads work on a full server: an attempt to reconnect that only PINGed succeeded, the
+    next read said "works again" and the next write "failed" again, at every retry."""
+    store = open_store(server, warnings, clock)
+    server.config_set("maxmemory-policy", "noeviction")
+    assert store.set("k", b"v", 60, None)
+    server.config_set("maxmemory", "1")
+    assert store.set("k2", b"v", 60, None) is False
+    for delay in (5, 10, 20):
+        clock.advance(delay)
+        assert store.get("k") == (None, None, None)  # the attempt's write was refused
+        assert store.set("k2", b"v", 60, None) is False and not store.available
+    assert len(warnings) == 1 and "OutOfMemoryError" in warnings[0], warnings
+    server.config_set("maxmemory", "0")
+    clock.advance(40)
+    assert store.set("k2", b"v", 60, None) is True
+    assert warnings[1:] == ["cache store %s works again" % store.directory]
+    store.close()
+
+
+def test_a_call_that_ends_after_a_concurrent_failure_does_not_end_the_episode(
+        server, warnings, clock):
+    """A call that began on the client a concurrent failure dropped used to log "works
+    again" and close the episode with no client left: the store never retried."""
+    store = open_store(server, warnings, clock)
+    began, release = threading.Event(), threading.Event()
+
+    def slow(client: Any) -> bytes:
+        began.set()
+        release.wait(5)
+        return b"answered before the failure"
+
+    caller = threading.Thread(target=store._call, args=(slow,))
+    caller.start()
+    assert began.wait(5)
+    server.stop()
+    assert store.get("k") == (None, None, None) and not store.available
+    release.set()
+    caller.join(5)
+    assert len(warnings) == 1 and "failed" in warnings[0], warnings
+    server.start()
+    clock.advance(RedisStore.RETRY_DELAY)
+    assert store.set("k", b"v", 60, None) is True and store.available
+    assert warnings[1:] == ["cache store %s works again" % store.directory]
+    store.close()
 
 
 def test_a_wrong_password(warnings, clock):

@@ -330,3 +330,32 @@ def test_a_node_that_cannot_publish_what_it_knows_does_not_join(server: RedisSer
 
 def test_a_new_node_generates_a_base_no_earlier_one_matches() -> None:
     assert newer(new_generation(datetime(1970, 1, 1, tzinfo=timezone.utc)), "")
+
+
+def test_a_forget_that_could_not_be_sent_does_not_stop_the_next_ones(
+        server: RedisServer) -> None:
+    warnings: List[str] = []
+    sender = RedisStore(RedisOptions(server.url, "test:", TIMEOUT), warnings.append,
+                        retry_delay=0.1)
+    listener_store = _store(server, [])
+    recorder = Recorder()
+    listener = _bus(listener_store, recorder)
+    bus = _bus(sender, Recorder())
+    try:
+        server.stop()
+        sender.get("k")  # the store notices the failure
+        bus.tell_forget()  # not sent: the server is away
+        server.start()
+        deadline = time.monotonic() + 10
+        while sender.claimed("probe") is None:  # works again after the retry delay
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        listener.start()
+        recorder.wait(lambda: recorder.joined)
+        bus.tell_forget()
+        recorder.wait(lambda: recorder.updates)
+        assert recorder.updates == [GenerationUpdate(forget=True)]
+    finally:
+        listener.stop()
+        sender.close()
+        listener_store.close()
