@@ -631,11 +631,12 @@ def markdown(results: Dict[str, Any]) -> str:
     lines = [
         "# Three nodes behind nginx round-robin%s" % (" (--quick)" if plan["quick"] else ""),
         "",
-        "%s; Orthanc %s (stack %s), PostgreSQL index, %s CPUs (%s); plugin at %s%s "
+        "%s; Orthanc %s (stack %s%s), PostgreSQL index, %s CPUs (%s); plugin at %s%s "
         "(sources digest %s); %d studies of %d instances uploaded to node 1; wrk runs of "
         "%d s. Run time %s s; other processes used at least %.0f %% of the CPUs during the "
         "busiest wrk run." % (
-            env.get("date"), env.get("orthanc"), env.get("stack"), env.get("cpus"),
+            env.get("date"), env.get("orthanc"), env.get("stack"),
+            ", AllowThreads" if env.get("allow_threads") else "", env.get("cpus"),
             env.get("cpu_model"), env.get("plugin_commit"),
             " + uncommitted changes" if env.get("plugin_tree_modified") else "",
             env.get("plugin_digest"), plan["studies"], plan["instances"], plan["duration"],
@@ -863,6 +864,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--studies", type=int, help="studies uploaded (default 10)")
     parser.add_argument("--instances", type=int, help="instances per study (default 25)")
     parser.add_argument("--only", choices=STORES, help="measure one configuration only")
+    parser.add_argument("--allow-threads", action="store_true",
+                        help='every node with "Python": {"AllowThreads": true} (plugin 4.3+), '
+                             "as deployment.md advises for a cluster")
     parser.add_argument("--out", type=Path, default=run.BENCH_DIR / "results",
                         help="where cluster-STACK.md and .json go")
     parser.add_argument("--chart", type=Path,
@@ -883,6 +887,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run._import_support()
     from support import stacks
     stacks.select(args.stack)
+    if args.allow_threads:
+        run.COMMON_CONFIG["Python"] = {"AllowThreads": True}
     plan = Plan.quick_plan() if args.quick else Plan()
     for name in ("duration", "studies", "instances"):
         if getattr(args, name):
@@ -895,7 +901,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bench.start_services()
         for store in ([args.only] if args.only else STORES):
             bench.measure(store, files)
-        bench.results["environment"] = environment(args.stack, len(bench.urls))
+        bench.results["environment"] = dict(environment(args.stack, len(bench.urls)),
+                                            allow_threads=args.allow_threads)
         bench.micro()
     except BaseException:
         (out / ("cluster-%s-partial.json" % args.stack)).write_text(
