@@ -86,8 +86,8 @@ def test_the_writes_benchmark_runs_and_sees_related_writes(repo_root: Path,
 def test_the_cluster_benchmark_measures_both_stores(repo_root: Path, tmp_path: Path) -> None:
     """bench/cluster.py --quick: three nodes behind nginx, per-node disk stores then the
     shared Redis store; every scenario measured through nginx on every node, sharing seen
-    (hits on every node after warm-up on one), the cost of a hit end to end and in-process,
-    the table printed and the chart drawn (about 80 s)."""
+    (hits on every node after warm-up on one, no miss on a restarted node), the cost of a
+    hit end to end and in-process, the table printed and the chart drawn (about 80 s)."""
     stack = stacks.current()
     result = subprocess.run(
         [sys.executable, str(repo_root / "bench" / "cluster.py"), "--quick", "--stack", stack,
@@ -121,8 +121,8 @@ def test_the_cluster_benchmark_measures_both_stores(repo_root: Path, tmp_path: P
     # A restart keeps a node's disk store and generations; an empty Directory does not.
     assert node_ratios("disk", scenarios[2]) == [1.0, 1.0, 1.0]
     assert node_ratios("disk", scenarios[3]) == [1.0, 0.0, 1.0]
-    # With the shared store, even a node with an empty Directory computes nothing: it hits,
-    # or answers BYPASS while it has not yet joined the other nodes' generations.
+    # With the shared store, even a node with an empty Directory never misses: it hits, or
+    # answers BYPASS (Orthanc's answer, not stored) until it has joined the other nodes.
     for scenario in scenarios[2:]:
         assert set(rows[("redis", scenario)]["nodes"]["node 2"]["outcomes"]) <= {
             "HIT", "BYPASS"}, (scenario, rows[("redis", scenario)])
