@@ -354,9 +354,10 @@ class Bench:
 
     def stop(self) -> None:
         self.stop_cluster()
-        for service in (self.redis, self.postgres):
-            if service is not None:
-                service.stop()
+        if self.redis is not None:
+            self.redis.remove()  # stops it and removes its directory
+        if self.postgres is not None:
+            self.postgres.stop()  # removes its directory too
 
     def upload(self, files: List[bytes]) -> None:
         """Upload to node 1 only, and wait until its warm-up has stored every resource."""
