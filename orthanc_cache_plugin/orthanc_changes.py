@@ -133,6 +133,9 @@ class ChangeWatch:
     #: Seconds at most that an announced deletion keeps LastUpdates from being remembered
     #: (until its DELETED event).
     DELETION_PAUSE = 300.0
+    #: Seconds at most that Orthanc's start waits for the first attempt to join the other
+    #: nodes sharing the store (an attempt fails within a few RedisTimeouts).
+    JOIN_WAIT = 2.0
     def __init__(self, store: Store, on_tick: Callable[[], None], admin_prefix: str = "",
                  housekeeper: bool = False):
         self._store = store
@@ -161,10 +164,16 @@ class ChangeWatch:
         self._bus = RedisBus(shared, self._heard, self._lost, self._joined) \
             if shared is not None else None
         self._hearing = False
-        if self._bus is not None:
-            self.generations.hold(None, _CLUSTER)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="cache-changes", daemon=True)
+        if self._bus is not None:
+            self.generations.hold(None, _CLUSTER)
+            # Joined before Orthanc's HTTP server answers (it needs Redis, not Orthanc's
+            # REST API): a load balancer sends requests as soon as it does, and until the
+            # node has joined they would be answered without the store.
+            if not self._bus.start(self.JOIN_WAIT):
+                warn("the other nodes' changes are not heard yet through %s: answers are "
+                     "not served from the store until then" % store.location)
 
     def _save(self) -> None:
         self._store.set_value("generations", self.generations.dump())
@@ -307,8 +316,6 @@ class ChangeWatch:
         self.index_shared = system.get("DatabaseBackendPlugin") is not None
         if self.housekeeper:
             self._watch_housekeeper()
-        if self._bus is not None:
-            self._bus.start()
         self._thread.start()
 
     def stop(self) -> None:

@@ -143,6 +143,8 @@ class RedisBus:
         self._thread = threading.Thread(target=self._listen, name="cache-bus", daemon=True)
         #: Whether a forget message waits to be sent (many stored instances: one message).
         self._forget_pending = threading.Event()
+        #: Set once the first attempt to join has ended, joined or not.
+        self._first_attempt = threading.Event()
 
     def publish(self, update: GenerationUpdate) -> bool:
         """Merge ``update`` into the hash and publish it; False when the server failed."""
@@ -167,8 +169,11 @@ class RedisBus:
         if not self._store.call_soon(send):
             self._forget_pending.clear()
 
-    def start(self) -> None:
+    def start(self, wait: float = 0.0) -> bool:
+        """Listen, on this module's thread; wait at most ``wait`` seconds for the first
+        attempt to join to end.  Whether it ended within them."""
         self._thread.start()
+        return self._first_attempt.wait(wait)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -194,6 +199,7 @@ class RedisBus:
                 self._on_lost("%s: %s" % (type(error).__name__, error))
             finally:
                 self._close()
+                self._first_attempt.set()
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, self.LONGEST_RETRY_DELAY)
@@ -214,6 +220,7 @@ class RedisBus:
                 raise TimeoutError("no confirmation of the subscription")
         if not self._on_joined(from_hash(client.hgetall(self.hash))):
             raise RuntimeError("could not publish this node's generations")
+        self._first_attempt.set()
         last_heard, pinged = time.monotonic(), None
         while not self._stopping.is_set():
             message = pubsub.get_message(timeout=0.25)
