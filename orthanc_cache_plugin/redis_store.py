@@ -71,6 +71,7 @@ tens of microseconds against a round trip of about 250.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -152,6 +153,21 @@ if #expired > 0 then
   redis.call('DECRBY', KEYS[3], freed)
 end
 return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+
+
+#: Takes a claim for a holder unless another holds it.  KEYS: claim; ARGV: holder, ms.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+#: Gives a claim up if the holder still holds it.  KEYS: claim; ARGV: holder.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -248,6 +264,8 @@ class RedisStore:
         self._entry_prefix = prefix + "e:"
         self._tag_prefix = prefix + "t:"
         self._claim_prefix = prefix + "c:"
+        #: This process, as the holder of its claims.
+        self.holder = os.urandom(8).hex()
         self._bookkeeping = [prefix + "i", prefix + "s", prefix + "b"]
         #: Failures so far (each failed operation or attempt to reconnect).
         self.failures = 0
@@ -320,12 +338,17 @@ class RedisStore:
             self._call(touch)
 
     def claim(self, name: str, seconds: float) -> Optional[bool]:
-        """Take the claim ``name`` for ``seconds`` unless another holder has it (``SET NX
-        PX``): True when taken, False when held by another, None when the server fails."""
+        """Take the claim ``name`` for ``seconds`` unless another process holds it: True
+        when taken, False when held by another, None when the server fails.
+
+        A claim this process holds already is taken again: the caller leads the only
+        local computation of that key (flights.py), so such a claim is one whose
+        release failed (the server paused meanwhile); waiting for it to expire made a
+        request wait until LockTimeout."""
         key = self._claim_prefix + name
-        milliseconds = max(1, int(seconds * 1000))
-        taken: Optional[bool] = self._call(
-            lambda client: bool(client.set(key, b"1", nx=True, px=milliseconds)))
+        milliseconds = str(max(1, int(seconds * 1000)))
+        taken: Optional[bool] = self._call(lambda client: bool(
+            client.eval(_CLAIM, 1, key, self.holder, milliseconds)))
         return taken
 
     def claimed(self, name: str) -> Optional[bool]:
@@ -335,9 +358,9 @@ class RedisStore:
         return held
 
     def release(self, name: str) -> None:
-        """Give the claim ``name`` up (taken by :meth:`claim`)."""
+        """Give the claim ``name`` up, if this process still holds it."""
         key = self._claim_prefix + name
-        self._call(lambda client: client.delete(key))
+        self._call(lambda client: client.eval(_RELEASE, 1, key, self.holder))
 
     def close_thread_connection(self) -> None:
         """Nothing to do: connections belong to the client's pool, not to threads, and are
