@@ -15,7 +15,7 @@
 #
 # NAME is one of:
 #   bookworm  Debian 12: Orthanc 1.10.1, Python plugin 4.0, Python 3.11
-#   trixie    Debian 13: Orthanc 1.12.7, Python plugin 5.0, Python 3.13 (not in CI)
+#   trixie    Debian 13: Orthanc 1.12.7, Python plugin 5.0, Python 3.13
 #   sid       the versions of the current orthancteam/orthanc image:
 #             Orthanc 1.13.0, Python plugin 7.1, Python 3.14
 #
@@ -27,9 +27,9 @@ STACKS=${ORTHANC_STACKS:-/var/cache/orthanc-cache-plugin/stacks}
 CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
 # What every root holds: Orthanc with the plugins the tests load, and what the
 # cache plugin needs from Debian (its own package comes from pip, as in the image).
-PACKAGES="orthanc orthanc-python orthanc-postgresql python3-diskcache python3-pip"
+PACKAGES="orthanc orthanc-python orthanc-postgresql orthanc-dicomweb python3-diskcache python3-pip"
 # Bumped when PACKAGES or the steps below change: older roots are rebuilt.
-LAYOUT=1
+LAYOUT=2
 
 usage() {
     sed -n '2,21p' "$0" >&2
@@ -68,7 +68,23 @@ healthy() {
 
 versions_of() {
     chroot "$1" dpkg-query -W -f '${Package} ${Version}\n' \
-        orthanc orthanc-python orthanc-postgresql python3 python3-diskcache
+        orthanc orthanc-python orthanc-postgresql orthanc-dicomweb python3 python3-diskcache
+}
+
+# One line a new user understands: why the build in LOG failed, and what to do.
+diagnose() {
+    log=$1
+    if grep -q 'No space left on device' "$log"; then
+        echo "the disk is full ($(df -h "$STACKS" | awk 'NR == 2 { print $4 }') free in $STACKS, a root needs about 1 GB): free some space, or set ORTHANC_STACKS to a folder on a larger disk"
+    elif grep -Eq 'Temporary failure resolving|Could not resolve|Failed to fetch|Connection (refused|timed out)|Network is unreachable|Couldn.t download|Failure trying to run.*wget|Could not connect' "$log"; then
+        echo "the Debian archive $(mirror) could not be reached: check the network, or name a reachable mirror in /etc/apt/sources.list (or sources.list.d)"
+    elif grep -Eq 'Unable to locate package|has no installation candidate|Couldn.t find these debs|E: Package .* has no' "$log"; then
+        echo "a package is missing from the archive's $2 suite ($(grep -Eo "(Unable to locate package|Package) [^ ]+" "$log" | head -n 1)): that mirror may be incomplete or too old; name a current Debian mirror in /etc/apt/sources.list"
+    elif grep -Eq 'Invalid Release signature|NO_PUBKEY|is not signed|Release signed by unknown key|not valid yet' "$log"; then
+        echo "the archive's $2 Release file could not be verified (signature or date: check the clock, and debian-archive-keyring on the host)"
+    else
+        echo "see the log's last lines above"
+    fi
 }
 
 build() {
@@ -84,16 +100,22 @@ build() {
         rm -rf --one-file-system "$root.new"
         # apt-get, not debootstrap's --include, installs the packages: only apt
         # resolves virtual dependencies (bookworm's libboost-regex1.74.0-icu72).
-        # policy-rc.d keeps the packages' scripts from starting Orthanc.
+        # policy-rc.d keeps the packages' scripts from starting Orthanc.  The
+        # root's apt (only the root's: never the host's) accepts Release files
+        # past their Valid-Until: mirrors, snapshots and apt caches that are not
+        # refreshed daily serve them (sid's, on these machines), and a root is a
+        # test fixture, not a system that needs security updates to be fresh.
         { debootstrap --variant=minbase "$1" "$root.new" "$(mirror)" \
             && printf '#!/bin/sh\nexit 101\n' >"$root.new/usr/sbin/policy-rc.d" \
             && chmod +x "$root.new/usr/sbin/policy-rc.d" \
+            && printf 'Acquire::Check-Valid-Until "false";\n' \
+                >"$root.new/etc/apt/apt.conf.d/99stack-valid-until" \
             && chroot "$root.new" apt-get update -q \
             && DEBIAN_FRONTEND=noninteractive chroot "$root.new" \
                 apt-get install -y -q --no-install-recommends $PACKAGES \
             && chroot "$root.new" apt-get clean; } >"$STACKS/$1.log" 2>&1 || {
             tail -n 20 "$STACKS/$1.log" >&2
-            echo "stack.sh: building the $1 root failed (log: $STACKS/$1.log)" >&2
+            echo "stack.sh: building the $1 root failed: $(diagnose "$STACKS/$1.log" "$1") (log: $STACKS/$1.log)" >&2
             exit 1
         }
         echo "$LAYOUT" >"$root.new/.stack-layout"
@@ -104,11 +126,13 @@ build() {
         mv "$root.new" "$root"
     fi
     # The same install as the Dockerfile's: pip, into the interpreter Orthanc embeds.
-    copy="$root/tmp/orthanc-cache-plugin"
-    rm -rf "$copy"
-    mkdir -p "$copy"
+    # Its own name: the root's /tmp may be the host's (mounted by 'run'),
+    # shared with other builds.
+    copy="/tmp/orthanc-cache-plugin-$1-$$"
+    rm -rf "$root$copy"
+    mkdir -p "$root$copy"
     (cd "$CHECKOUT" && tar --exclude=./.git --exclude=./.venv --exclude='*.egg-info' \
-        --exclude=./build --exclude=__pycache__ -cf - .) | tar -xf - -C "$copy"
+        --exclude=./build --exclude=__pycache__ -cf - .) | tar -xf - -C "$root$copy"
     # pip inside the root reaches the package index as the host does: same
     # name servers, same certificate authorities (a proxy's may be among them).
     cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
@@ -116,8 +140,8 @@ build() {
         cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     fi
     env -u PIP_CERT -u PIP_FIND_LINKS PIP_QUIET=1 PIP_ROOT_USER_ACTION=ignore \
-        chroot "$root" pip install --break-system-packages "/tmp/orthanc-cache-plugin[redis]"
-    rm -rf "$copy"
+        chroot "$root" pip install --break-system-packages "$copy[redis]"
+    rm -rf "$root$copy"
     cp "$CHECKOUT/example.py" "$root/etc/orthanc/cache-plugin.py"
 }
 
