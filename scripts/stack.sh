@@ -12,6 +12,8 @@
 #                           run COMMAND inside NAME's root (chroot), where
 #                           /tmp, /dev, /proc and each DIR (no spaces) are the
 #                           host's, at the same paths (bind mounts, left in place)
+#   stack.sh remove NAME    unmount what 'run' left in NAME's root, and remove it
+#   stack.sh mirror         print the Debian archive that builds use
 #
 # NAME is one of:
 #   bookworm  Debian 12: Orthanc 1.10.1, Python plugin 4.0, Python 3.11
@@ -20,7 +22,9 @@
 #             Orthanc 1.13.0, Python plugin 7.1, Python 3.14
 #
 # Roots live in $ORTHANC_STACKS (default /var/cache/orthanc-cache-plugin/stacks),
-# outside the checkout: every clone on the machine shares them.
+# outside the checkout: every clone on the machine shares them.  They are made
+# from $ORTHANC_STACKS_MIRROR (default: the first Debian archive that the
+# host's apt sources name).
 set -eu
 
 STACKS=${ORTHANC_STACKS:-/var/cache/orthanc-cache-plugin/stacks}
@@ -32,7 +36,7 @@ PACKAGES="orthanc orthanc-python orthanc-postgresql orthanc-dicomweb python3-dis
 LAYOUT=2
 
 usage() {
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,27p' "$0" >&2
     exit 2
 }
 
@@ -45,6 +49,10 @@ check_name() {
 
 # The Debian mirror that the host's apt uses (debootstrap needs one).
 mirror() {
+    if [ -n "${ORTHANC_STACKS_MIRROR:-}" ]; then
+        echo "$ORTHANC_STACKS_MIRROR"
+        return
+    fi
     found=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
             | sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' | head -n 1)
     if [ -z "$found" ]; then
@@ -71,15 +79,21 @@ versions_of() {
         orthanc orthanc-python orthanc-postgresql orthanc-dicomweb python3 python3-diskcache
 }
 
+# Free space where roots are built, in KB; a build needs about 1 GB at its peak.
+NEEDED_KB=1000000
+free_kb() {
+    df -Pk "$STACKS" | awk 'NR == 2 { print $4 }'
+}
+
 # One line a new user understands: why the build in LOG failed, and what to do.
 diagnose() {
     log=$1
-    if grep -q 'No space left on device' "$log"; then
-        echo "the disk is full ($(df -h "$STACKS" | awk 'NR == 2 { print $4 }') free in $STACKS, a root needs about 1 GB): free some space, or set ORTHANC_STACKS to a folder on a larger disk"
-    elif grep -Eq 'Temporary failure resolving|Could not resolve|Failed to fetch|Connection (refused|timed out)|Network is unreachable|Couldn.t download|Failure trying to run.*wget|Could not connect' "$log"; then
-        echo "the Debian archive $(mirror) could not be reached: check the network, or name a reachable mirror in /etc/apt/sources.list (or sources.list.d)"
+    if grep -q 'No space left on device' "$log" || [ "$(free_kb)" -lt $NEEDED_KB ]; then
+        echo "the disk is full: $(free_kb) KB free in $STACKS, a root needs about 1 GB while it is built; free some space, or set ORTHANC_STACKS to a folder on a larger disk"
+    elif grep -Eq 'Temporary failure resolving|Could not resolve|Failed to fetch|Failed getting release file|Connection (refused|timed out)|Network is unreachable|Couldn.t download|Could not connect' "$log"; then
+        echo "the Debian archive $(mirror) could not be reached: check the network, or name a reachable Debian mirror in ORTHANC_STACKS_MIRROR or the host's apt sources"
     elif grep -Eq 'Unable to locate package|has no installation candidate|Couldn.t find these debs|E: Package .* has no' "$log"; then
-        echo "a package is missing from the archive's $2 suite ($(grep -Eo "(Unable to locate package|Package) [^ ]+" "$log" | head -n 1)): that mirror may be incomplete or too old; name a current Debian mirror in /etc/apt/sources.list"
+        echo "a package is missing from the $2 suite of $(mirror) ($(grep -Eo "(Unable to locate package|Package) [^ ]+" "$log" | head -n 1)): that mirror may be incomplete or out of date; name a current Debian mirror in ORTHANC_STACKS_MIRROR"
     elif grep -Eq 'Invalid Release signature|NO_PUBKEY|is not signed|Release signed by unknown key|not valid yet' "$log"; then
         echo "the archive's $2 Release file could not be verified (signature or date: check the clock, and debian-archive-keyring on the host)"
     else
@@ -98,6 +112,10 @@ build() {
         mkdir -p "$STACKS"
         release_mounts "$root.new"
         rm -rf --one-file-system "$root.new"
+        if [ "$(free_kb)" -lt $NEEDED_KB ]; then
+            echo "stack.sh: building the $1 root failed: $(diagnose /dev/null "$1")" >&2
+            exit 1
+        fi
         # apt-get, not debootstrap's --include, installs the packages: only apt
         # resolves virtual dependencies (bookworm's libboost-regex1.74.0-icu72).
         # policy-rc.d keeps the packages' scripts from starting Orthanc.  The
@@ -216,6 +234,16 @@ run() {
     exec chroot "$root" "$@"
 }
 
+remove() {
+    release_mounts "$STACKS/$1"
+    release_mounts "$STACKS/$1.new"
+    rm -rf --one-file-system "$STACKS/$1" "$STACKS/$1.new"
+}
+
+if [ "${1:-}" = mirror ]; then
+    mirror
+    exit 0
+fi
 [ $# -ge 2 ] || usage
 command=$1
 name=$2
@@ -226,5 +254,6 @@ case "$command" in
     root) echo "$STACKS/$name" ;;
     versions) cat "$STACKS/$name/.stack-versions" ;;
     run) run "$name" "$@" ;;
+    remove) remove "$name" ;;
     *) usage ;;
 esac
