@@ -1,11 +1,11 @@
 #!/bin/sh
-# Installs what the plugin needs on Debian 12 (run as root): Orthanc, its
+# Installs what the plugin needs on Debian 12 or 13 (run as root): Orthanc, its
 # Python plugin, and this package with its dependencies for the interpreter
 # that the plugin embeds (/usr/bin/python3). The Dockerfile does the same.
 set -eu
 cd "$(dirname "$0")/.."
 
-packages="orthanc orthanc-python python3-pip python3-venv"
+packages="orthanc orthanc-python python3-pip"
 if ! dpkg -s $packages >/dev/null 2>&1; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages
