@@ -78,6 +78,9 @@ _ARGUMENT_DETAILS = 27
 #: From here (seen on 1.13.0; 1.12.7 answers a 500 "Not implemented yet" without
 #: Details), the raw frame of an instance without pixel data is a 400 with this Details.
 _NO_PIXEL_DATA_DETAILS = 31
+#: Only there (seen on 1.12.7; 1.10.1 and 1.13.0 give none), the 500 "Not implemented
+#: yet" of a frame's ``matlab`` that cannot be decoded has Details.
+_MATLAB_DECODE_DETAILS = range(27, 31)
 NO_PIXEL_DATA = "Cannot extract a frame from a DICOM file that does not have pixel data."
 #: From here (seen on 1.13.0; 1.10.1 and 1.12.7 hand them still percent-encoded), a
 #: plugin receives GET arguments percent-decoded ("+" as a space), while ``RestApiGet``
@@ -92,6 +95,8 @@ _ORTHANC_ERRORS = {
     -1: (500, "Internal error"),
     2: (500, "Not implemented yet"),
     3: (400, "Parameter out of range"),
+    # Raised for the archive of an unknown resource from 1.12.x (seen on 1.12.7).
+    7: (404, "Accessing an inexistent item"),
     8: (400, "Bad request"),
     12: (400, "Badly formatted URI"),
     15: (400, "Bad file format"),
@@ -104,6 +109,8 @@ UNSUPPORTED_MEDIA_TYPE = 3000
 #: What Orthanc's Boolean GET arguments accept.
 _BOOLEANS = ("true", "false", "1", "0")
 _PARAMETER_OUT_OF_RANGE = 3
+_INEXISTENT_ITEM = 7
+_NOT_IMPLEMENTED = 2
 _INTERNAL_ERROR = -1
 
 
@@ -200,6 +207,8 @@ class PlainOrthanc:
     def error(self, request: Request, code: int, method: str = "GET",
               details: Optional[str] = None) -> Reply:
         """Orthanc's answer to a request that raised the error ``code``."""
+        if details is None:
+            details = self._details(request, code)
         status = _ORTHANC_ERRORS.get(code, (500, ""))[0]
         body = error_body(code, request.uri, method, details) if self._describe_errors else ""
         return Reply(status, Outcome.PASS, "Orthanc error %d" % code, body=body.encode("utf-8"))
@@ -224,7 +233,7 @@ class PlainOrthanc:
         if result == UNSUPPORTED_MEDIA_TYPE:  # Orthanc's 415 has no body
             return _status_only(415, "unsupported media type")
         if result != UNKNOWN_RESOURCE:
-            return self.error(request, result, details=self._details(request, result))
+            return self.error(request, result)
         if request.route.name == "pdf" and isinstance(
                 self._get("/instances/%s" % request.resource_id), bytes):
             return _status_only(404, "instance holds no PDF")
@@ -249,6 +258,8 @@ class PlainOrthanc:
             if request.route.name == "header":
                 return "Unable to read the DICOM file of instance %s" % request.resource_id
             return "Unable to read attachment dicom of instance %s" % request.resource_id
+        if code == _INEXISTENT_ITEM and request.route.name in ("archive", "media"):
+            return "Missing resource while creating an archive: %s" % request.resource_id
         if code == _PARAMETER_OUT_OF_RANGE and request.route.name in ("archive", "media") \
                 and "transcode" in request.arguments:
             return "Unknown transfer syntax: %s" % request.arguments["transcode"]
@@ -257,6 +268,9 @@ class PlainOrthanc:
                 return "Unknown transfer syntax: %s" % request.arguments["transcode"]
             if request.route.name == "metadata":
                 return _not_boolean(request.arguments, "expand")
+        if code == _NOT_IMPLEMENTED and self.api_version in _MATLAB_DECODE_DETAILS \
+                and request.route.name == "frame-data" and request.groups[2] == "matlab":
+            return "Cannot decode DICOM instance with ID: %s" % request.resource_id
         if code == _BAD_REQUEST and self.api_version >= _NO_PIXEL_DATA_DETAILS \
                 and request.route.name == "frame-data" and request.groups[2] in ("raw", "raw.gz"):
             return NO_PIXEL_DATA
