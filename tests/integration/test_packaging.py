@@ -4,7 +4,6 @@ into a fresh virtual environment, and loaded from there by Orthanc's Python plug
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,13 +11,12 @@ from email.parser import Parser
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from support.checkout import clean_copy
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter that Orthanc's Python plugin embeds
 NAME = "orthanc-cache-plugin"
-_IGNORED = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "build", "dist",
-                                  ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache")
 
 STARTUP_SCRIPT = '''\
 """Packaging test: the cache plugin and diskcache from a virtual environment."""
@@ -43,24 +41,6 @@ def run(*command: str, cwd: Path) -> str:
     assert done.returncode == 0, "%s failed:\n%s\n%s" % (" ".join(command), done.stdout,
                                                          done.stderr)
     return done.stdout
-
-
-def clean_copy(repo_root: Path, destination: Path) -> Path:
-    """The files a fresh clone would have, with the working tree's content: tracked files and
-    untracked ones that .gitignore does not exclude (without git: the tree minus build debris)."""
-    try:
-        listed = run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard",
-                     cwd=repo_root)
-    except (OSError, AssertionError):
-        shutil.copytree(repo_root, destination, ignore=_IGNORED)
-        return destination
-    for relative in filter(None, listed.split("\0")):
-        source = repo_root / relative
-        if source.is_file():  # tracked files deleted from the working tree are skipped
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    return destination
 
 
 def pip_show(python: Path) -> Dict[str, str]:
