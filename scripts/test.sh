@@ -1,9 +1,10 @@
 #!/bin/sh
 # Sets up and runs the whole test suite (Debian 12 or 13, as root): linters,
 # unit tests, then integration tests that start real Orthanc servers on free
-# loopback ports, on two Orthanc stacks (scripts/stack.sh):
+# loopback ports, on three Orthanc stacks (scripts/stack.sh):
 #   sid       Orthanc 1.13.0, Python plugin 7.1 (the orthancteam image): every test
 #   bookworm  Orthanc 1.10.1, Python plugin 4.0 (Debian 12): the tests marked old_stack
+#   trixie    Orthanc 1.12.7, Python plugin 5.0 (Debian 13): the tests marked old_stack
 # Arguments go to every pytest run (e.g. -q, -x, -k name).
 set -eu
 cd "$(dirname "$0")/.."
@@ -17,9 +18,10 @@ if ! dpkg -s $packages >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $packages
 fi
 
-# The two roots: built once (a few minutes each), checked and reused after.
+# The roots: built once (a few minutes each), checked and reused after.
 ./scripts/stack.sh build sid
 ./scripts/stack.sh build bookworm
+./scripts/stack.sh build trixie
 
 # Test tools live in a virtual environment made from the system interpreter.
 if [ ! -x .venv/bin/python ]; then
@@ -38,6 +40,8 @@ trap 'rm -rf "$basetemp"' EXIT
 .venv/bin/python -m pytest "$@" --basetemp "$basetemp/unit" tests/unit || failed=1
 .venv/bin/python -m pytest "$@" --basetemp "$basetemp/sid" --stack sid tests/integration \
     || failed=1
-.venv/bin/python -m pytest "$@" --basetemp "$basetemp/bookworm" --stack bookworm -m old_stack \
-    tests/integration || failed=1
+for old in bookworm trixie; do
+    .venv/bin/python -m pytest "$@" --basetemp "$basetemp/$old" --stack $old -m old_stack \
+        tests/integration || failed=1
+done
 exit $failed

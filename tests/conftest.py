@@ -18,23 +18,31 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--stack", choices=stacks.NAMES, default=stacks.current(),
                      help="the Orthanc that integration tests start: sid (Orthanc 1.13, "
-                          "plugin 7.1; default), bookworm (1.10.1, plugin 4.0) or host "
-                          "(see scripts/stack.sh)")
+                          "plugin 7.1; default), trixie (1.12.7, plugin 5.0), bookworm "
+                          "(1.10.1, plugin 4.0) or host (see scripts/stack.sh)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: starts real Orthanc processes")
     config.addinivalue_line("markers", "old_stack: also runs on Debian 12's Orthanc 1.10.1 "
-                                       "(--stack bookworm), which keeps it working there")
+                                       "and Debian 13's 1.12.7 (--stack bookworm, trixie), "
+                                       "which keeps it working there")
     stacks.select(config.getoption("--stack"))
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> List[str]:
+    """The selected stack's versions, and where they differ from README.md's table."""
     try:
-        found = ", ".join("%s %s" % item for item in sorted(stacks.versions().items()))
+        held = stacks.versions()
     except Exception:  # noqa: BLE001 - a header must not stop the run
-        found = "not built (scripts/stack.sh build %s)" % stacks.current()
-    return "Orthanc stack: %s (%s)" % (stacks.current(), found)
+        return ["Orthanc stack: %s (not built: scripts/stack.sh build %s)"
+                % (stacks.current(), stacks.current())]
+    found = ", ".join("%s %s" % item for item in sorted(held.items()))
+    lines = ["Orthanc stack: %s (%s)" % (stacks.current(), found)]
+    if stacks.current() != "host":
+        readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+        lines += stacks.table_differences(stacks.current(), readme, held)
+    return lines
 
 
 def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:

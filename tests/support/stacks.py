@@ -7,7 +7,7 @@ do not depend on the host's release):
 * ``sid``: the versions of the current orthancteam/orthanc image (Orthanc
   1.13.0, plugin 7.1, Python 3.14), which most users run; the default;
 * ``bookworm``: Debian 12's packages (Orthanc 1.10.1, plugin 4.0, Python 3.11);
-* ``trixie``: Debian 13's (Orthanc 1.12.7, plugin 5.0, Python 3.13), for checks by hand;
+* ``trixie``: Debian 13's (Orthanc 1.12.7, plugin 5.0, Python 3.13);
 * ``host``: the Orthanc installed on this machine, run as it is.
 
 Inside a root, Orthanc sees the host's ``/tmp`` (where tests keep their
@@ -19,6 +19,7 @@ tests of the installed package turn that off.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -120,3 +121,49 @@ def plugin_caches_archives() -> bool:
     if version is None:
         return True
     return tuple(int(part) for part in version.split(".")[:3]) < (1, 12, 8)
+
+
+#: Columns of README.md's versions table and the Debian package each one names.
+_TABLE_PACKAGES = (("Orthanc", "orthanc"), ("Python plugin", "orthanc-python"),
+                   ("DICOMweb", "orthanc-dicomweb"), ("Python", "python3"),
+                   ("diskcache", "python3-diskcache"))
+
+
+def table_versions(name: str, readme: str) -> Dict[str, str]:
+    """What README.md's versions table says stack ``name`` holds: package -> the version
+    written in its cell (the Debian version in backquotes when there is one, else the
+    upstream one, e.g. ``3.14``)."""
+    lines = [line for line in readme.splitlines() if line.startswith("|")]
+    header = next((line for line in lines if line.startswith("| stack |")), None)
+    row = next((line for line in lines if line.startswith("| `%s` |" % name)), None)
+    if header is None or row is None:
+        return {}
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    cells = dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|"))))
+    found = {}
+    for column, package in _TABLE_PACKAGES:
+        cell = cells.get(column, "")
+        quoted = re.search(r"`([^`]+)`", cell)
+        if quoted or cell:
+            found[package] = quoted.group(1) if quoted else cell.split()[0]
+    return found
+
+
+def _matches(written: str, held: str) -> bool:
+    """A Debian version matches exactly; an upstream one (``3.14``, ``5.6.3``) matches the
+    package versions that start with it."""
+    if "-" in written or "+" in written:
+        return written == held
+    upstream = held.split("+")[0].split("-")[0]
+    return upstream == written or upstream.startswith(written + ".")
+
+
+def table_differences(name: str, readme: str, held: Dict[str, str]) -> List[str]:
+    """One warning line per package whose version in stack ``name`` is not README.md's."""
+    written = table_versions(name, readme)
+    if not written:
+        return ["WARNING: README.md's versions table has no row for the %s stack" % name]
+    return ["WARNING: the %s stack holds %s %s, README.md's versions table says %s"
+            % (name, package, held.get(package, "nothing"), version)
+            for package, version in written.items()
+            if not _matches(version, held.get(package, ""))]
