@@ -29,6 +29,7 @@ from .orthanc_api import (
     error as _error,
     get as _get,
     get_json as _get_json,
+    hide as _hide,
     info as _info,
     post as _post,
     warn as _warn,
@@ -383,6 +384,7 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     except SettingsError as error:
         _error("not started, invalid settings: %s" % error)
         return False
+    _hide(settings.secrets())
     if not settings.enable:
         _warn("disabled by the setting Enable")
         return False

@@ -27,7 +27,15 @@ from .freshness import (
     WriteEffect,
     write_effect,
 )
-from .orthanc_api import get, get_after_plugins, get_json, info, touch_and_undo, warn
+from .orthanc_api import (
+    error_without_prefix,
+    get,
+    get_after_plugins,
+    get_json,
+    info,
+    touch_and_undo,
+    warn,
+)
 from .redis_bus import RedisBus
 from .routes import Level
 from .store import Store
@@ -526,7 +534,7 @@ def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
                         callback(*event)
                     except Exception as error:  # as the Python plugin does: log, go on
                         # (in its words, without the cache's prefix: it may be the script's)
-                        orthanc.LogError("error in the change callback %s: %s: %s" % (
+                        error_without_prefix("error in the change callback %s: %s: %s" % (
                             getattr(callback, "__qualname__", callback),
                             type(error).__name__, error))
                 if event[0] == orthanc.ChangeType.ORTHANC_STOPPED:
