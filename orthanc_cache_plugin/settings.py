@@ -183,9 +183,16 @@ class Settings:
         "Expiration", int, 604800,
         "Seconds after which a stored entry expires (7 days).", minimum=1)
     cache_control: str = _setting(
-        "CacheControl", str, "max-age=604800, s-maxage=604800, public",
-        "Cache-Control header sent with every cached route's 200 and 304. Expires is "
-        "Date plus its max-age (Date itself without one).")
+        "CacheControl", str, "no-cache",
+        "Cache-Control header sent with every cached route's 200 and 304. The default, "
+        "no-cache, lets browsers and proxies keep answers but makes them ask Orthanc before "
+        "each use (a 304 when nothing changed), so they always show current data. "
+        "\"max-age=604800, s-maxage=604800, public\" lets any cache serve its copy for a "
+        "week without asking: only for archives whose studies never change, as changes "
+        "then show up to a week late. Wherever Orthanc decides access per request (its "
+        "users, the authorization plugin, a filter of your script), public and s-maxage "
+        "are replaced by private, and Vary names the credential headers: see "
+        "docs/deployment.md. Expires is Date plus its max-age (Date itself without one).")
     store_binary: bool = _setting(
         "StoreBinary", bool, False,
         "Also keep binary answers (file, preview, frames, archive, media, pdf) in the "

@@ -31,7 +31,9 @@ def test_defaults_follow_the_specification():
     assert settings.maximum_size == 1024
     assert settings.maximum_size_bytes == 1024 * 1024 * 1024
     assert settings.expiration == 604800
-    assert settings.cache_control == "max-age=604800, s-maxage=604800, public"
+    # Not the specification's "max-age=604800, s-maxage=604800, public" (issue #17): browsers
+    # and proxies revalidate before each use, so they show every change at once.
+    assert settings.cache_control == "no-cache"
     assert settings.store_binary is False
     assert settings.warm_up is True
     assert settings.maximum_entry_size == 64
