@@ -22,6 +22,7 @@ from .freshness import SETTLE
 from .keys import cache_key, claim_name, entity_tag, normalized_query
 from .negotiation import NotAcceptable, Unsupported, representation_of
 from .settings import Settings
+from .sharing import Sharing
 from .store import Store
 from .validators import Validators, caching_headers, evaluate_preconditions
 
@@ -57,7 +58,7 @@ class CacheController:
     """Serves GETs of cached routes from the store, Orthanc and validators."""
 
     def __init__(self, settings: Settings, store: Store, origin: Origin, salt: str = "",
-                 vary: Tuple[str, ...] = (), clock: Callable[[], datetime] = _utcnow):
+                 sharing: Optional[Sharing] = None, clock: Callable[[], datetime] = _utcnow):
         self.settings = settings
         self.store = store
         self.origin = origin
@@ -65,7 +66,9 @@ class CacheController:
         self.salt = salt
         #: The running Orthanc's ``ApiVersion``: Accept is read as that version reads it.
         self.api_version = 16
-        self._vary = vary
+        #: The Cache-Control and Vary of every answer (sharing.py); replaced whole when a
+        #: script registers a request filter.
+        self.sharing = sharing if sharing is not None else Sharing(settings.cache_control)
         self._clock = clock
         #: Misses being computed, by key and version: concurrent ones wait (flights.py).
         self.flights: Flights[Fetched] = Flights()
@@ -245,8 +248,9 @@ class CacheController:
         return self.salt + "|" + version.token
 
     def _headers(self, request: Request, validators: Validators, now: datetime) -> Dict[str, str]:
-        headers = caching_headers(validators, self.settings.cache_control, now)
-        vary = self._vary + request.route.vary
+        sharing = self.sharing
+        headers = caching_headers(validators, sharing.cache_control, now)
+        vary = sharing.vary + request.route.vary
         if vary:
             headers["Vary"] = ", ".join(vary)
         return headers

@@ -14,7 +14,7 @@ import json
 import threading
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import orthanc
 
@@ -29,6 +29,7 @@ from .orthanc_api import (
     error as _error,
     get as _get,
     get_json as _get_json,
+    hide as _hide,
     info as _info,
     post as _post,
     warn as _warn,
@@ -38,6 +39,7 @@ from .orthanc_changes import (
     ChangeWatch,
     Lineage,
     keep_alive,
+    notice_filters,
     stop_watching_changes,
     watch_changes,
     watch_stored_instances,
@@ -47,6 +49,7 @@ from .plain_answers import JSON_TYPE, PlainOrthanc
 from .redis_store import RedisOptions
 from .routes import ROUTES, Level, Route
 from .settings import Backend, Settings, SettingsError, load_settings
+from .sharing import Access, Sharing, access_of, describe as describe_sharing, sharing
 from .statistics import Statistics
 from .store import COMPUTED_BY, Store, computed_by
 from .thread_states import keep_thread_state
@@ -171,8 +174,12 @@ class CachePlugin:
                                    admin_prefix=settings.admin_prefix,
                                    housekeeper=_housekeeper_enabled(configuration))
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True), self.changes)
+        #: How Orthanc decides access (sharing.Access), completed as filters are registered.
+        self.access = replace(access_of(configuration), lua_filter=_lua_filter(configuration))
+        # Orthanc compresses answers by default up to 1.12.1.
+        self.compression = bool(configuration.get("HttpCompressionEnabled", True))
         self.controller = CacheController(settings, self.store, self.origin,
-                                          vary=_vary_of(configuration))
+                                          sharing=self._sharing())
         self.statistics = Statistics()
         self._salt_lock = threading.Lock()
         self.warm_up = WarmUp(self.controller, settings.warm_up_queue_size, _info, _warn) \
@@ -181,6 +188,24 @@ class CachePlugin:
                               figures=self.figures, configuration=settings.as_configuration,
                               exists=_exists, descendants=Lineage.descendants,
                               warm=self._warm, warn=_warn)
+
+    def _sharing(self) -> Sharing:
+        return sharing(self.settings.cache_control, self.access, self.compression)
+
+    def learn_access(self, access: Access) -> None:
+        """What is now known of access, and the headers it implies from now on."""
+        self.access = access
+        self.controller.sharing = self._sharing()
+
+    def filter_registered(self) -> None:
+        """The startup script registered a request filter after enable_cache_plugin(), before
+        Orthanc serves: it decides access per request, so answers are private from now on."""
+        self.learn_access(replace(self.access, script_filter=True))
+        self.log_sharing()
+
+    def log_sharing(self) -> None:
+        """Say which Cache-Control and Vary cached routes send, and why."""
+        _warn(describe_sharing(self.settings.cache_control, self.controller.sharing))
 
     def _ensure_salt(self) -> None:
         # Orthanc refuses REST calls while plugins load, so the version that
@@ -332,19 +357,21 @@ def _housekeeper_enabled(configuration: Mapping[str, Any]) -> bool:
     return isinstance(section, dict) and section.get("Enable") is True
 
 
-def _vary_of(configuration: Mapping[str, Any]) -> Tuple[str, ...]:
-    """Request headers that change answers besides the route's own (Accept).
-
-    With authentication on, a shared cache must not hand an answer to another
-    user, nor to a request without credentials: ``Vary: Authorization``.
-    """
-    vary: Tuple[str, ...] = ()
-    if configuration.get("HttpCompressionEnabled", True):
-        vary += ("Accept-Encoding",)
-    # Orthanc enables authentication by default when remote access is allowed.
-    if configuration.get("AuthenticationEnabled", configuration.get("RemoteAccessAllowed", False)):
-        vary += ("Authorization",)
-    return vary
+def _lua_filter(configuration: Mapping[str, Any]) -> bool:
+    """Whether a Lua script of ``LuaScripts`` may filter requests: it defines
+    ``IncomingHttpRequestFilter``, or it cannot be read here (Orthanc reads a relative path
+    from the configuration file's folder, which a plugin is not told)."""
+    scripts = configuration.get("LuaScripts")
+    for path in scripts if isinstance(scripts, list) else ():
+        if not isinstance(path, str):
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as script:
+                if "IncomingHttpRequestFilter" in script.read():
+                    return True
+        except OSError:
+            return True
+    return False
 
 
 _STABLE_LEVELS = {
@@ -383,6 +410,7 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     except SettingsError as error:
         _error("not started, invalid settings: %s" % error)
         return False
+    _hide(settings.secrets())
     if not settings.enable:
         _warn("disabled by the setting Enable")
         return False
@@ -405,12 +433,19 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     for pattern in plugin.admin.patterns():
         _register_rest(pattern, plugin.on_admin)
     # Without the filter, a deleted resource's LastUpdate must be asked for every time.
-    if settings.watch_http_writes and watch_writes(plugin.changes):
-        watch_stored_instances(plugin.changes)
+    if settings.watch_http_writes:
+        if watch_writes(plugin.changes, on_script_filter=plugin.filter_registered):
+            watch_stored_instances(plugin.changes)
+        else:  # a filter registered before ours decides access
+            plugin.learn_access(replace(plugin.access, earlier_filter=True))
+    else:
+        # Without our filter, one registered before cannot be seen (only one may be).
+        notice_filters(plugin.filter_registered)
     exit_note = avoid_plugin_teardown()
     if exit_note is not None:
         _warn(exit_note)
     _warn("version %s active, store in %s (%s)" % (
         __version__, plugin.store.location,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))
+    plugin.log_sharing()
     return True

@@ -4,29 +4,46 @@ One of the three modules that import ``orthanc`` (with :mod:`.orthanc_adapter`,
 which registers the callbacks, and :mod:`.orthanc_changes`, which follows
 changes).  Every call of the package goes through here, so that a failed
 call always comes back as the same value, Orthanc's error code, and every
-log line carries the same prefix (operators grep for it).
+log line carries the same prefix (operators grep for it) and none holds a
+secret of the settings (:func:`hide`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Tuple, Union
 
 import orthanc
 
+from .settings import redact
+
 LOG_PREFIX = "cache plugin: "
+
+#: Secrets of the settings (a Redis password...) that no log line may hold.
+_secrets: Tuple[str, ...] = ()
+
+
+def hide(secrets: Sequence[str]) -> None:
+    """Mask ``secrets`` in every later log line (their text may come from an exception)."""
+    global _secrets
+    _secrets = tuple(secrets)
 
 
 def warn(message: str) -> None:
-    orthanc.LogWarning(LOG_PREFIX + message)
+    orthanc.LogWarning(LOG_PREFIX + redact(message, _secrets))
 
 
 def info(message: str) -> None:
-    orthanc.LogInfo(LOG_PREFIX + message)
+    orthanc.LogInfo(LOG_PREFIX + redact(message, _secrets))
 
 
 def error(message: str) -> None:
-    orthanc.LogError(LOG_PREFIX + message)
+    orthanc.LogError(LOG_PREFIX + redact(message, _secrets))
+
+
+def error_without_prefix(message: str) -> None:
+    """An error in words that may not be the plugin's (a script's callback failed)."""
+    orthanc.LogError(redact(message, _secrets))
 
 
 def _error_code(failure: Exception) -> int:

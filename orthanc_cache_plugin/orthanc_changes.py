@@ -27,7 +27,15 @@ from .freshness import (
     WriteEffect,
     write_effect,
 )
-from .orthanc_api import get, get_after_plugins, get_json, info, touch_and_undo, warn
+from .orthanc_api import (
+    error_without_prefix,
+    get,
+    get_after_plugins,
+    get_json,
+    info,
+    touch_and_undo,
+    warn,
+)
 from .redis_bus import RedisBus
 from .routes import Level
 from .store import Store
@@ -467,13 +475,14 @@ def keep_alive(callback: _Callback) -> _Callback:
 
 
 def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callable[..., Any]],
-                    consequence: str) -> bool:
+                    consequence: str, on_chained: Callable[[], None] = lambda: None) -> bool:
     """Register our callback with ``orthanc.<name>``, of which the Python plugin accepts
     one per process, and let a startup script register its own after ours.
 
     ``ours(chained)`` builds our callback; ``chained`` then holds the script's
-    callback, if any, for ours to call.  False (with a warning saying the
-    ``consequence``) when a script registered one before us.
+    callback, if any, for ours to call; ``on_chained()`` is called when the script
+    registers it.  False (with a warning saying the ``consequence``) when a script
+    registered one before us.
     """
     chained: List[Callable[..., Any]] = []
     try:
@@ -485,6 +494,7 @@ def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callab
 
     def chain(callback: Callable[..., Any]) -> None:
         chained[:] = [callback]
+        on_chained()
 
     setattr(orthanc, name, chain)
     return True
@@ -526,7 +536,7 @@ def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
                         callback(*event)
                     except Exception as error:  # as the Python plugin does: log, go on
                         # (in its words, without the cache's prefix: it may be the script's)
-                        orthanc.LogError("error in the change callback %s: %s: %s" % (
+                        error_without_prefix("error in the change callback %s: %s: %s" % (
                             getattr(callback, "__qualname__", callback),
                             type(error).__name__, error))
                 if event[0] == orthanc.ChangeType.ORTHANC_STOPPED:
@@ -539,11 +549,14 @@ def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
                            "the cache plugin cannot see changes and stays off")
 
 
-def watch_writes(changes: ChangeWatch) -> bool:
+def watch_writes(changes: ChangeWatch,
+                 on_script_filter: Callable[[], None] = lambda: None) -> bool:
     """Announce HTTP writes before Orthanc runs them, through the incoming-request filter.
 
     A filter that a startup script registers after enable_cache_plugin() is
-    called by ours, and its answer decides.  False when it cannot be registered.
+    called by ours, and its answer decides; ``on_script_filter()`` is called when
+    it is registered.  False when ours cannot be registered (a script registered
+    one before).
     """
     def build(chained: List[Callable[..., Any]]) -> Callable[..., bool]:
         def on_incoming_request(uri: str, **request: Any) -> bool:
@@ -557,7 +570,21 @@ def watch_writes(changes: ChangeWatch) -> bool:
 
     return _register_first("RegisterIncomingHttpRequestFilter", build,
                            "changes are seen through Orthanc's change events, a moment after "
-                           "they happen")
+                           "they happen", on_script_filter)
+
+
+def notice_filters(on_registered: Callable[[], None]) -> None:
+    """Call ``on_registered()`` when a startup script registers an incoming-request filter
+    (once registered, as without the plugin): for when the plugin has none of its own."""
+    register = getattr(orthanc, "RegisterIncomingHttpRequestFilter", None)
+    if register is None:
+        return
+
+    def registering(callback: Callable[..., Any]) -> None:
+        register(callback)  # raises as it would without the plugin
+        on_registered()
+
+    orthanc.RegisterIncomingHttpRequestFilter = registering
 
 
 def watch_stored_instances(changes: ChangeWatch) -> None:

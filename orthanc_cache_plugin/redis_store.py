@@ -75,11 +75,11 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple
-from urllib.parse import urlsplit, urlunsplit
 
 from .disk import Found
+from .settings import mask_url
 
 _NOTHING: Found = (None, None, None)
 
@@ -175,20 +175,10 @@ return 0
 class RedisOptions:
     """Where and how to reach the server: the settings RedisUrl, KeyPrefix, RedisTimeout."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     prefix: str
     #: Seconds any call may take (connecting, sending, each wait for an answer).
     timeout: float
-
-
-def describe(url: str) -> str:
-    """``url`` without its password, for logs and statistics."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc="%s:***@%s" % (user, host)))
 
 
 def _glob_escaped(text: str) -> str:
@@ -248,7 +238,7 @@ class RedisStore:
                  retry_delay: Optional[float] = None):
         self.options = options
         #: What logs and statistics name the store by (the URL without its password).
-        self.directory = "%s (keys %s*)" % (describe(options.url), options.prefix)
+        self.directory = "%s (keys %s*)" % (mask_url(options.url), options.prefix)
         self._warn = warn
         self._clock = clock
         self._on_failure = on_failure

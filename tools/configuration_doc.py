@@ -43,7 +43,7 @@ EXAMPLES: Dict[str, Any] = {
     "Directory": "/srv/orthanc-cache",
     "MaximumSize": 2048,
     "Expiration": 86400,
-    "CacheControl": "private, no-cache",
+    "CacheControl": "max-age=604800, s-maxage=604800, public",
     "StoreBinary": True,
     "MaximumEntrySize": 256,
     "MemorySize": 256,
@@ -63,7 +63,7 @@ EXAMPLES: Dict[str, Any] = {
 FEATURED = "MaximumSize"
 
 #: The settings of the docker-compose example (those of them that exist).
-COMPOSE_EXAMPLE = ("Directory", "MaximumSize", "CacheControl", "StoreBinary")
+COMPOSE_EXAMPLE = ("Directory", "MaximumSize", "StoreBinary", "WarmUp")
 
 _JSON_TYPES = {bool: "boolean", int: "integer", str: "string"}
 
@@ -229,8 +229,9 @@ def render() -> str:
         "An unknown name or an invalid value is reported in Orthanc's log and leaves the"
         " plugin off, while Orthanc keeps serving.",
         "",
-        "Behind a reverse proxy or with patient data behind authentication, read"
-        " [deployment.md](deployment.md) before keeping the default `CacheControl`.",
+        "Read [deployment.md](deployment.md) before changing the default `CacheControl`:"
+        " it says what browsers, proxies and CDNs may then do with answers, and who may see"
+        " them.",
         "",
         "Regenerate this page from the repository root, after changing"
         " `orthanc_cache_plugin/settings.py`, with:",

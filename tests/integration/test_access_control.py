@@ -8,8 +8,8 @@ client (never a 304).  A startup script registering its own incoming-request
 filter *after* ``enable_cache_plugin()`` keeps the last word: it refuses bob
 one study, and bob gets 403 even when alice made every answer of that study
 a HIT; the plugin still sees the writes the filter lets through.  Answers
-say ``Vary: Authorization`` (with ``Accept-Encoding``, and ``Accept`` on
-image routes).
+say ``Cache-Control: no-cache, private`` and ``Vary: Authorization`` (with
+``Accept-Encoding``, and ``Accept`` on image routes).
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def test_answers_vary_on_authorization(server: OrthancServer) -> None:
             for answer in (json_answer, image_answer)]
     assert vary[0] == {"Accept-Encoding", "Authorization"}, json_answer.headers
     assert vary[1] == {"Accept-Encoding", "Authorization", "Accept"}, image_answer.headers
+    for answer in (json_answer, image_answer):  # shared caches must not store them
+        assert answer.headers["Cache-Control"] == "no-cache, private", answer.headers
 
 
 def test_stored_answers_never_reach_a_request_without_valid_credentials(
@@ -214,6 +216,9 @@ def filtered(cached_orthanc: Callable[..., OrthancServer], repo_root: Path,
                                        config=AUTHENTICATION, python_script=script)
     server.wait_for_log("test filter registered")
     assert "cannot register orthanc." not in server.log_text()
+    assert re.search(r"cache plugin: Cache-Control 'no-cache' sent as 'no-cache, private', "
+                     r"Vary '[^']*': access is decided per request \(Orthanc's users, a filter "
+                     r"of the startup script\)", server.log_text()), server.log_tail()
     return server, denied
 
 

@@ -11,7 +11,9 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from orthanc_cache_plugin.data import Outcome
-from support.dicom_factory import make_instance, make_study
+from orthanc_cache_plugin.routes import ROUTES, match
+from support import stacks
+from support.dicom_factory import make_instance, make_pdf_instance, make_study
 from support.orthanc_server import OrthancServer
 
 #: Also run on Debian 12's Orthanc 1.10.1 (scripts/test.sh).
@@ -60,14 +62,69 @@ def test_a_200_carries_every_validator(server: OrthancServer) -> None:
     assert answer.status_code == 200
     headers = answer.headers
     assert ENTITY_TAG.match(headers["ETag"])
-    assert headers["Cache-Control"] == SPEC_CACHE_CONTROL
+    assert headers["Cache-Control"] == "no-cache"  # keep, but revalidate before each use
     date = parse_http_date(headers["Date"])
     assert abs((date - datetime.now(timezone.utc)).total_seconds()) < 5
-    assert parse_http_date(headers["Expires"]) == date + timedelta(seconds=604800)
+    assert headers["Expires"] == headers["Date"]
     last_update = server.get("/studies/%s/metadata/LastUpdate" % study).text
     expected = datetime.strptime(last_update, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
     assert parse_http_date(headers["Last-Modified"]) == expected
     assert headers["Vary"] == "Accept-Encoding"  # no Authorization: authentication is off
+    assert re.search(r"cache plugin: Cache-Control 'no-cache', Vary 'Accept-Encoding': access "
+                     r"is the same for every request", server.log_text()), server.log_tail()
+
+
+def test_the_specifications_cache_control_is_a_setting(
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
+    """For archives whose studies never change: kept a week without asking Orthanc."""
+    server = cached_orthanc({"CacheControl": SPEC_CACHE_CONTROL})
+    study = upload_study(server)[0]["ParentStudy"]
+    for headers in ({}, {"If-None-Match": "*"}):
+        answer = get(server, "/studies/%s/shared-tags" % study, **headers)
+        assert answer.headers["Cache-Control"] == SPEC_CACHE_CONTROL
+        assert parse_http_date(answer.headers["Expires"]) == \
+            parse_http_date(answer.headers["Date"]) + timedelta(seconds=604800)
+
+
+def every_cached_route(ids: Dict[str, str]) -> List[str]:
+    """One path per row of routes.ROUTES that this Orthanc lets the plugin serve."""
+    paths = []
+    for route in ROUTES:
+        if route.name in ("archive", "media") and not stacks.plugin_caches_archives():
+            continue  # left to Orthanc from 1.12.8 on (no validators at all)
+        resource = ids["pdf"] if route.name == "pdf" else ids[route.level.value]
+        suffix = {"frame-image": "/frames/0/preview",
+                  "frame-data": "/frames/0/raw"}.get(route.name, "/" + route.name)
+        paths.append("/%s/%s%s" % (route.level.value, resource, suffix))
+    return paths
+
+
+def test_every_cached_route_tells_clients_to_revalidate_by_default(
+        server: OrthancServer) -> None:
+    """Issue #17: the default keeps clients as fresh as the store, on every cached route,
+    computed, stored and in 304s: no-cache, and Expires no later than Date."""
+    instance = upload_study(server, seed="every-route", series=1, instances=1,
+                            settle=False)[0]
+    pdf = server.upload(make_pdf_instance("PAT-every-route", seed="every-route"))
+    time.sleep(SETTLE)
+    ids = {"patients": instance["ParentPatient"], "studies": instance["ParentStudy"],
+           "series": instance["ParentSeries"], "instances": instance["ID"], "pdf": pdf["ID"]}
+    paths = every_cached_route(ids)
+    expected = {(route.level, route.name) for route in ROUTES
+                if stacks.plugin_caches_archives() or route.name not in ("archive", "media")}
+    assert {(found[0].level, found[0].name) for found in map(match, paths) if found} == expected
+    for path in paths:
+        for _ in range(2):  # computed, then stored (or validated again)
+            answer = get(server, path)
+            assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
+            assert answer.headers["Cache-Control"] == "no-cache", (path, dict(answer.headers))
+            assert parse_http_date(answer.headers["Expires"]) <= \
+                parse_http_date(answer.headers["Date"]), path
+            assert "X-Cache-Status" in answer.headers and "ETag" in answer.headers, path
+        revalidated = get(server, path, **{"If-None-Match": answer.headers["ETag"]})
+        assert revalidated.status_code == 304, path
+        assert revalidated.headers["Cache-Control"] == "no-cache", path
+        assert revalidated.headers["Expires"] == revalidated.headers["Date"], path
 
 
 def test_second_get_is_a_hit_with_the_same_body_and_etag(server: OrthancServer) -> None:

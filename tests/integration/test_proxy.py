@@ -272,3 +272,98 @@ def test_without_the_origin_hop_nginx_serves_outdated_answers(
         outdated = through(proxy, tags, None)
         assert outdated.headers["X-Proxy-Cache"] == "HIT" and len(outdated.json()) == 2
         assert len(orthanc.get(tags).json()) == 3
+
+
+# -- token headers checked per request (the authorization plugin, a filter) ----------------
+
+TOKEN = "valid-token-of-alice"
+TOKEN_SCRIPT = '''
+import sys
+sys.path.insert(0, {repo!r})
+
+import orthanc
+
+if {with_plugin!r}:
+    from orthanc_cache_plugin import enable_cache_plugin
+    enable_cache_plugin()
+
+
+def only_the_token(uri, **request):
+    return (request.get("headers") or {{}}).get("token") == {token!r}
+
+
+orthanc.RegisterIncomingHttpRequestFilter(only_the_token)
+orthanc.LogWarning("test token filter registered")
+'''
+#: A plain shared cache: nginx's default key, honouring Cache-Control, Expires and Vary.
+PLAIN_PROXY_CACHE = """
+proxy_cache_path @PREFIX@/cache levels=1:2 keys_zone=plain:1m;
+server {
+    listen 127.0.0.1:@PORT@;
+    location / {
+        proxy_pass http://127.0.0.1:%d;
+        proxy_cache plain;
+        add_header X-Proxy-Cache $upstream_cache_status always;
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("settings,sent", [
+    ({"CacheControl": DEFAULT_CACHE_CONTROL}, "max-age=604800, private"),  # specification's
+    ({}, "no-cache, private"),                                             # the default
+    # Without the plugin's own filter, the script's is still seen.
+    ({"CacheControl": DEFAULT_CACHE_CONTROL, "WatchHttpWrites": False}, "max-age=604800, private"),
+    (None, None),                                                          # plain Orthanc
+], ids=["specification-value", "default", "without-watching-writes", "plain-orthanc"])
+def test_a_shared_cache_never_gives_a_token_checked_answer_to_anyone_else(
+        orthanc_factory: Callable[..., OrthancServer], repo_root: Path, tmp_path: Path,
+        settings: Optional[Dict[str, object]], sent: Optional[str]) -> None:
+    """Issue #17: with Orthanc's authentication off, a filter admitting one token (as the
+    authorization plugin does, whose section names the header), behind a plain nginx
+    proxy_cache: after a read with the token, requests without it or with another one get
+    Orthanc's 403, never nginx's copy."""
+    with_plugin = settings is not None
+    script = tmp_path / "startup.py"
+    script.write_text(TOKEN_SCRIPT.format(repo=str(repo_root), with_plugin=with_plugin,
+                                          token=TOKEN))
+    config: Dict[str, object] = {"Authorization": {"TokenHttpHeaders": ["token"]}}
+    if settings is not None:
+        config["CachePlugin"] = dict({"Directory": str(tmp_path / "cache")}, **settings)
+    orthanc = orthanc_factory(python_script=script, config=config, start=False)
+    orthanc.session.headers["token"] = TOKEN  # the harness's own requests
+    orthanc.start()
+    orthanc.wait_for_log("test token filter registered")
+    if with_plugin:
+        assert re.search(r"cache plugin: Cache-Control '[^']*' sent as '%s', Vary '[^']*"
+                         r"Authorization, token': access is decided per request \(the "
+                         r"authorization plugin \(token headers token\), a filter of the "
+                         r"startup script\)" % re.escape(str(sent)), orthanc.log_text()), \
+            orthanc.log_tail()
+    series, instances = upload_series(orthanc, "proxy-token")
+    study = orthanc.get("/series/%s" % series).json()["ParentStudy"]
+    uris = ["/studies/%s/shared-tags" % study, "/studies/%s/instances-tags" % study,
+            "/instances/%s/tags" % instances[0]]
+    with NginxServer(PLAIN_PROXY_CACHE % orthanc.port) as proxy:
+        for uri in uris:
+            for _ in range(2):
+                read = through(proxy, uri, None, headers={"token": TOKEN})
+                assert read.status_code == 200 and read.json(), (uri, read.status_code)
+                if with_plugin:
+                    assert read.headers["Cache-Control"] == sent
+                    vary = [name.strip() for name in read.headers["Vary"].split(",")]
+                    assert {"Authorization", "token"} <= set(vary), read.headers
+                else:
+                    assert "Cache-Control" not in read.headers
+            for headers in ({}, {"token": "another-token"}, {"token": ""}):
+                refused = through(proxy, uri, None, headers=headers)
+                assert refused.status_code == 403, (uri, headers, refused.status_code,
+                                                    refused.headers.get("X-Proxy-Cache"))
+                assert refused.headers.get("X-Proxy-Cache") != "HIT" and not refused.content
+            assert through(proxy, uri, None, headers={"token": TOKEN}).status_code == 200
+        # Every 403 came from Orthanc, through nginx: none from a copy.
+        log = proxy.access_log(at_least=len(uris) * 6)
+        refusals = [entry for entry in log if entry["status"] == "403"]
+        assert len(refusals) == len(uris) * 3
+        assert {entry["upstream_status"] for entry in refusals} == {"403"}
+        assert "HIT" not in {entry["cache"] for entry in log}

@@ -56,9 +56,9 @@ def test_every_example_is_a_valid_value_that_differs_from_the_default(tool: Modu
         example = tool.example_of(setting)
         assert example != setting.default, setting.name
         loaded = load_settings({SECTION: {setting.name: example}}, {})
-        assert loaded.as_configuration()[setting.name] == example
+        assert loaded.as_configuration(reveal_secrets=True)[setting.name] == example
         keyword = load_settings({}, {tool.keyword_argument(setting.name): example})
-        assert keyword.as_configuration()[setting.name] == example
+        assert keyword.as_configuration(reveal_secrets=True)[setting.name] == example
 
 
 def test_the_images_rule_maps_every_variable_onto_its_setting(tool: ModuleType) -> None:
@@ -78,7 +78,8 @@ def test_the_images_rule_maps_every_variable_onto_its_setting(tool: ModuleType) 
     configuration = tool.configuration_from_environment(environment)
     assert configuration == {SECTION: {setting.name: tool.example_of(setting)
                                        for setting in SETTINGS}}
-    assert load_settings(configuration, {}).as_configuration() == configuration[SECTION]
+    assert load_settings(configuration, {}).as_configuration(reveal_secrets=True) \
+        == configuration[SECTION]
 
 
 @pytest.mark.parametrize("value,text", [

@@ -18,6 +18,7 @@ from orthanc_cache_plugin.flights import Flights
 from orthanc_cache_plugin.freshness import SETTLE
 from orthanc_cache_plugin.keys import cache_key, entity_tag
 from orthanc_cache_plugin.settings import load_settings
+from orthanc_cache_plugin.sharing import Sharing
 from orthanc_cache_plugin.store import Store
 from orthanc_cache_plugin.validators import format_http_date
 from support.request_factory import make_request
@@ -75,9 +76,10 @@ def origin() -> FakeOrigin:
     return fake
 
 
-def make_controller(tmp_path, store, origin, vary=(), **overrides) -> CacheController:
+def make_controller(tmp_path, store, origin, sharing=None, **overrides) -> CacheController:
     settings = load_settings({}, dict({"directory": str(tmp_path / "unused")}, **overrides))
-    return CacheController(settings, store, origin, salt=SALT, vary=vary, clock=lambda: NOW)
+    return CacheController(settings, store, origin, salt=SALT, sharing=sharing,
+                           clock=lambda: NOW)
 
 
 @pytest.fixture
@@ -116,22 +118,39 @@ def test_miss_then_hit(controller, origin, store):
 
 
 def test_caching_headers_on_200(controller):
+    """By default caches keep the answer but ask before each use: Expires is Date."""
     reply = controller.serve(make_request("/studies/st/shared-tags"))
     assert reply.headers == {
         "X-Origin": "yes",
         "Date": "Mon, 20 Feb 2023 15:00:00 GMT",
         "ETag": our_etag("/studies/st/shared-tags"),
-        "Cache-Control": "max-age=604800, s-maxage=604800, public",
-        "Expires": "Mon, 27 Feb 2023 15:00:00 GMT",
+        "Cache-Control": "no-cache",
+        "Expires": "Mon, 20 Feb 2023 15:00:00 GMT",
         "Last-Modified": format_http_date(MODIFIED),
     }
 
 
 def test_cache_control_setting_is_used(tmp_path, store, origin):
-    controller = make_controller(tmp_path, store, origin, cache_control="no-cache")
+    controller = make_controller(tmp_path, store, origin,
+                                 cache_control="max-age=604800, s-maxage=604800, public")
     reply = controller.serve(make_request("/studies/st/shared-tags"))
-    assert reply.headers["Cache-Control"] == "no-cache"
-    assert reply.headers["Expires"] == reply.headers["Date"]
+    assert reply.headers["Cache-Control"] == "max-age=604800, s-maxage=604800, public"
+    assert reply.headers["Expires"] == "Mon, 27 Feb 2023 15:00:00 GMT"
+
+
+def test_the_headers_sent_follow_the_sharing_of_the_moment(tmp_path, store, origin):
+    """What the adapter decides (sharing.py), replaced whole when a script registers a filter."""
+    controller = make_controller(tmp_path, store, origin,
+                                 cache_control="max-age=60, s-maxage=60, public")
+    request = make_request("/studies/st/shared-tags")
+    assert controller.serve(request).headers["Cache-Control"] == "max-age=60, s-maxage=60, public"
+    controller.sharing = Sharing("max-age=60, private", ("Authorization", "token"), ("a filter",))
+    for reply in (controller.serve(request),
+                  controller.serve(make_request("/studies/st/shared-tags",
+                                                {"if-none-match": our_etag(request.uri)}))):
+        assert reply.headers["Cache-Control"] == "max-age=60, private"
+        assert reply.headers["Vary"] == "Authorization, token"
+        assert reply.headers["Expires"] == "Mon, 20 Feb 2023 15:01:00 GMT"
 
 
 def test_no_last_modified_when_the_version_has_no_date(controller, origin):
@@ -142,7 +161,7 @@ def test_no_last_modified_when_the_version_has_no_date(controller, origin):
 
 
 def test_vary_headers(tmp_path, store, origin):
-    controller = make_controller(tmp_path, store, origin, vary=("Accept-Encoding",))
+    controller = make_controller(tmp_path, store, origin, Sharing("no-cache", ("Accept-Encoding",)))
     assert controller.serve(make_request("/instances/in/preview")).headers["Vary"] == \
         "Accept-Encoding, Accept"
     assert controller.serve(make_request("/instances/in/tags")).headers["Vary"] == "Accept-Encoding"

@@ -13,6 +13,10 @@ from orthanc_cache_plugin.settings import (
     Settings,
     SettingsError,
     load_settings,
+    mask_url,
+    masked,
+    redact,
+    secrets_in,
 )
 
 
@@ -27,7 +31,9 @@ def test_defaults_follow_the_specification():
     assert settings.maximum_size == 1024
     assert settings.maximum_size_bytes == 1024 * 1024 * 1024
     assert settings.expiration == 604800
-    assert settings.cache_control == "max-age=604800, s-maxage=604800, public"
+    # Not the specification's "max-age=604800, s-maxage=604800, public" (issue #17): browsers
+    # and proxies revalidate before each use, so they show every change at once.
+    assert settings.cache_control == "no-cache"
     assert settings.store_binary is False
     assert settings.warm_up is True
     assert settings.maximum_entry_size == 64
@@ -198,3 +204,83 @@ def test_a_refused_redis_url_is_not_repeated_in_the_message():
 
 def test_the_default_backend_is_the_disk():
     assert load_settings({}, {}).store_backend is Backend.DISK
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+REDIS_URL = next(setting for setting in SETTINGS if setting.name == "RedisUrl")
+
+
+def test_the_secret_settings():
+    assert [setting.name for setting in SETTINGS if setting.secret] == ["RedisUrl"]
+
+
+@pytest.mark.parametrize("url, shown, secrets", [
+    ("redis://user:secret@host:6379/0", "redis://user:***@host:6379/0", {"secret"}),
+    ("redis://:secret@host:6379/0", "redis://:***@host:6379/0", {"secret"}),
+    ("rediss://:secret@host/1", "rediss://:***@host/1", {"secret"}),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", set()),
+    ("redis://user@host/0", "redis://user@host/0", set()),  # a user name, to the client
+    ("redis://:@host/0", "redis://:***@host/0", set()),
+    ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2", set()),
+    ("unix:///run/redis.sock?db=0&password=secret", "unix:///run/redis.sock?db=0&password=***",
+     {"secret"}),
+    ("unix://user:secret@/run/redis.sock?db=0", "unix://user:***@/run/redis.sock?db=0",
+     {"secret"}),
+    ("redis://host/0?PASSWORD=secret&ssl_password=other&db=1",
+     "redis://host/0?PASSWORD=***&ssl_password=***&db=1", {"secret", "other"}),
+    ("redis://:p%40ss%2Fw@host/0", "redis://:***@host/0", {"p%40ss%2Fw", "p@ss/w"}),
+    ("redis://:pa@ss@host/0", "redis://:***@host/0", {"pa@ss"}),      # unencoded @
+    ("redis://:pa/ss@host/0", "redis://:***@host/0", {"pa/ss"}),      # unencoded /
+    ("redis://us:er:secret@host/0", "redis://us:***@host/0", {"er:secret"}),
+    ("not a url", "***", {"not a url"}),
+])
+def test_masked_urls(url, shown, secrets):
+    assert mask_url(url) == shown
+    assert masked(REDIS_URL, url) == shown
+    assert set(secrets_in(REDIS_URL, url)) == secrets
+    for secret in secrets:
+        assert secret not in shown.replace("***", "")
+
+
+def test_settings_that_are_not_secret_are_shown_as_they_are():
+    directory = next(setting for setting in SETTINGS if setting.name == "Directory")
+    assert masked(directory, "/srv/a:b@c") == "/srv/a:b@c"
+    assert secrets_in(directory, "/srv/a:b@c") == ()
+
+
+def test_statistics_and_repr_never_show_a_password():
+    settings = load_settings({SECTION: {"RedisUrl": "redis://orthanc:hunter22@redis:6379/0"}}, {})
+    assert settings.as_configuration()["RedisUrl"] == "redis://orthanc:***@redis:6379/0"
+    assert settings.as_configuration(reveal_secrets=True)["RedisUrl"] == \
+        "redis://orthanc:hunter22@redis:6379/0"
+    assert "hunter22" not in repr(settings) and "redis://orthanc:***@redis" in repr(settings)
+    assert settings.secrets() == ("hunter22",)
+    assert load_settings({}, {}).secrets() == ()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Error connecting to redis://:hunter22@redis:6379/0", "Error connecting to redis://:***@redis:6379/0"),
+    ("AUTH hunter22 hunter22", "AUTH *** ***"),
+    ("nothing here", "nothing here"),
+    ("p@ss/word and p%40ss%2Fword", "*** and ***"),
+])
+def test_redact(text, expected):
+    assert redact(text, ("p%40ss%2Fword", "p@ss/word", "hunter22")) == expected
+
+
+def test_short_secrets_are_not_searched_for_in_free_text():
+    """Replacing every "ab" would garble log lines; URLs the plugin shows are masked anyway."""
+    assert redact("a cab", ("ab",)) == "a cab"
+    assert mask_url("redis://:ab@host/0") == "redis://:***@host/0"
+
+
+@pytest.mark.parametrize("value", [["redis://:hunter22@h/0"], {"url": "redis://:hunter22@h"},
+                                   "http://:hunter22@h/0", "redis:/:hunter22@h"])
+def test_a_refused_secret_is_never_repeated(value):
+    with pytest.raises(SettingsError) as error:
+        load_settings({SECTION: {"RedisUrl": value}}, {})
+    assert "hunter22" not in str(error.value) and "RedisUrl" in str(error.value)
+    with pytest.raises(SettingsError) as error:
+        load_settings({}, {"redis_url": value})
+    assert "hunter22" not in str(error.value)
