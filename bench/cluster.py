@@ -533,9 +533,9 @@ class Bench:
 
     def micro(self) -> None:
         """µs per ``Store.get`` of one entry, in this process."""
-        from orthanc_cache_plugin.data import Entry
-        from orthanc_cache_plugin.redis_store import RedisOptions
-        from orthanc_cache_plugin.store import Store
+        from orthanc_cache_plugin.core.data import Entry
+        from orthanc_cache_plugin.store.facade import Store
+        from orthanc_cache_plugin.store.redis_backend import RedisOptions
 
         folder = self.workdir / "micro"
         options = RedisOptions(self.redis.url, "orthanc-cache:bench-micro:", 0.1)

@@ -19,7 +19,7 @@ import orthanc
 
 _ANSWERS = {}  # "uri?query" -> (body, etag)
 
-# The cache plugin's patterns (orthanc_cache_plugin.routes), same regexes.
+# The cache plugin's patterns (orthanc_cache_plugin.core.routes), same regexes.
 _PATTERNS = ["/%s/([^/]+)/%s" % (level, route)
              for level in ("patients", "studies", "series")
              for route in ("shared-tags", "instances-tags")]

@@ -286,9 +286,9 @@ def fill_store(directory: Path, count: int, body_size: int = 1500) -> None:
     """
     import diskcache
 
-    from orthanc_cache_plugin.data import Entry
-    from orthanc_cache_plugin.keys import cache_key
-    from orthanc_cache_plugin.store import COMPUTED_BY, Store, computed_by
+    from orthanc_cache_plugin.core.data import Entry
+    from orthanc_cache_plugin.core.keys import cache_key
+    from orthanc_cache_plugin.store.facade import COMPUTED_BY, Store, computed_by
     from support import stacks
 
     cache = diskcache.Cache(str(directory), size_limit=1024 * MB,

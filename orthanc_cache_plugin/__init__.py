@@ -5,7 +5,7 @@ Use it from Orthanc's Python startup script::
     from orthanc_cache_plugin import enable_cache_plugin
     enable_cache_plugin()
 
-Everything but :mod:`.orthanc_adapter` is plain Python that runs (and is
+Everything but the :mod:`.host` layer is plain Python that runs (and is
 tested) without Orthanc.
 """
 
@@ -24,6 +24,6 @@ def enable_cache_plugin(**overrides: Any) -> bool:
     ``Directory="/tmp/cache"``).  Invalid settings are reported in Orthanc's
     log and leave Orthanc serving without the cache.
     """
-    from .orthanc_adapter import enable
+    from .host.adapter import enable
 
     return enable(overrides)

@@ -33,6 +33,8 @@ failed=0
 # Linters (configured in pyproject.toml): a finding fails the run; the tests still run.
 .venv/bin/python -m ruff check orthanc_cache_plugin tests bench tools example.py || failed=1
 .venv/bin/python -m mypy || failed=1
+# The layers that the package's folders show ([tool.importlinter] in pyproject.toml).
+.venv/bin/lint-imports || failed=1
 # Each run gets its own temporary folder: pytest's default one is shared by every
 # pytest on the machine, which removes the older runs' folders while they still work.
 basetemp=$(mktemp -d /tmp/orthanc-cache-plugin-tests.XXXXXX)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate ``docs/configuration.md`` from the plugin's own table of settings.
 
-Every setting of :data:`orthanc_cache_plugin.settings.SETTINGS` (type, default,
+Every setting of :data:`orthanc_cache_plugin.core.settings.SETTINGS` (type, default,
 constraints, description) is rendered with an example value, its keyword
 argument of ``enable_cache_plugin()`` and its environment variable of the
 ``orthancteam/orthanc`` Docker image, whose naming rule this module also
@@ -31,7 +31,7 @@ REPO_ROOT = TOOLS_DIR.parent
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "configuration.md"
 
 sys.path.insert(0, str(REPO_ROOT))
-from orthanc_cache_plugin.settings import SECTION, SETTINGS, Setting  # noqa: E402
+from orthanc_cache_plugin.core.settings import SECTION, SETTINGS, Setting  # noqa: E402
 
 #: Prefix of the image's variables that map onto Orthanc's configuration.
 ENV_PREFIX = "ORTHANC__"

@@ -10,8 +10,8 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from orthanc_cache_plugin.data import Outcome
-from orthanc_cache_plugin.routes import ROUTES, match
+from orthanc_cache_plugin.core.data import Outcome
+from orthanc_cache_plugin.core.routes import ROUTES, match
 from support import stacks
 from support.dicom_factory import make_instance, make_pdf_instance, make_study
 from support.orthanc_server import OrthancServer

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 import requests
 
-from orthanc_cache_plugin.store import Store
+from orthanc_cache_plugin.store.facade import Store
 from support import faults
 from support.dicom_factory import make_instance
 from support.oracle import exchange

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, Optional
 
 import pytest
 
-from orthanc_cache_plugin.routes import ROUTES, match
+from orthanc_cache_plugin.core.routes import ROUTES, match
 from support import stacks
 from support.oracle import Exchange, attachment_names, exchange, sample_files, upload_samples
 from support.orthanc_server import OrthancServer

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 import requests
 
-from orthanc_cache_plugin.data import Outcome
+from orthanc_cache_plugin.core.data import Outcome
 from support.dicom_factory import make_instance, make_study
 from support.orthanc_server import OrthancServer, free_port
 

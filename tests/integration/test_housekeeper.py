@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import requests
 
-from orthanc_cache_plugin.data import Outcome
+from orthanc_cache_plugin.core.data import Outcome
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 from support.stacks import HOUSEKEEPER_PLUGIN, PYTHON_PLUGIN

@@ -108,7 +108,7 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
     assert Path(shown["Location"]) == Path(site_packages)
     # The pure modules import without Orthanc.
     run(str(python), "-c",
-        "from orthanc_cache_plugin.settings import load_settings; load_settings({}, {})",
+        "from orthanc_cache_plugin.core.settings import load_settings; load_settings({}, {})",
         cwd=tmp_path)
 
     # Orthanc loads the package (and diskcache) from the virtual environment.

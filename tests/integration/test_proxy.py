@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 import requests
 
-from orthanc_cache_plugin.data import Outcome
+from orthanc_cache_plugin.core.data import Outcome
 from support.dicom_factory import make_instance, make_study
 from support.nginx import NginxServer
 from support.orthanc_server import OrthancServer

@@ -16,8 +16,8 @@ from typing import Callable
 
 import pytest
 
-from orthanc_cache_plugin.data import Outcome
-from orthanc_cache_plugin.redis_store import RedisStore
+from orthanc_cache_plugin.core.data import Outcome
+from orthanc_cache_plugin.store.redis_backend import RedisStore
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 from support.redis_server import RedisServer

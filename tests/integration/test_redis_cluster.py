@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, List
 import pytest
 import requests
 
-from orthanc_cache_plugin.data import Outcome
+from orthanc_cache_plugin.core.data import Outcome
 from support.concurrent import get_together
 from support.dicom_factory import make_instance, make_study
 from support.orthanc_server import OrthancServer

@@ -1,4 +1,4 @@
-"""Orthanc's Python plugin and thread states: what orthanc_cache_plugin.thread_states relies on.
+"""Orthanc's Python plugin and thread states: what host.thread_states relies on.
 
 The Python plugin gives every callback a fresh Python thread state, so
 ``threading.local`` data is lost between two requests served by the same
@@ -29,7 +29,7 @@ import threading
 sys.path.insert(0, {repo!r})
 
 import orthanc
-from orthanc_cache_plugin.thread_states import keep_thread_state
+from orthanc_cache_plugin.host.thread_states import keep_thread_state
 
 counted = threading.local()
 

@@ -45,7 +45,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 import requests
 
-from orthanc_cache_plugin.routes import Level, match
+from orthanc_cache_plugin.core.routes import Level, match
 from support.dicom_factory import make_instance, make_pdf_instance, make_uid, minimal_pdf
 from support.oracle import Exchange, attachment_names, exchange
 from support.orthanc_server import OrthancServer, free_port

@@ -25,7 +25,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from orthanc_cache_plugin.data import Outcome
+from orthanc_cache_plugin.core.data import Outcome
 from support import stacks
 from support.stacks import ORTHANC_BINARY, PYTHON_PLUGIN
 

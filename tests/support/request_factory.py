@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from orthanc_cache_plugin.data import Request
-from orthanc_cache_plugin.routes import match
+from orthanc_cache_plugin.core.data import Request
+from orthanc_cache_plugin.core.routes import match
 
 
 def make_request(uri: str, arguments: Optional[Dict[str, str]] = None,

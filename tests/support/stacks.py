@@ -116,7 +116,7 @@ def plugin_version() -> Tuple[int, ...]:
 def plugin_caches_archives() -> bool:
     """Whether the plugin serves archive and media in the selected stack: not from
     Orthanc 1.12.8 on, where a plugin's REST call for an archive crashes Orthanc
-    (orthanc_adapter._plugin_may_read_archives)."""
+    (host.adapter._plugin_may_read_archives)."""
     version = orthanc_version()
     if version is None:
         return True

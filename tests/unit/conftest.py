@@ -6,7 +6,7 @@ from typing import Iterator, List
 
 import pytest
 
-from orthanc_cache_plugin.store import Store
+from orthanc_cache_plugin.store.facade import Store
 from support.clock import Clock
 
 MB = 1024 * 1024

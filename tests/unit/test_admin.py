@@ -1,4 +1,4 @@
-"""The admin API (orthanc_cache_plugin.admin) as a table: method and URI in, status and
+"""The admin API (orthanc_cache_plugin.cache.admin) as a table: method and URI in, status and
 JSON out, with a real store and the Orthanc-side callables faked."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from orthanc_cache_plugin.admin import ADMIN_ROUTES, AdminApi
-from orthanc_cache_plugin.data import Entry, Figures, Outcome
-from orthanc_cache_plugin.routes import Level
-from orthanc_cache_plugin.statistics import Statistics
+from orthanc_cache_plugin.cache.admin import ADMIN_ROUTES, AdminApi
+from orthanc_cache_plugin.core.data import Entry, Figures, Outcome
+from orthanc_cache_plugin.core.routes import Level
+from orthanc_cache_plugin.core.statistics import Statistics
 
 #: What Orthanc holds in these tests: one study with one series below it.
 KNOWN = {(Level.STUDY, "st"), (Level.SERIES, "se")}

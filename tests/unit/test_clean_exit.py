@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_cache_plugin.clean_exit import AFFECTED_PYTHON, avoid_plugin_teardown
+from orthanc_cache_plugin.host.clean_exit import AFFECTED_PYTHON, avoid_plugin_teardown
 
 LIBRARY = "7f21c4150000-7f21c4200000 r-xp 00000000 fe:01 1234 /usr/lib/orthanc/%s\n"
 

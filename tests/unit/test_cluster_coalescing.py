@@ -18,11 +18,11 @@ from typing import Iterator, List, Tuple
 import pytest
 from test_controller import SALT, GatedOrigin, make_controller, wait_until
 
-from orthanc_cache_plugin.controller import CacheController
-from orthanc_cache_plugin.data import Reply
-from orthanc_cache_plugin.keys import cache_key, claim_name
-from orthanc_cache_plugin.redis_store import RedisOptions
-from orthanc_cache_plugin.store import Store
+from orthanc_cache_plugin.cache.controller import CacheController
+from orthanc_cache_plugin.core.data import Reply
+from orthanc_cache_plugin.core.keys import cache_key, claim_name
+from orthanc_cache_plugin.store.facade import Store
+from orthanc_cache_plugin.store.redis_backend import RedisOptions
 from support.redis_server import RedisServer
 from support.request_factory import make_request
 

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from orthanc_cache_plugin.settings import SECTION, SETTINGS, Setting, load_settings
+from orthanc_cache_plugin.core.settings import SECTION, SETTINGS, Setting, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / "tools" / "configuration_doc.py"

@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.controller with a fake Origin and a real Store."""
+"""Unit tests of orthanc_cache_plugin.cache.controller with a fake Origin and a real Store."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Dict, List, Optional, Tuple
 import diskcache
 import pytest
 
-from orthanc_cache_plugin import statistics
-from orthanc_cache_plugin.controller import CacheController
-from orthanc_cache_plugin.data import Fetched, Outcome, Reply, Request, Version
-from orthanc_cache_plugin.flights import Flights
-from orthanc_cache_plugin.freshness import SETTLE
-from orthanc_cache_plugin.keys import cache_key, entity_tag
-from orthanc_cache_plugin.settings import load_settings
-from orthanc_cache_plugin.sharing import Sharing
-from orthanc_cache_plugin.store import Store
-from orthanc_cache_plugin.validators import format_http_date
+from orthanc_cache_plugin.cache.controller import CacheController
+from orthanc_cache_plugin.cache.flights import Flights
+from orthanc_cache_plugin.core import statistics
+from orthanc_cache_plugin.core.data import Fetched, Outcome, Reply, Request, Version
+from orthanc_cache_plugin.core.keys import cache_key, entity_tag
+from orthanc_cache_plugin.core.settings import load_settings
+from orthanc_cache_plugin.freshness.versions import SETTLE
+from orthanc_cache_plugin.http.sharing import Sharing
+from orthanc_cache_plugin.http.validators import format_http_date
+from orthanc_cache_plugin.store.facade import Store
 from support.request_factory import make_request
 
 UTC = timezone.utc

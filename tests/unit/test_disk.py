@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.disk (the store's diskcache.Cache and its failures).
+"""Unit tests of orthanc_cache_plugin.store.disk (the store's diskcache.Cache and its failures).
 
 Most of DiskStore's failure handling is tested through Store (test_store.py);
 these tests cover what the facade does not show: the raw values with their
@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List
 import diskcache
 import pytest
 
-from orthanc_cache_plugin.disk import DiskStore
+from orthanc_cache_plugin.store.disk import DiskStore
 from support.clock import Clock
 
 MB = 1024 * 1024

@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.flights, with real threads."""
+"""Unit tests of orthanc_cache_plugin.cache.flights, with real threads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 from typing import List, Optional
 
-from orthanc_cache_plugin.flights import Flights
+from orthanc_cache_plugin.cache.flights import Flights
 
 THREADS = 16
 

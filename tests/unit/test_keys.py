@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.keys."""
+"""Unit tests of orthanc_cache_plugin.core.keys."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orthanc_cache_plugin.keys import cache_key, entity_tag, normalized_query
+from orthanc_cache_plugin.core.keys import cache_key, entity_tag, normalized_query
 
 
 def test_normalized_query_empty():

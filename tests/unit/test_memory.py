@@ -1,9 +1,9 @@
-"""Unit tests of orthanc_cache_plugin.memory (hot entries in memory)."""
+"""Unit tests of orthanc_cache_plugin.store.memory (hot entries in memory)."""
 
 from __future__ import annotations
 
-from orthanc_cache_plugin.data import Entry
-from orthanc_cache_plugin.memory import HotEntries
+from orthanc_cache_plugin.core.data import Entry
+from orthanc_cache_plugin.store.memory import HotEntries
 from support.clock import Clock
 
 KB = 1024

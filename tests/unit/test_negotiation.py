@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.negotiation (Orthanc 1.10.1's Accept rules, REPORT R6)."""
+"""Unit tests of http.negotiation (Orthanc 1.10.1's Accept rules, REPORT R6)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orthanc_cache_plugin.negotiation import (
+from orthanc_cache_plugin.core.routes import match
+from orthanc_cache_plugin.http.negotiation import (
     BAD_ACCEPT,
     DICOM,
     JPEG,
@@ -22,7 +23,6 @@ from orthanc_cache_plugin.negotiation import (
     parse_unsigned,
     representation_of,
 )
-from orthanc_cache_plugin.routes import match
 
 CHROME = "image/webp,image/apng,image/*,*/*;q=0.8"
 FIREFOX = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"

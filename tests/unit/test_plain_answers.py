@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.plain_answers against answers captured on Orthanc 1.10.1.
+"""Unit tests of orthanc_cache_plugin.http.plain_answers against answers captured on Orthanc 1.10.1.
 
 The literal bodies below were captured from a real Orthanc 1.10.1 (HttpDescribeErrors on)
 by the fidelity probes (matrix.json and extra.json); they must be rebuilt byte for byte.
@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
-from orthanc_cache_plugin.plain_answers import JSON_TYPE, PlainOrthanc, error_body
+from orthanc_cache_plugin.http.plain_answers import JSON_TYPE, PlainOrthanc, error_body
 from support.request_factory import make_request
 
 PATIENT = "15439993-236cb7c2-71e8ef31-2bc00cb7-e399a1ff"

@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.policy: each decision as a table, without a store or Orthanc.
+"""Unit tests of cache.policy: each decision as a table, without a store or Orthanc.
 
 A row gives what the controller would have read (the stored entry, whether
 the store wrote, whether it works...) and the expected next state or
@@ -14,12 +14,12 @@ from typing import Optional, Tuple, Union
 
 import pytest
 
-from orthanc_cache_plugin import policy
-from orthanc_cache_plugin.data import Entry, Fetched, Outcome
-from orthanc_cache_plugin.policy import Decision, Miss, Proof, ReadStore, Storage
-from orthanc_cache_plugin.routes import match
-from orthanc_cache_plugin.settings import load_settings
-from orthanc_cache_plugin.validators import Evaluation
+from orthanc_cache_plugin.cache import policy
+from orthanc_cache_plugin.cache.policy import Decision, Miss, Proof, ReadStore, Storage
+from orthanc_cache_plugin.core.data import Entry, Fetched, Outcome
+from orthanc_cache_plugin.core.routes import match
+from orthanc_cache_plugin.core.settings import load_settings
+from orthanc_cache_plugin.http.validators import Evaluation
 
 MB = 1024 * 1024
 STAMP = "orthanc 1.13.0|20230220T140000"
@@ -274,4 +274,5 @@ def test_policy_imports_no_module_that_does_io():
         elif isinstance(node, ast.ImportFrom):
             modules.add("." * node.level + (node.module or ""))
     assert modules <= {"__future__", "dataclasses", "datetime", "enum", "typing",
-                       ".data", ".routes", ".settings", ".validators"}
+                       "..core.data", "..core.routes", "..core.settings",
+                       "..http.validators"}

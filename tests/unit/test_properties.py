@@ -24,8 +24,8 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-from orthanc_cache_plugin.keys import cache_key, entity_tag, normalized_query
-from orthanc_cache_plugin.negotiation import (
+from orthanc_cache_plugin.core.keys import cache_key, entity_tag, normalized_query
+from orthanc_cache_plugin.http.negotiation import (
     BAD_ACCEPT,
     JPEG,
     NO_MATCH,
@@ -36,7 +36,7 @@ from orthanc_cache_plugin.negotiation import (
     negotiate_image,
     parse_unsigned,
 )
-from orthanc_cache_plugin.validators import (
+from orthanc_cache_plugin.http.validators import (
     Validators,
     evaluate_preconditions,
     format_http_date,

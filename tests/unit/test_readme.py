@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from orthanc_cache_plugin.settings import SETTINGS
+from orthanc_cache_plugin.core.settings import SETTINGS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 

@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.redis_store, against a real redis-server.
+"""Unit tests of orthanc_cache_plugin.store.redis_backend, against a real redis-server.
 
 Debian's ``redis-server`` (tests/support/redis_server.py) runs on loopback;
 starting one takes a few milliseconds, so each failure test has its own.
@@ -18,9 +18,9 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from orthanc_cache_plugin.data import Entry
-from orthanc_cache_plugin.redis_store import RedisOptions, RedisStore
-from orthanc_cache_plugin.store import Store
+from orthanc_cache_plugin.core.data import Entry
+from orthanc_cache_plugin.store.facade import Store
+from orthanc_cache_plugin.store.redis_backend import RedisOptions, RedisStore
 from support.clock import Clock
 from support.redis_server import RedisServer
 

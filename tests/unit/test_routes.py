@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.routes: the table of cached routes."""
+"""Unit tests of orthanc_cache_plugin.core.routes: the table of cached routes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from orthanc_cache_plugin.routes import (
+from orthanc_cache_plugin.core.routes import (
     ROUTES,
     Answer,
     Level,

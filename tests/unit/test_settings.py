@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.settings."""
+"""Unit tests of orthanc_cache_plugin.core.settings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from orthanc_cache_plugin.settings import (
+from orthanc_cache_plugin.core.settings import (
     SECTION,
     SETTINGS,
     Backend,

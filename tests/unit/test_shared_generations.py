@@ -1,4 +1,4 @@
-"""Generations shared by the nodes of a cluster (freshness.Generations.merge, redis_bus).
+"""Generations shared by the nodes of a cluster (freshness.versions.Generations.merge, cluster.bus).
 
 Pure part, as tables and a seeded simulation: the order of generations, and
 nodes that exchange their updates in any order, repeated or late, end with
@@ -18,8 +18,9 @@ from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import pytest
 
-from orthanc_cache_plugin.data import GenerationUpdate
-from orthanc_cache_plugin.freshness import (
+from orthanc_cache_plugin.cluster.bus import RedisBus, decode, encode, from_hash
+from orthanc_cache_plugin.core.data import GenerationUpdate
+from orthanc_cache_plugin.freshness.versions import (
     GRACE,
     SETTLE,
     Generations,
@@ -27,8 +28,7 @@ from orthanc_cache_plugin.freshness import (
     new_generation,
     newer,
 )
-from orthanc_cache_plugin.redis_bus import RedisBus, decode, encode, from_hash
-from orthanc_cache_plugin.redis_store import RedisOptions, RedisStore
+from orthanc_cache_plugin.store.redis_backend import RedisOptions, RedisStore
 from support.redis_server import RedisServer
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)

@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.sharing: the Cache-Control and Vary sent, and why."""
+"""Unit tests of orthanc_cache_plugin.http.sharing: the Cache-Control and Vary sent, and why."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from orthanc_cache_plugin.sharing import (
+from orthanc_cache_plugin.http.sharing import (
     Access,
     Sharing,
     access_of,

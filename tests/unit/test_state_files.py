@@ -1,11 +1,11 @@
-"""Unit tests of orthanc_cache_plugin.state_files (named strings in state-NAME files)."""
+"""Unit tests of orthanc_cache_plugin.store.state_files (named strings in state-NAME files)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from orthanc_cache_plugin.state_files import StateFiles
+from orthanc_cache_plugin.store.state_files import StateFiles
 
 
 def test_values_are_kept_in_state_files(tmp_path):

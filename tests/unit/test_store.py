@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.store (diskcache-backed, failure tolerant)."""
+"""Unit tests of orthanc_cache_plugin.store.facade (diskcache-backed, failure tolerant)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Dict
 import diskcache
 import pytest
 
-from orthanc_cache_plugin.data import FORMAT, Entry
-from orthanc_cache_plugin.store import Store
+from orthanc_cache_plugin.core.data import FORMAT, Entry
+from orthanc_cache_plugin.store.facade import Store
 from support.clock import Clock
 
 MB = 1024 * 1024

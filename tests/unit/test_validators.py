@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.validators (RFC 9110 sections 5.6.7, 8.8 and 13)."""
+"""Unit tests of orthanc_cache_plugin.http.validators (RFC 9110 sections 5.6.7, 8.8 and 13)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orthanc_cache_plugin.validators import (
+from orthanc_cache_plugin.http.validators import (
     EntityTagCondition,
     Validators,
     caching_headers,

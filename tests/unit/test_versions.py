@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.freshness: versions, generations, writes."""
+"""Unit tests of orthanc_cache_plugin.freshness.versions: versions, generations, writes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orthanc_cache_plugin.freshness import (
+from orthanc_cache_plugin.core.routes import Level
+from orthanc_cache_plugin.freshness.versions import (
     GRACE,
     SETTLE,
     AnnouncedDeletions,
@@ -19,7 +20,6 @@ from orthanc_cache_plugin.freshness import (
     resource_version,
     write_effect,
 )
-from orthanc_cache_plugin.routes import Level
 
 NOW = datetime(2023, 2, 20, 15, 0, 0, 500000, tzinfo=timezone.utc)
 TICK = timedelta(microseconds=1)

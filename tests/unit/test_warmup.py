@@ -1,4 +1,4 @@
-"""Unit tests of orthanc_cache_plugin.warmup with a fake controller."""
+"""Unit tests of orthanc_cache_plugin.cache.warmup with a fake controller."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Callable, List
 
 import pytest
 
-from orthanc_cache_plugin.data import Request
-from orthanc_cache_plugin.routes import Answer, Level
-from orthanc_cache_plugin.warmup import WarmUp, warm_requests
+from orthanc_cache_plugin.cache.warmup import WarmUp, warm_requests
+from orthanc_cache_plugin.core.data import Request
+from orthanc_cache_plugin.core.routes import Answer, Level
 
 WAIT = 5.0  # generous upper bound for thread hand-overs; tests finish far sooner
 

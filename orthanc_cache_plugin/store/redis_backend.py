@@ -24,7 +24,7 @@ to Orthanc, as with any failure) and says so once, with the fix.
 computed at (``LastUpdate`` and the generations, :mod:`.freshness`), which
 the controller compares with the current one (``policy.current``).  The
 nodes sharing the server keep their generations in step through it
-(:mod:`.redis_bus`), and a node that cannot hear the others serves nothing
+(:mod:`..cluster.bus`), and a node that cannot hear the others serves nothing
 from the store until it has joined them again; changes it made meanwhile
 are told through Orthanc's change log, then merged when it joins.  What an
 outage may leave behind is harmless for the same reason: a write sent just
@@ -47,7 +47,7 @@ production share a server without seeing each other's keys, and
 * ``{prefix}c:{digest}``: a node's claim to compute one key at one version
   (:meth:`claim`), for ``LockTimeout`` at most;
 * ``{prefix}g`` and the channel ``{prefix}changes``: the generations the
-  nodes share (:mod:`.redis_bus`);
+  nodes share (:mod:`..cluster.bus`);
 * ``{prefix}i``, ``{prefix}s``, ``{prefix}b``: the plugin's own count of its
   entries (a sorted set of keys by expiry time), their sizes (a hash) and
   their total (a counter), kept by the same scripts that write and delete
@@ -78,8 +78,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Tuple
 
+from ..core.settings import mask_url
 from .disk import Found
-from .settings import mask_url
 
 _NOTHING: Found = (None, None, None)
 

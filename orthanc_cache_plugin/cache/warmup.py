@@ -11,9 +11,9 @@ import queue
 import threading
 from typing import Callable, Optional, Tuple
 
+from ..core.data import Request
+from ..core.routes import Level, routes_of
 from .controller import CacheController
-from .data import Request
-from .routes import Level, routes_of
 
 
 def warm_requests(level: Level, resource_id: str) -> Tuple[Request, ...]:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from typing import Callable, Dict, Mapping, Optional, Union
 
-from .data import Outcome, Reply, Request
-from .keys import literal_query, with_query
+from ..core.data import Outcome, Reply, Request
+from ..core.keys import literal_query, with_query
+from ..core.routes import Answer, Negotiation
 from .negotiation import (
     BAD_ACCEPT,
     DICOM,
@@ -31,7 +32,6 @@ from .negotiation import (
     parse_unsigned,
     representation_of,
 )
-from .routes import Answer, Negotiation
 
 Get = Callable[[str], Union[bytes, int]]
 

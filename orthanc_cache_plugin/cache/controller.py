@@ -3,7 +3,7 @@
 What to do and what to answer is decided in :mod:`.policy`, which has no
 I/O; :class:`CacheController` performs each step it names and hands it what
 was read.  It talks to Orthanc through an :class:`Origin` (implemented in
-:mod:`.orthanc_adapter`, faked in unit tests), to the disk through a
+:mod:`..host.adapter`, faked in unit tests), to the disk through a
 :class:`~.store.Store`, and coalesces concurrent misses (:mod:`.flights`).
 Every reply names its outcome and the reason for it, which the adapter logs.
 """
@@ -15,16 +15,16 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
+from ..core.data import Entry, Fetched, Reply, Request, Version
+from ..core.keys import cache_key, claim_name, entity_tag, normalized_query
+from ..core.settings import Settings
+from ..freshness.versions import SETTLE
+from ..http.negotiation import NotAcceptable, Unsupported, representation_of
+from ..http.sharing import Sharing
+from ..http.validators import Validators, caching_headers, evaluate_preconditions
+from ..store.facade import Store
 from . import policy
-from .data import Entry, Fetched, Reply, Request, Version
 from .flights import Flight, Flights
-from .freshness import SETTLE
-from .keys import cache_key, claim_name, entity_tag, normalized_query
-from .negotiation import NotAcceptable, Unsupported, representation_of
-from .settings import Settings
-from .sharing import Sharing
-from .store import Store
-from .validators import Validators, caching_headers, evaluate_preconditions
 
 
 class Origin(Protocol):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import List, Mapping, Optional, Tuple
 
-from .routes import Negotiation, Route
+from ..core.routes import Negotiation, Route
 
 PNG = "image/png"
 JPEG = "image/jpeg"

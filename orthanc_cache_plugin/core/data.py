@@ -2,7 +2,7 @@
 
 Kept in one module that imports nothing of the package but the route
 table, so that any module may use them without depending on another's
-logic (memory.py and store.py, controller.py and plain_answers.py...).
+logic (store/memory.py and store/facade.py, cache/controller.py and http/plain_answers.py...).
 """
 
 from __future__ import annotations

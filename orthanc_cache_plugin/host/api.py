@@ -1,7 +1,7 @@
 """Calls into Orthanc: its REST API as a plugin sees it, and its log.
 
-One of the three modules that import ``orthanc`` (with :mod:`.orthanc_adapter`,
-which registers the callbacks, and :mod:`.orthanc_changes`, which follows
+One of the three modules that import ``orthanc`` (with :mod:`.adapter`,
+which registers the callbacks, and :mod:`.changes`, which follows
 changes).  Every call of the package goes through here, so that a failed
 call always comes back as the same value, Orthanc's error code, and every
 log line carries the same prefix (operators grep for it) and none holds a
@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence, Tuple, Union
 
 import orthanc
 
-from .settings import redact
+from ..core.settings import redact
 
 LOG_PREFIX = "cache plugin: "
 

@@ -43,9 +43,9 @@ from enum import Enum
 from functools import lru_cache
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
-from .data import GenerationUpdate, Version
-from .routes import Level
-from .validators import parse_orthanc_timestamp
+from ..core.data import GenerationUpdate, Version
+from ..core.routes import Level
+from ..http.validators import parse_orthanc_timestamp
 
 #: User-defined metadata written then removed to log a deletion in /changes.
 MARKER_METADATA = 65011
@@ -69,7 +69,7 @@ def new_generation(moment: datetime) -> str:
 
 def _seconds(generation: str) -> float:
     """A generation's date as a number, -1 for the empty one: what orders generations
-    here and in the shared store's merge script (``redis_store._MERGE``: Lua's numbers
+    here and in the shared store's merge script (``store.redis_backend._MERGE``: Lua's numbers
     are the same doubles, which tell microseconds apart for dates of this era)."""
     match = _GENERATION.fullmatch(generation)
     return float(match.group(1)) if match else -1.0

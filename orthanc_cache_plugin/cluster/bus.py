@@ -23,7 +23,7 @@ While a node does not hear the channel (not yet joined, connection lost,
 no answer to its pings), it serves nothing from the store: the owner holds
 every version unsettled (:meth:`.freshness.Generations.hold`).  A node
 whose publication fails tells the others through Orthanc's change log
-instead (:mod:`.orthanc_changes`), as nodes with separate stores do.
+instead (:mod:`..host.changes`), as nodes with separate stores do.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .data import GenerationUpdate
-from .redis_store import RedisStore
+from ..core.data import GenerationUpdate
+from ..store.redis_backend import RedisStore
 
 #: The hash's field holding the base generation (resource ids have no spaces).
 BASE_FIELD = " base"

@@ -1,6 +1,6 @@
-"""How this node learns of changes that LastUpdate does not show (see freshness.py).
+"""How this node learns of changes that LastUpdate does not show (see freshness/versions.py).
 
-One of the three modules importing ``orthanc`` (see :mod:`.orthanc_api`): it
+One of the three modules importing ``orthanc`` (see :mod:`.api`): it
 registers the change, incoming-request and stored-instance callbacks.
 """
 
@@ -15,8 +15,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import orthanc
 
-from .data import GenerationUpdate
-from .freshness import (
+from ..cluster.bus import RedisBus
+from ..core.data import GenerationUpdate
+from ..core.routes import Level
+from ..freshness.versions import (
     GRACE,
     LOGGED_HIDDEN_CHANGES,
     MARKER_METADATA,
@@ -27,7 +29,8 @@ from .freshness import (
     WriteEffect,
     write_effect,
 )
-from .orthanc_api import (
+from ..store.facade import Store
+from .api import (
     error_without_prefix,
     get,
     get_after_plugins,
@@ -36,9 +39,6 @@ from .orthanc_api import (
     touch_and_undo,
     warn,
 )
-from .redis_bus import RedisBus
-from .routes import Level
-from .store import Store
 from .thread_states import keep_thread_state
 
 
@@ -119,7 +119,7 @@ def _describe(level: Level, resource_id: str) -> Dict[str, Any]:
 
 
 class ChangeWatch:
-    """Keeps this node's generations up to date (see freshness.py).
+    """Keeps this node's generations up to date (see freshness/versions.py).
 
     Three sources: the incoming-request filter announces HTTP writes before
     they run, for the resources each one touches (:func:`.freshness.write_effect`);
@@ -131,7 +131,7 @@ class ChangeWatch:
 
     With a store that nodes share (Redis), a fourth: every change of the
     generations is published to the other nodes, and theirs merged
-    (:mod:`.redis_bus`); markers are then written only when a publication
+    (:mod:`..cluster.bus`); markers are then written only when a publication
     failed.
     """
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Dict, List, Optional, Pattern, Tuple
 
-from .data import Figures, Outcome, Reply
-from .plain_answers import JSON_TYPE
-from .routes import Level
-from .statistics import Statistics
-from .store import Store
+from ..core.data import Figures, Outcome, Reply
+from ..core.routes import Level
+from ..core.statistics import Statistics
+from ..http.plain_answers import JSON_TYPE
+from ..store.facade import Store
 
 _LEVELS = "(%s)" % "|".join(level.value for level in Level)
 

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Dict, List, NamedTuple, Optional, Set
 
-from .data import Entry
+from ..core.data import Entry
 
 
 class _Kept(NamedTuple):

@@ -14,7 +14,7 @@ the facade the rest of the plugin uses; it combines
 * small named strings in files beside the entries (:class:`.state_files.StateFiles`).
 
 With ``redis`` options (the setting ``Backend: redis``), a Redis or Valkey
-server (:class:`.redis_store.RedisStore`, the same surface and the same
+server (:class:`.redis_backend.RedisStore`, the same surface and the same
 failure handling) takes the disk's place; the memory front mirrors it as it
 mirrors the disk, and the state files stay in ``directory``: they belong to
 the node.
@@ -26,11 +26,11 @@ import os
 import time
 from typing import Callable, Optional, Union
 
-from . import __version__
-from .data import FORMAT, Entry
+from .. import __version__
+from ..core.data import FORMAT, Entry
 from .disk import DiskStore
 from .memory import HotEntries
-from .redis_store import RedisOptions, RedisStore
+from .redis_backend import RedisOptions, RedisStore
 from .state_files import StateFiles
 
 #: The small value (Store.get_value) naming what computed the stored answers.

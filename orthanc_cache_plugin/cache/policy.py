@@ -28,10 +28,10 @@ from datetime import timedelta
 from enum import Enum
 from typing import Mapping, Optional, Union
 
-from .data import Entry, Fetched, Outcome
-from .routes import Answer, Route
-from .settings import Settings
-from .validators import Evaluation, parse_if_none_match
+from ..core.data import Entry, Fetched, Outcome
+from ..core.routes import Answer, Route
+from ..core.settings import Settings
+from ..http.validators import Evaluation, parse_if_none_match
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The thin layer between Orthanc's Python plugin and the cache.
 
-One of the three modules importing ``orthanc`` (see :mod:`.orthanc_api`): it
+One of the three modules importing ``orthanc`` (see :mod:`.api`): it
 registers one REST callback per route of :data:`.routes.ROUTES` and of the
 admin API (:mod:`.admin`), turns Orthanc's callback arguments into a
 :class:`.data.Request`, sends the :class:`.data.Reply` back, forwards other
@@ -18,14 +18,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import orthanc
 
-from . import __version__
-from .admin import AdminApi
-from .clean_exit import avoid_plugin_teardown
-from .controller import CacheController
-from .data import Fetched, Figures, Outcome, Reply, Request, Version
-from .freshness import resource_version
-from .negotiation import JPEG, PAM, jpeg_quality, pam_image
-from .orthanc_api import (
+from .. import __version__
+from ..cache.admin import AdminApi
+from ..cache.controller import CacheController
+from ..cache.warmup import WarmUp, warm_requests
+from ..core.data import Fetched, Figures, Outcome, Reply, Request, Version
+from ..core.routes import ROUTES, Level, Route
+from ..core.settings import Backend, Settings, SettingsError, load_settings
+from ..core.statistics import Statistics
+from ..freshness.versions import resource_version
+from ..http.negotiation import JPEG, PAM, jpeg_quality, pam_image
+from ..http.plain_answers import JSON_TYPE, PlainOrthanc
+from ..http.sharing import Access, Sharing, access_of, describe as describe_sharing, sharing
+from ..store.facade import COMPUTED_BY, Store, computed_by
+from ..store.redis_backend import RedisOptions
+from .api import (
     error as _error,
     get as _get,
     get_json as _get_json,
@@ -34,7 +41,7 @@ from .orthanc_api import (
     post as _post,
     warn as _warn,
 )
-from .orthanc_changes import (
+from .changes import (
     HIDDEN_CHANGE_EVENTS,
     ChangeWatch,
     Lineage,
@@ -45,15 +52,8 @@ from .orthanc_changes import (
     watch_stored_instances,
     watch_writes,
 )
-from .plain_answers import JSON_TYPE, PlainOrthanc
-from .redis_store import RedisOptions
-from .routes import ROUTES, Level, Route
-from .settings import Backend, Settings, SettingsError, load_settings
-from .sharing import Access, Sharing, access_of, describe as describe_sharing, sharing
-from .statistics import Statistics
-from .store import COMPUTED_BY, Store, computed_by
+from .clean_exit import avoid_plugin_teardown
 from .thread_states import keep_thread_state
-from .warmup import WarmUp, warm_requests
 
 
 def _reencode(png: bytes, representation: str, arguments: Mapping[str, str],

@@ -1,0 +1,2 @@
+"""What version of a resource an answer belongs to: generations, ``LastUpdate``
+and the settle window, decided as pure functions of what was read."""
