@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
-from ..core.data import Entry, Fetched, Reply, Request, Version
+from ..core.data import UNKNOWN_IDENTITY, Entry, Fetched, Identity, Reply, Request, Version
 from ..core.keys import cache_key, claim_name, entity_tag, normalized_query
 from ..core.settings import Settings
 from ..freshness.versions import SETTLE
@@ -57,15 +57,15 @@ class _Job(NamedTuple):  # a tuple: built on every request, faster than a frozen
 class CacheController:
     """Serves GETs of cached routes from the store, Orthanc and validators."""
 
-    def __init__(self, settings: Settings, store: Store, origin: Origin, salt: str = "",
-                 sharing: Optional[Sharing] = None, clock: Callable[[], datetime] = _utcnow):
+    def __init__(self, settings: Settings, store: Store, origin: Origin,
+                 identity: Identity = UNKNOWN_IDENTITY, sharing: Optional[Sharing] = None,
+                 clock: Callable[[], datetime] = _utcnow):
         self.settings = settings
         self.store = store
         self.origin = origin
-        #: What else shapes every answer (Orthanc's version...); see keys.entity_tag.
-        self.salt = salt
-        #: The running Orthanc's ``ApiVersion``: Accept is read as that version reads it.
-        self.api_version = 16
+        #: The running Orthanc (its salt, and its ApiVersion: Accept is read as that
+        #: version reads it); replaced whole once known.
+        self.identity = identity
         #: The Cache-Control and Vary of every answer (sharing.py); replaced whole when a
         #: script registers a request filter.
         self.sharing = sharing if sharing is not None else Sharing(settings.cache_control)
@@ -83,7 +83,8 @@ class CacheController:
         if version is None:
             return self.origin.plain_answer(request, "unknown resource")
         try:
-            representation = representation_of(request.route, request.headers, self.api_version)
+            representation = representation_of(request.route, request.headers,
+                                               self.identity.api_version)
         except (NotAcceptable, Unsupported) as refusal:
             return self.origin.plain_answer(request, str(refusal))
         query = normalized_query(request.arguments)
@@ -92,7 +93,8 @@ class CacheController:
         if not version.settled:
             return self._serve_unsettled(job, now)
 
-        validators = Validators(entity_tag(self.salt, job.key, version.token), version.modified)
+        validators = Validators(entity_tag(self.identity.salt, job.key, version.token),
+                                version.modified)
         headers = self._headers(request, validators, now)
         precondition = evaluate_preconditions(request.headers, validators, now)
         sent = policy.etag_sent(request.headers, validators.etag)
@@ -208,7 +210,7 @@ class CacheController:
         if fetched is None:
             return self.origin.plain_answer(job.request, policy.ORTHANC_ERROR)
         digest = hashlib.blake2b(fetched.body, digest_size=16).hexdigest()
-        etag = entity_tag(self.salt, job.key, job.version.token + "|" + digest)
+        etag = entity_tag(self.identity.salt, job.key, job.version.token + "|" + digest)
         modified = None
         if job.version.modified is not None:
             modified = min(job.version.modified, now.replace(microsecond=0)) - timedelta(seconds=1)
@@ -245,7 +247,7 @@ class CacheController:
     def _stamp(self, version: Version) -> str:
         """What a stored entry must carry to be current: the resource's version, and
         the salt (an entry computed by another Orthanc version is never served)."""
-        return self.salt + "|" + version.token
+        return self.identity.salt + "|" + version.token
 
     def _headers(self, request: Request, validators: Validators, now: datetime) -> Dict[str, str]:
         sharing = self.sharing

@@ -116,6 +116,23 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """What the running Orthanc is, as far as answers depend on it: read once Orthanc
+    answers REST calls (``/system``), then shared by everything that needs it."""
+
+    #: What else shapes every answer (Orthanc's version, the plugin's, the format);
+    #: salts entity-tags and stamps entries (see keys.entity_tag).
+    salt: str = ""
+    #: Orthanc's ``ApiVersion``: selects the rules that changed between versions (Accept,
+    #: arguments, error details); 16 is Orthanc 1.10's.
+    api_version: int = 16
+
+
+#: Until Orthanc answers REST calls.
+UNKNOWN_IDENTITY = Identity()
+
+
+@dataclass(frozen=True)
 class Version:
     """State of a resource as far as its cached answers are concerned.
 

@@ -20,9 +20,10 @@ import orthanc
 
 from .. import __version__
 from ..cache.admin import AdminApi
+from ..cache.changes import ChangeWatch, Watchers
 from ..cache.controller import CacheController
 from ..cache.warmup import WarmUp, warm_requests
-from ..core.data import Fetched, Figures, Outcome, Reply, Request, Version
+from ..core.data import Fetched, Figures, Identity, Outcome, Reply, Request, Version
 from ..core.routes import ROUTES, Level, Route
 from ..core.settings import Backend, Settings, SettingsError, load_settings
 from ..core.statistics import Statistics
@@ -43,8 +44,8 @@ from .api import (
 )
 from .changes import (
     HIDDEN_CHANGE_EVENTS,
-    ChangeWatch,
-    Lineage,
+    LEVELS,
+    OrthancIndex,
     keep_alive,
     notice_filters,
     stop_watching_changes,
@@ -124,6 +125,19 @@ class OrthancOrigin:
     def plain_answer(self, request: Request, reason: str) -> Reply:
         return self.plain.answer(request, reason)
 
+    def forward(self, request: Request, method: str, body: bytes) -> Reply:
+        """Hand a POST, PUT or DELETE to Orthanc's own route, as if the plugin were absent."""
+        if method not in request.route.other_methods:
+            allowed = ",".join(("GET",) + request.route.other_methods)
+            return Reply(405, Outcome.PASS, method + " not allowed", headers={"Allow": allowed})
+        result = _post(request.uri, body)
+        if not isinstance(result, bytes):
+            return self.plain.error(request, result, method)
+        if result[:4] == b"PK\x03\x04":  # a synchronous archive
+            return Reply(200, Outcome.PASS, "forwarded " + method, "application/zip", result,
+                         self.plain.extra_headers(request, ""))
+        return Reply(200, Outcome.PASS, "forwarded " + method, JSON_TYPE, result)
+
 
 #: Whether RestOutput.SendHttpStatus takes (status, text, length), as up to
 #: plugin 4.1, rather than (status, body bytes); learnt from the first call.
@@ -170,9 +184,11 @@ class CachePlugin:
         self.store = Store(settings.directory, settings.maximum_size_bytes, settings.expiration,
                            warn=_warn, memory=settings.memory_size_bytes,
                            redis=_redis_options(settings))
-        self.changes = ChangeWatch(self.store, on_tick=self.on_tick,
-                                   admin_prefix=settings.admin_prefix,
-                                   housekeeper=_housekeeper_enabled(configuration))
+        index = OrthancIndex()
+        self.watchers = Watchers(self.store, index, self.on_tick, _info, _warn,
+                                 admin_prefix=settings.admin_prefix,
+                                 housekeeper=_housekeeper_enabled(configuration))
+        self.changes = self.watchers.watch
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True), self.changes)
         #: How Orthanc decides access (sharing.Access), completed as filters are registered.
         self.access = replace(access_of(configuration), lua_filter=_lua_filter(configuration))
@@ -181,12 +197,12 @@ class CachePlugin:
         self.controller = CacheController(settings, self.store, self.origin,
                                           sharing=self._sharing())
         self.statistics = Statistics()
-        self._salt_lock = threading.Lock()
+        self._identity_lock = threading.Lock()
         self.warm_up = WarmUp(self.controller, settings.warm_up_queue_size, _info, _warn) \
             if settings.warm_up else None
         self.admin = AdminApi(settings.admin_prefix, self.store, self.statistics,
                               figures=self.figures, configuration=settings.as_configuration,
-                              exists=_exists, descendants=Lineage.descendants,
+                              exists=_exists, descendants=self.changes.lineage.descendants,
                               warm=self._warm, warn=_warn)
 
     def _sharing(self) -> Sharing:
@@ -207,29 +223,15 @@ class CachePlugin:
         """Say which Cache-Control and Vary cached routes send, and why."""
         _warn(describe_sharing(self.settings.cache_control, self.controller.sharing))
 
-    def _ensure_salt(self) -> None:
-        # Orthanc refuses REST calls while plugins load, so the version that
-        # salts entity-tags is read once it runs.
-        if self.controller.salt:
+    def _ensure_identity(self) -> None:
+        # Orthanc refuses REST calls while plugins load, so what the running Orthanc
+        # is (which salts entity-tags) is read once it runs, once.
+        if self.controller.identity.salt:
             return
-        with self._salt_lock:
-            if not self.controller.salt:
-                system = _get_json("/system")
-                salt = computed_by(str(system.get("Version")))
-                # Output formats change between Orthanc versions: entries of
-                # another version never match (see CacheController._stamp);
-                # removing them frees their room at once.  Not from a store that
-                # nodes share: a node new to it (or upgraded first) would empty it
-                # for the others; their entries expire or are evicted instead.
-                if self.store.get_value(COMPUTED_BY) != salt:
-                    removed = self.store.clear() if self.store.shared is None else 0
-                    self.store.set_value(COMPUTED_BY, salt)
-                    if removed:
-                        _warn("%d stored answers removed: computed by another version "
-                              "(now %s)" % (removed, salt))
-                self.origin.plain.api_version = int(system.get("ApiVersion", 0))
-                self.controller.api_version = self.origin.plain.api_version
-                self.controller.salt = salt
+        with self._identity_lock:
+            if not self.controller.identity.salt:
+                identity = _identity(self.store)
+                self.controller.identity = self.origin.plain.identity = identity
 
     def handler(self, route: Route) -> Callable[..., None]:
         """The REST callback of one route."""
@@ -253,10 +255,10 @@ class CachePlugin:
         request = Request(route, tuple(call["groups"]), uri, call.get("get") or {},
                           call.get("headers") or {})
         if call["method"] != "GET":
-            reply = self.forward(request, call["method"], call.get("body") or b"")
+            reply = self.origin.forward(request, call["method"], call.get("body") or b"")
         else:
             try:
-                self._ensure_salt()
+                self._ensure_identity()
                 reply = self.controller.serve(request)
             except Exception as error:  # the cache must never turn an answer into a 500
                 _warn("%s while serving %s: %s; answered without the cache"
@@ -268,19 +270,6 @@ class CachePlugin:
         if self.settings.cache_status_header:
             reply.headers[self.settings.cache_status_header] = reply.outcome.value
         send(output, reply)
-
-    def forward(self, request: Request, method: str, body: bytes) -> Reply:
-        """Hand a POST, PUT or DELETE to Orthanc's own route, as if the plugin were absent."""
-        if method not in request.route.other_methods:
-            allowed = ",".join(("GET",) + request.route.other_methods)
-            return Reply(405, Outcome.PASS, method + " not allowed", headers={"Allow": allowed})
-        result = _post(request.uri, body)
-        if not isinstance(result, bytes):
-            return self.origin.plain.error(request, result, method)
-        if result[:4] == b"PK\x03\x04":  # a synchronous archive
-            return Reply(200, Outcome.PASS, "forwarded " + method, "application/zip", result,
-                         self.origin.plain.extra_headers(request, ""))
-        return Reply(200, Outcome.PASS, "forwarded " + method, JSON_TYPE, result)
 
     def on_tick(self) -> None:
         """Periodic work of the change-watch thread, off the request path."""
@@ -307,7 +296,7 @@ class CachePlugin:
         self._in_callback(self._administer, output, uri, call)
 
     def _administer(self, output: Any, uri: str, call: Dict[str, Any]) -> None:
-        self._ensure_salt()  # before a warm-up stores anything
+        self._ensure_identity()  # before a warm-up stores anything
         send(output, self.admin.answer(call["method"], uri))
 
     def shutdown(self) -> None:
@@ -319,7 +308,7 @@ class CachePlugin:
         Orthanc 1.13.0 with Python 3.14).
         """
         stop_watching_changes()
-        self.changes.stop()
+        self.watchers.stop()
         if self.warm_up is not None:
             self.warm_up.stop()
         self.store.close()
@@ -329,14 +318,32 @@ class CachePlugin:
         keep_thread_state()
         self.changes.forget_updates()  # a new or deleted resource may move a LastUpdate
         if change_type in HIDDEN_CHANGE_EVENTS:
-            self.changes.after_change(change_type, level, resource_id)
+            self.changes.after_change(HIDDEN_CHANGE_EVENTS[change_type], LEVELS.get(level),
+                                      resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
-            self._ensure_salt()
-            self.changes.start()
+            self._ensure_identity()
+            self.watchers.start()
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             self.shutdown()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
             self.warm_up.submit(_STABLE_LEVELS[change_type], resource_id)
+
+
+def _identity(store: Store) -> Identity:
+    """What the running Orthanc is; entries that another version computed are removed."""
+    system = _get_json("/system")
+    salt = computed_by(str(system.get("Version")))
+    # Output formats change between Orthanc versions: entries of another version never
+    # match (see CacheController._stamp); removing them frees their room at once.  Not
+    # from a store that nodes share: a node new to it (or upgraded first) would empty it
+    # for the others; their entries expire or are evicted instead.
+    if store.get_value(COMPUTED_BY) != salt:
+        removed = store.clear() if store.shared is None else 0
+        store.set_value(COMPUTED_BY, salt)
+        if removed:
+            _warn("%d stored answers removed: computed by another version (now %s)"
+                  % (removed, salt))
+    return Identity(salt, int(system.get("ApiVersion", 0)))
 
 
 def _redis_options(settings: Settings) -> Optional[RedisOptions]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Dict, Mapping, Optional, Union
 
-from ..core.data import Outcome, Reply, Request
+from ..core.data import UNKNOWN_IDENTITY, Identity, Outcome, Reply, Request
 from ..core.keys import literal_query, with_query
 from ..core.routes import Answer, Negotiation
 from .negotiation import (
@@ -151,12 +151,16 @@ def _status_only(status: int, reason: str, headers: Optional[Dict[str, str]] = N
 class PlainOrthanc:
     """Answers a request exactly as Orthanc alone would, when the cache steps aside."""
 
-    def __init__(self, get: Get, describe_errors: bool, api_version: int = 16):
+    def __init__(self, get: Get, describe_errors: bool, identity: Identity = UNKNOWN_IDENTITY):
         self._get = get
         self._describe_errors = describe_errors
-        #: The running Orthanc's ``ApiVersion`` (``/system``), which selects the
-        #: rules that changed between versions; set once Orthanc answers REST calls.
-        self.api_version = api_version
+        #: The running Orthanc, whose ``ApiVersion`` selects the rules that changed
+        #: between versions; replaced whole once Orthanc answers REST calls.
+        self.identity = identity
+
+    @property
+    def api_version(self) -> int:
+        return self.identity.api_version
 
     def uri_with(self, uri: str, arguments: Mapping[str, str]) -> str:
         """``uri`` with GET ``arguments`` (as the plugin received them), for ``RestApiGet``."""

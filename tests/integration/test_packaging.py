@@ -76,9 +76,10 @@ def test_a_wheel_installed_in_a_virtual_environment_runs_in_orthanc(
                                                   % version).decode("utf-8"))
     packaged = {name.split("/")[0] for name in names}
     assert packaged == {"orthanc_cache_plugin", "orthanc_cache_plugin-%s.dist-info" % version}
-    modules = sorted(name.split("/")[1] for name in names
-                     if name.startswith("orthanc_cache_plugin/"))
-    assert modules == sorted(path.name for path in (source / "orthanc_cache_plugin").glob("*.py"))
+    # Every module of every layer (subpackage), and nothing else.
+    modules = sorted(name for name in names if name.startswith("orthanc_cache_plugin/"))
+    assert modules == sorted(path.relative_to(source).as_posix()
+                             for path in (source / "orthanc_cache_plugin").rglob("*.py"))
     assert metadata["Name"] == NAME and metadata["Version"] == version
     assert metadata["License"] == "AGPL-3.0-or-later"
     assert metadata["Requires-Python"] == ">=3.9"

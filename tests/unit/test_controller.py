@@ -14,7 +14,7 @@ import pytest
 from orthanc_cache_plugin.cache.controller import CacheController
 from orthanc_cache_plugin.cache.flights import Flights
 from orthanc_cache_plugin.core import statistics
-from orthanc_cache_plugin.core.data import Fetched, Outcome, Reply, Request, Version
+from orthanc_cache_plugin.core.data import Fetched, Identity, Outcome, Reply, Request, Version
 from orthanc_cache_plugin.core.keys import cache_key, entity_tag
 from orthanc_cache_plugin.core.settings import load_settings
 from orthanc_cache_plugin.freshness.versions import SETTLE
@@ -78,7 +78,7 @@ def origin() -> FakeOrigin:
 
 def make_controller(tmp_path, store, origin, sharing=None, **overrides) -> CacheController:
     settings = load_settings({}, dict({"directory": str(tmp_path / "unused")}, **overrides))
-    return CacheController(settings, store, origin, salt=SALT, sharing=sharing,
+    return CacheController(settings, store, origin, Identity(SALT), sharing=sharing,
                            clock=lambda: NOW)
 
 
@@ -186,7 +186,7 @@ def test_outdated_version_is_refetched_and_replaced(controller, origin, store):
     # the store never holds two versions of one key
     assert store.count() == 1
     assert store.get(cache_key("/studies/st/shared-tags", "", "")).version == \
-        controller.salt + "|20230220T150000"
+        controller.identity.salt + "|20230220T150000"
 
     again = controller.serve(request)
     assert again.outcome == "HIT" and again.body == new.body
@@ -384,7 +384,7 @@ def test_an_answer_stored_by_another_orthanc_version_is_not_served(controller, o
     request = make_request("/studies/st/shared-tags")
     controller.serve(request)
     assert controller.serve(request).outcome == "HIT"
-    controller.salt = controller.salt.replace("1.10.1", "1.13.0")
+    controller.identity = Identity(controller.identity.salt.replace("1.10.1", "1.13.0"))
     again = check_reply(controller.serve(request))
     assert (again.outcome, len(origin.fetches)) == ("STALE-REFRESHED", 2)
     assert controller.serve(request).outcome == "HIT"
@@ -397,7 +397,7 @@ def test_binary_not_stored_when_store_binary_is_off(controller, origin, store):
     assert "StoreBinary" in first.reason
     marker = store.get(cache_key(uri, "", ""))
     assert marker is not None and marker.body is None
-    assert marker.version == controller.salt + "|20230220T140000"
+    assert marker.version == controller.identity.salt + "|20230220T140000"
     assert marker.content_type == "application/zip"
 
     second = check_reply(controller.serve(make_request(uri)))
@@ -647,7 +647,7 @@ def test_a_settled_etag_differs_from_the_unsettled_one(controller, origin):
 def test_warm_waits_for_the_version_to_settle(tmp_path, store, origin):
     naps = []
     settings = load_settings({}, {"directory": str(tmp_path / "unused")})
-    controller = CacheController(settings, store, origin, salt=SALT, clock=lambda: NOW)
+    controller = CacheController(settings, store, origin, Identity(SALT), clock=lambda: NOW)
     origin.set("st", "t", modified=NOW, settled=False)
     assert controller.warm(make_request("/studies/st/shared-tags"),
                            lambda seconds: (naps.append(seconds),

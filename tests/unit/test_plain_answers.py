@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
+from orthanc_cache_plugin.core.data import Identity
 from orthanc_cache_plugin.http.plain_answers import JSON_TYPE, PlainOrthanc, error_body
 from support.request_factory import make_request
 
@@ -362,7 +363,7 @@ def test_content_disposition_follows_the_running_version(api_version, uri, argum
                                                          disposition):
     info = json.dumps({"Uuid": "3fe75e12-7b3e-44e6-986a-1d21959e42db"})
     get = FakeOrthanc({"/instances/%s/attachments/dicom/info" % MONO16: info.encode()})
-    plain = PlainOrthanc(get, True, api_version)
+    plain = PlainOrthanc(get, True, Identity(api_version=api_version))
     representation = "application/dicom" if uri.endswith("/file") else ""
     headers = plain.extra_headers(make_request(uri, arguments), representation)
     assert headers.get("Content-Disposition") == (
@@ -547,7 +548,7 @@ def test_rgb_source_on_integer_image_route_is_415():
 # Seen on Orthanc 1.10.1 (ApiVersion 16), 1.12.7 (27) and 1.13.0 (31).
 
 def _versioned(api_version: int, uri: str, get: FakeOrthanc, arguments=None, headers=None):
-    plain = PlainOrthanc(get, True, api_version)
+    plain = PlainOrthanc(get, True, Identity(api_version=api_version))
     return plain.answer(make_request(uri, arguments, headers), "test")
 
 
@@ -660,8 +661,8 @@ def test_unsupported_media_type_code_is_a_415_without_body():
 ])
 def test_forwarded_arguments_follow_the_running_version(api_version, arguments, forwarded):
     uri = "/instances/%s/tags" % MONO16
-    assert PlainOrthanc(FakeOrthanc(), True, api_version).uri_with(uri, arguments) == \
-        uri + forwarded
+    plain = PlainOrthanc(FakeOrthanc(), True, Identity(api_version=api_version))
+    assert plain.uri_with(uri, arguments) == uri + forwarded
 
 
 @pytest.mark.parametrize("api_version, value, expected", [
