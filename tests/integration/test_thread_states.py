@@ -4,7 +4,7 @@ The Python plugin gives every callback a fresh Python thread state, so
 ``threading.local`` data is lost between two requests served by the same
 Orthanc thread; after ``keep_thread_state()`` it survives (and no state is
 allocated per callback any more, the speed-up measured in
-docs/performance.md).  A probe route counts its calls in a
+bench/HISTORY.md).  A probe route counts its calls in a
 ``threading.local``: one keep-alive connection is served by one thread.
 """
 
