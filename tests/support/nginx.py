@@ -13,42 +13,33 @@ directory. The harness wraps it in a main configuration that sends every log
 and temporary file to the directory and defines the access log format
 ``harness``, which shows ``$upstream_cache_status`` (see :data:`ACCESS_LOG`).
 
-No process is left behind. By default nginx runs as a single process
-(``master_process off``), which gets SIGKILL if the test process dies
-(parent-death signal). With ``master_process=True`` it runs as in production,
-a master and one worker (``user root;`` when the tests run as root); its whole
-process group is killed by :meth:`NginxServer.stop` and at interpreter exit,
-but a worker would outlive a SIGKILL of the test process.
+No process is left behind (:mod:`support.process` runs it). By default nginx
+runs as a single process (``master_process off``), which gets SIGKILL if the
+test process dies (parent-death signal). With ``master_process=True`` it runs
+as in production, a master and one worker (``user root;`` when the tests run as
+root); its whole process group is killed by :meth:`NginxServer.stop` and at
+interpreter exit, but a worker would outlive a SIGKILL of the test process.
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Sequence
 
 import requests
 
-from support.orthanc_server import free_port
+from support.process import ManagedProcess, ProcessStartError, Server, tcp_accepts
 
 NGINX_BINARY = os.environ.get("NGINX_BINARY", "/usr/sbin/nginx")
 
 #: Fields of the harness's access log lines, in order: ``key=value`` separated by tabs.
 ACCESS_LOG = ("method", "uri", "status", "cache", "upstream_status", "user")
-
-_PORT_IN_USE = "Address already in use"
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_running: Set[NginxServer] = set()
 
 _MAIN_CONFIGURATION = """\
 # Written by tests/support/nginx.py.
@@ -78,20 +69,15 @@ http {{
 """
 
 
-class NginxStartError(RuntimeError):
+class NginxStartError(ProcessStartError):
     """nginx is missing, exited during start-up, or did not accept connections in time."""
-
-
-def _die_with_parent() -> None:
-    """Child pre-exec hook: have Linux SIGKILL nginx if the test process dies."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _indent(text: str, prefix: str = "    ") -> str:
     return "".join(prefix + line if line.strip() else line for line in text.splitlines(True))
 
 
-class NginxServer:
+class NginxServer(Server):
     """A real nginx process serving ``site`` (``http``-context configuration) on 127.0.0.1.
 
     Usable as a context manager (``with NginxServer(site) as proxy: ...``).
@@ -101,10 +87,13 @@ class NginxServer:
         """Prepare (not start) a server; ``site`` may use ``@PORT@`` and ``@PREFIX@``."""
         self.site = site
         self.master_process = master_process
-        self.start_timeout = start_timeout
-        self.port = free_port()
         self.workdir: Optional[Path] = None  # created by start(), removed by stop()
-        self.process: Optional[subprocess.Popen] = None
+        # Graceful shutdown is SIGQUIT; the group (workers, cache manager) is killed after.
+        self.managed = ManagedProcess(
+            "nginx", self._command, tcp_accepts, start_timeout=start_timeout,
+            poll_interval=0.02, stop_signal=signal.SIGQUIT, stop_timeout=5, kill_group=True,
+            parent_death_kill=not master_process, diagnostics=self.error_log,
+            error=NginxStartError, at_exit=lambda: self.stop(timeout=0))
         self.session = requests.Session()
         self.session.trust_env = False  # never route 127.0.0.1 through an HTTP proxy
         self._logs = {"access.log": "", "error.log": "", "nginx.out": ""}  # kept after stop()
@@ -115,11 +104,6 @@ class NginxServer:
     def url(self) -> str:
         """Base URL, without trailing slash."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def is_running(self) -> bool:
-        """True while the nginx (master) process is alive."""
-        return self.process is not None and self.process.poll() is None
 
     @property
     def configuration(self) -> str:
@@ -146,16 +130,9 @@ class NginxServer:
             self.workdir = Path(tempfile.mkdtemp(prefix="orthanc-test-nginx-"))
             for folder in ("temp", "logs"):
                 (self._workdir / folder).mkdir()
-            for attempt in range(1, 4):  # another process may grab our free port
-                self._launch()
-                try:
-                    self._wait_ready()
-                    break
-                except NginxStartError:
-                    self._kill()
-                    if attempt == 3 or _PORT_IN_USE not in self.error_log():
-                        raise
-                    self.port = free_port()
+            self.managed.cwd = self.workdir
+            self.managed.log_path = self.workdir / "nginx.out"
+            self.managed.start()
         except BaseException:
             self.stop()
             raise
@@ -164,27 +141,12 @@ class NginxServer:
     def stop(self, timeout: float = 5) -> None:
         """Graceful shutdown (SIGQUIT), SIGKILL after ``timeout``; remove the directory."""
         self.session.close()
-        if self.is_running:
-            assert self.process is not None
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self._kill()
+        self.managed.stop(timeout)
         if self.workdir is not None:
             for name in self._logs:
                 self._logs[name] = self._read(name)
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-    def __enter__(self) -> NginxServer:
-        if not self.is_running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- HTTP -------------------------------------------------------------
 
@@ -244,50 +206,12 @@ class NginxServer:
         path = self.workdir / name
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
-    def _launch(self) -> None:
+    def _command(self, port: int) -> Sequence[str]:
+        """Write the configuration for ``port`` (:attr:`port` already is), clear the last
+        run's pid file and error log; the command line."""
         config_path = self._workdir / "nginx.conf"
         config_path.write_text(self.configuration, encoding="utf-8")
         for stale in ("nginx.pid", "error.log"):
             (self._workdir / stale).unlink(missing_ok=True)
-        command = [NGINX_BINARY, "-c", str(config_path), "-p", str(self._workdir) + "/",
-                   "-e", str(self._workdir / "error.log"), "-g", "daemon off;"]
-        with (self._workdir / "nginx.out").open("ab") as out:
-            self.process = subprocess.Popen(
-                command, cwd=self._workdir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=None if self.master_process else _die_with_parent)
-        _running.add(self)
-
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise NginxStartError(f"nginx exited with code {self.process.returncode} during "
-                                      f"start-up:\n{self.error_log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise NginxStartError(f"nginx not ready after {self.start_timeout} s:\n"
-                                      f"{self.error_log()}")
-            time.sleep(0.02)
-
-    def _kill(self) -> None:
-        """SIGKILL nginx and every process of its group (workers, cache manager)."""
-        if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.process.wait()
-        _running.discard(self)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort: never leave an nginx process behind."""
-    for server in list(_running):
-        server.stop(timeout=0)
+        return [NGINX_BINARY, "-c", str(config_path), "-p", str(self._workdir) + "/",
+                "-e", str(self._workdir / "error.log"), "-g", "daemon off;"]

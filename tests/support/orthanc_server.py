@@ -3,23 +3,19 @@
 Each :class:`OrthancServer` owns a working directory holding its JSON
 configuration (``orthanc.json``), its storage/index (``storage/``) and the
 combined stdout+stderr of the process (``orthanc.log``). Orthanc runs HTTP only
-on a free 127.0.0.1 port, optionally with the Python plugin loaded.
+on a free 127.0.0.1 port, optionally with the Python plugin loaded, in the
+selected stack (:mod:`support.stacks`); :mod:`support.process` runs it.
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -27,39 +23,23 @@ from urllib3.util.retry import Retry
 
 from orthanc_cache_plugin.core.data import Outcome
 from support import stacks
+from support.process import (
+    ManagedProcess,
+    ProcessStartError,
+    Server,
+    StopResult,
+    free_port as free_port,
+)
 from support.stacks import ORTHANC_BINARY, PYTHON_PLUGIN
 
 _PORT_IN_USE = "TCP port of the HTTP server is privileged or already in use"
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_running: Set[OrthancServer] = set()
 
 
-class OrthancStartError(RuntimeError):
+class OrthancStartError(ProcessStartError):
     """Orthanc exited or did not answer ``GET /system`` in time."""
 
 
-class StopResult(NamedTuple):
-    """Outcome of :meth:`OrthancServer.stop`."""
-
-    returncode: Optional[int]  # negative: killed by that signal; None: was not running
-    seconds: float
-    killed: bool  # SIGKILL was needed
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (on all interfaces: Orthanc binds 0.0.0.0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Child pre-exec hook: have Linux SIGKILL Orthanc if the test process dies."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class OrthancServer:
+class OrthancServer(Server):
     """A real Orthanc process, configured from sane defaults plus ``config`` (shallow merge)."""
 
     def __init__(
@@ -88,7 +68,6 @@ class OrthancServer:
         self.storage_dir = self.workdir / "storage"
         self.python_script = Path(python_script).resolve() if python_script else None
         self.log_flags = tuple(log_flags)
-        self._port_pinned = bool(config and "HttpPort" in config)
         self.config: Dict[str, Any] = {
             "Name": "harness-" + uuid.uuid4().hex[:12],
             "HttpPort": free_port(),
@@ -117,30 +96,20 @@ class OrthancServer:
         retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=("GET", "HEAD"),
                       raise_on_status=False)
         self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.process: Optional[subprocess.Popen] = None
-        self._log_offset = 0  # where the current run starts in orthanc.log
+        # Not in a process group of its own: the stack's chroot execs Orthanc, whose pid
+        # is the one started, and SIGTERM, then SIGKILL, go to it.
+        self.managed = ManagedProcess(
+            "Orthanc", self._command, self._answers, self.log_path,
+            port=int(self.config["HttpPort"]), port_pinned=bool(config and "HttpPort" in config),
+            port_in_use=_PORT_IN_USE, start_timeout=30, banner=self._banner,
+            error=OrthancStartError, cwd=self.workdir)
 
     # -- properties -------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """HTTP port."""
-        return int(self.config["HttpPort"])
 
     @property
     def url(self) -> str:
         """Base URL, without trailing slash."""
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> Optional[int]:
-        """Process id of the current (or last) Orthanc process."""
-        return self.process.pid if self.process else None
-
-    @property
-    def is_running(self) -> bool:
-        """True while the Orthanc process is alive."""
-        return self.process is not None and self.process.poll() is None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -148,61 +117,25 @@ class OrthancServer:
         """Launch Orthanc and wait until ``GET /system`` answers 200 with our ``Name``."""
         if self.is_running:
             raise RuntimeError("Orthanc is already running")
-        attempts = 1 if self._port_pinned else 3  # another process may grab our free port
-        for attempt in range(1, attempts + 1):
-            self._launch()
-            try:
-                self._wait_ready(timeout)
-                break
-            except OrthancStartError:
-                self.kill()
-                if attempt == attempts or _PORT_IN_USE not in self._current_log():
-                    raise
-                self.config["HttpPort"] = free_port()
+        self.managed.env = self.env
+        self.managed.start(timeout)
         return self
 
     def stop(self, timeout: float = 10) -> StopResult:
         """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
         self.session.close()  # drop keep-alive connections first
-        if self.process is None:
-            return StopResult(None, 0.0, False)
-        began = time.monotonic()
-        killed = False
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                killed = True
-        _running.discard(self)
-        return StopResult(self.process.returncode, time.monotonic() - began, killed)
+        return self.managed.stop(timeout)
 
     def kill(self) -> Optional[int]:
         """SIGKILL immediately (simulates a crash); returns the exit code."""
         self.session.close()
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        _running.discard(self)
-        return self.process.returncode
+        return self.managed.kill()
 
     def restart(self, timeout: float = 30) -> StopResult:
         """Stop gracefully and start again on the same port and storage."""
         result = self.stop()
         self.start(timeout)
         return result
-
-    def __enter__(self) -> OrthancServer:
-        if not self.is_running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- logs -------------------------------------------------------------
 
@@ -220,7 +153,7 @@ class OrthancServer:
         """Wait until the log of the current run matches the regex ``pattern``."""
         deadline = time.monotonic() + timeout
         while True:
-            match = re.search(pattern, self._current_log())
+            match = re.search(pattern, self.managed.current_log())
             if match:
                 return match
             if time.monotonic() > deadline:
@@ -273,55 +206,23 @@ class OrthancServer:
 
     # -- internals --------------------------------------------------------
 
-    def _launch(self) -> None:
+    def _command(self, port: int) -> List[str]:
+        """Write the configuration for ``port``; the command that runs Orthanc in the stack."""
+        self.config["HttpPort"] = port
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=2), encoding="utf-8")
-        with self.log_path.open("ab") as log:
-            log.write(f"===== harness: starting {ORTHANC_BINARY} ({self.stack} stack) "
-                      f"on port {self.port} =====\n".encode())
-            log.flush()
-            self._log_offset = log.tell()
-            self.process = subprocess.Popen(
-                stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)],
-                               self.stack),
-                cwd=self.workdir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        _running.add(self)
+        return stacks.command([ORTHANC_BINARY, *self.log_flags, str(self.config_path)],
+                              self.stack)
 
-    def _current_log(self) -> str:
-        """Log of the current (or last) run only."""
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_offset)
-            return log.read().decode("utf-8", errors="replace")
+    def _banner(self, command: Sequence[str]) -> str:
+        return (f"===== harness: starting {ORTHANC_BINARY} ({self.stack} stack) "
+                f"on port {self.port} =====\n")
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise OrthancStartError(
-                    f"Orthanc exited with code {self.process.returncode} during start-up:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                response = self.session.get(self.url + "/system", timeout=1)
-                if (response.status_code == 200
-                        and response.json().get("Name") == self.config["Name"]):
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise OrthancStartError(f"Orthanc not ready after {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort: never leave an Orthanc process behind."""
-    for server in list(_running):
-        server.kill()
+    def _answers(self, port: int) -> bool:
+        """``GET /system`` answers 200 with our ``Name``."""
+        try:
+            response = self.session.get(self.url + "/system", timeout=1)
+            return (response.status_code == 200
+                    and response.json().get("Name") == self.config["Name"])
+        except (requests.RequestException, ValueError):
+            return False

@@ -8,28 +8,26 @@ see :meth:`PostgresServer.orthanc_config` and :class:`OrthancCluster`.
 
 PostgreSQL refuses to run as root: when the tests run as root, the server and
 ``initdb`` run as the ``postgres`` system user, which owns the directory.
-No process is left behind: the whole process group is killed at interpreter
-exit, and the postmaster gets SIGKILL if the test process dies (parent-death
-signal; its backends then exit). :meth:`PostgresServer.stop` (also called at
-exit) removes the directory, so every :meth:`PostgresServer.start` begins with
-an empty server.
+No process is left behind (:mod:`support.process` runs it): the whole process
+group is killed at interpreter exit, and the postmaster gets SIGKILL if the
+test process dies (parent-death signal; its backends then exit).
+:meth:`PostgresServer.stop` (also called at exit) removes the directory, so
+every :meth:`PostgresServer.start` begins with an empty server.
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-from support.orthanc_server import PYTHON_PLUGIN, OrthancServer, free_port
+from support.orthanc_server import PYTHON_PLUGIN, OrthancServer
+from support.process import ManagedProcess, ProcessStartError, Server
 from support.stacks import POSTGRESQL_INDEX_PLUGIN
 
 
@@ -43,11 +41,6 @@ def _newest_postgres() -> Path:
 
 POSTGRES_BIN_DIR = Path(os.environ.get("POSTGRES_BIN_DIR", str(_newest_postgres())))
 SUPERUSER = "postgres"
-
-_PORT_IN_USE = "Address already in use"
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_running: Set[PostgresServer] = set()
 
 # Throw-away data: durability is useless, speed is welcome.
 _SERVER_SETTINGS = {
@@ -64,13 +57,8 @@ _HBA = (
 )
 
 
-class PostgresStartError(RuntimeError):
+class PostgresStartError(ProcessStartError):
     """``initdb`` failed, or ``postgres`` exited or did not accept connections in time."""
-
-
-def _die_with_parent() -> None:
-    """Child pre-exec hook (runs after the switch of user): SIGKILL if the test process dies."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class OrthancCluster(NamedTuple):
@@ -81,7 +69,7 @@ class OrthancCluster(NamedTuple):
     storage_dir: Path
 
 
-class PostgresServer:
+class PostgresServer(Server):
     """A PostgreSQL 15 server in its own temporary directory, with one database created at start.
 
     Usable as a context manager (``with PostgresServer() as pg: ...``).
@@ -94,11 +82,16 @@ class PostgresServer:
         self.bin_dir = Path(bin_dir)
         self.start_timeout = start_timeout
         self.host = "127.0.0.1"
-        self.port = free_port()
         self.workdir: Optional[Path] = None  # created by start(), removed by stop()
-        self.process: Optional[subprocess.Popen] = None
         # PostgreSQL refuses root: run it as the "postgres" system user instead.
         self._account = pwd.getpwnam(SUPERUSER) if os.geteuid() == 0 else None
+        # Fast shutdown (SIGINT disconnects clients); the group (backends) is killed after.
+        # The parent-death signal is set after the switch of user.
+        self.managed = ManagedProcess(
+            "postgres", self._command, self._accepts, start_timeout=start_timeout,
+            stop_signal=signal.SIGINT, kill_group=True, banner=_banner,
+            error=PostgresStartError, at_exit=lambda: self.stop(timeout=0),
+            **self._account_options())
         self._log_text = ""  # the log as it was when the directory was removed
 
     # -- properties -------------------------------------------------------
@@ -113,11 +106,6 @@ class PostgresServer:
         """stdout+stderr of ``initdb`` and ``postgres``."""
         return self._workdir / "postgres.log"
 
-    @property
-    def is_running(self) -> bool:
-        """True while the postmaster is alive."""
-        return self.process is not None and self.process.poll() is None
-
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> PostgresServer:
@@ -128,16 +116,10 @@ class PostgresServer:
         try:
             self._make_workdir()
             self._initdb()
-            for attempt in range(1, 4):  # another process may grab our free port
-                self._launch()
-                try:
-                    self._wait_ready()
-                    break
-                except PostgresStartError:
-                    self._kill_group()
-                    if attempt == 3 or _PORT_IN_USE not in self.log_text():
-                        raise
-                    self.port = free_port()
+            self.managed.cwd = self.workdir
+            self.managed.env = self._env()
+            self.managed.log_path = self.log_path
+            self.managed.start()
             self.create_database(self.database)
         except BaseException:
             self.stop()
@@ -147,26 +129,11 @@ class PostgresServer:
     def stop(self, timeout: float = 10) -> None:
         """Fast shutdown (SIGINT disconnects clients), SIGKILL after ``timeout``; remove the
         directory."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self._kill_group()
-        _running.discard(self)
+        self.managed.stop(timeout)
         if self.workdir is not None:
             self._log_text = self.log_text()
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-    def __enter__(self) -> PostgresServer:
-        if not self.is_running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # -- SQL ----------------------------------------------------------------
 
@@ -247,54 +214,39 @@ class PostgresServer:
             env.update(HOME=self._account.pw_dir, USER=SUPERUSER, LOGNAME=SUPERUSER)
         return env
 
-    def _as_server_user(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-        """Popen ``command`` as the ``postgres`` user (when root), output appended to the log."""
-        with self.log_path.open("ab") as log:
-            log.write(("===== harness: " + " ".join(command) + " =====\n").encode())
-            log.flush()
-            account = {} if self._account is None else {
-                "user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
-            return subprocess.Popen(list(command), cwd=self._workdir, env=self._env(),
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    **account, **kwargs)
+    def _account_options(self) -> Dict[str, Any]:
+        """Popen options that run a program as the ``postgres`` user (when root)."""
+        if self._account is None:
+            return {}
+        return {"user": self._account.pw_uid, "group": self._account.pw_gid, "extra_groups": []}
 
     def _initdb(self) -> None:
-        initdb = self._as_server_user([
-            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-            "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        command = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                   "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+        with self.log_path.open("ab") as log:
+            log.write(_banner(command).encode())
+            log.flush()
+            initdb = subprocess.Popen(command, cwd=self._workdir, env=self._env(),
+                                      stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, **self._account_options())
         if initdb.wait(self.start_timeout) != 0:
             raise PostgresStartError(f"initdb exited with code {initdb.returncode}:\n"
                                      f"{self.log_tail()}")
         (self.data_dir / "pg_hba.conf").write_text(_HBA, encoding="utf-8")
 
-    def _launch(self) -> None:
-        settings = dict(_SERVER_SETTINGS, port=str(self.port),
+    def _command(self, port: int) -> Sequence[str]:
+        settings = dict(_SERVER_SETTINGS, port=str(port),
                         unix_socket_directories=str(self._workdir))
         command = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
-        # Own process group, so that a kill also reaches the backends.
-        self.process = self._as_server_user(command, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
-        _running.add(self)
+        return command
 
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise PostgresStartError(
-                    f"postgres exited with code {self.process.returncode} during start-up:\n"
-                    f"{self.log_tail()}")
-            probe = [str(self.bin_dir / "pg_isready"), "-q", "-t", "1",
-                     "-h", self.host, "-p", str(self.port), "-U", SUPERUSER]
-            if subprocess.run(probe, env=self._env(), stdin=subprocess.DEVNULL,
-                              check=False).returncode == 0:
-                return
-            if time.monotonic() > deadline:
-                raise PostgresStartError(f"postgres not ready after {self.start_timeout} s:\n"
-                                         f"{self.log_tail()}")
-            time.sleep(0.05)
+    def _accepts(self, port: int) -> bool:
+        probe = [str(self.bin_dir / "pg_isready"), "-q", "-t", "1",
+                 "-h", self.host, "-p", str(port), "-U", SUPERUSER]
+        return subprocess.run(probe, env=self._env(), stdin=subprocess.DEVNULL,
+                              check=False).returncode == 0
 
     def _client(self, program: str, *args: str) -> str:
         """Run a client program over TCP as the superuser; returns stdout, raises on error."""
@@ -307,17 +259,7 @@ class PostgresServer:
                                f"{result.stderr}")
         return result.stdout
 
-    def _kill_group(self) -> None:
-        """SIGKILL the postmaster's process group (backends included) if it is still alive;
-        reap it."""
-        if self.process is None or self.process.poll() is not None:
-            return  # backends of a dead postmaster notice its death and exit
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
 
-
-@atexit.register
-def _stop_leftovers() -> None:
-    """Last resort: never leave a PostgreSQL process or directory behind."""
-    for server in list(_running):
-        server.stop(timeout=0)
+def _banner(command: Sequence[str]) -> str:
+    """The line the log gets before each program's output."""
+    return "===== harness: " + " ".join(command) + " =====\n"

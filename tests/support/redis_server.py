@@ -10,39 +10,30 @@ answers) and resumed (SIGCONT), restarted on the same port, given a tiny
 and changed while it runs: NOPERM errors) and ``CLIENT PAUSE`` (every call
 waits: a slow server).
 
-No process is left behind: the server gets SIGKILL if the test process dies
-(parent-death signal), and every server still running is killed at exit.
+No process is left behind (:mod:`support.process` runs it): the server gets
+SIGKILL if the test process dies (parent-death signal), and every server still
+running is killed at exit. The first start picks another free port if another
+process took the one chosen; restarts keep the port.
 Commands go through a raw socket in RESP (no client library needed).
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Union
+from typing import List, Optional, Sequence, Union
 
-from support.orthanc_server import free_port
+from support.process import ManagedProcess, ProcessStartError, Server
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_running: Set[RedisServer] = set()
 
-
-class RedisStartError(RuntimeError):
+class RedisStartError(ProcessStartError):
     """``redis-server`` exited or did not answer PING in time."""
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _command(*parts: Union[str, bytes]) -> bytes:
@@ -52,7 +43,7 @@ def _command(*parts: Union[str, bytes]) -> bytes:
         b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded)
 
 
-class RedisServer:
+class RedisServer(Server):
     """A ``redis-server`` in its own temporary directory; a context manager."""
 
     def __init__(self, password: Optional[str] = None, start_timeout: float = 10,
@@ -60,12 +51,13 @@ class RedisServer:
         """``users``: ACL rules of users besides ``default``, one user a line as in an ACL
         file (``"orthanc on >secret ~prefix:* +@all"``), in place at every start."""
         self.host = "127.0.0.1"
-        self.port = free_port()
         self.password = password
         self.users = list(users)
-        self.start_timeout = start_timeout
         self.workdir: Optional[Path] = None
-        self.process: Optional[subprocess.Popen] = None
+        self.managed = ManagedProcess(
+            "redis-server", self._command_line, self._answers, start_timeout=start_timeout,
+            poll_interval=0.02, new_session=True, diagnostics=self._diagnostics,
+            error=RedisStartError, at_exit=self.remove)
         self.paused = False
 
     @property
@@ -73,10 +65,6 @@ class RedisServer:
         """redis://[:password@]127.0.0.1:port/0"""
         auth = ":%s@" % self.password if self.password else ""
         return "redis://%s%s:%d/0" % (auth, self.host, self.port)
-
-    @property
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     @property
     def log_path(self) -> Path:
@@ -89,45 +77,17 @@ class RedisServer:
             raise RuntimeError("redis-server is already running")
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="orthanc-test-redis-"))
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", self.host,
-                   "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-                   "--logfile", str(self.log_path), "--daemonize", "no",
-                   "--protected-mode", "no"]
-        if self.password:
-            command += ["--requirepass", self.password]
-        if self.users:
-            acl_file = self.workdir / "users.acl"
-            acl_file.write_text("".join("user %s\n" % user for user in self.users),
-                                encoding="utf-8")
-            command += ["--aclfile", str(acl_file)]
-        self.process = subprocess.Popen(command, cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        self.managed.cwd = self.workdir
+        self.managed.log_path = self.workdir / "redis.out"
         self.paused = False
-        _running.add(self)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RedisStartError("redis-server exited with %s:\n%s"
-                                      % (self.process.returncode, self.log_tail()))
-            try:
-                if self.call("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RedisStartError("redis-server not answering after %s s:\n%s"
-                                      % (self.start_timeout, self.log_tail()))
-            time.sleep(0.02)
+        self.managed.start()
+        self.managed.port_pinned = True  # restarts keep the port
+        return self
 
     def stop(self) -> None:
         """Kill the server (nothing to save); the directory stays for a restart."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self.managed.kill()
         self.paused = False
-        _running.discard(self)
 
     def restart(self) -> RedisServer:
         """Stop, then start on the same port: an empty server."""
@@ -136,14 +96,12 @@ class RedisServer:
 
     def pause(self) -> None:
         """SIGSTOP: the server accepts connections (the kernel does) but answers nothing."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
+        self.managed.send_signal(signal.SIGSTOP)
         self.paused = True
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
+        self.managed.send_signal(signal.SIGCONT)
         self.paused = False
 
     def remove(self) -> None:
@@ -152,11 +110,6 @@ class RedisServer:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-    def __enter__(self) -> RedisServer:
-        if not self.is_running:
-            self.start()
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
@@ -224,6 +177,30 @@ class RedisServer:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    # -- internals ------------------------------------------------------------
+
+    def _command_line(self, port: int) -> List[str]:
+        assert self.workdir is not None
+        command = [REDIS_SERVER, "--port", str(port), "--bind", self.host,
+                   "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                   "--logfile", str(self.log_path), "--daemonize", "no",
+                   "--protected-mode", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        if self.users:
+            acl_file = self.workdir / "users.acl"
+            acl_file.write_text("".join("user %s\n" % user for user in self.users),
+                                encoding="utf-8")
+            command += ["--aclfile", str(acl_file)]
+        return command
+
+    def _answers(self, port: int) -> bool:
+        return self.call("PING") in (b"+PONG", b"-NOAUTH Authentication required.")
+
+    def _diagnostics(self) -> str:
+        """The log, then what redis-server printed (errors before it opens its log)."""
+        return self.log_tail(40) + "\n" + self.managed.current_log()
+
 
 def _read_bulk(file) -> bytes:  # type: ignore[no-untyped-def]
     header = file.readline().strip()
@@ -239,10 +216,3 @@ def _read_reply(file) -> bytes:  # type: ignore[no-untyped-def]
         length = int(line[1:])
         return b"" if length < 0 else file.read(length + 2)[:length]
     return line
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    """Last resort: never leave a redis-server behind."""
-    for server in list(_running):
-        server.remove()
