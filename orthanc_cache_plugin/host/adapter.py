@@ -1,10 +1,12 @@
-"""The thin layer between Orthanc's Python plugin and the cache.
+"""The composition root: builds the cache from its parts and connects it to Orthanc.
 
-One of the three modules importing ``orthanc`` (see :mod:`.api`): it
-registers one REST callback per route of :data:`.routes.ROUTES` and of the
-admin API (:mod:`.admin`), turns Orthanc's callback arguments into a
-:class:`.data.Request`, sends the :class:`.data.Reply` back, forwards other
-methods, and runs warm-up on Orthanc's change events.
+:class:`CachePlugin` composes the store, the watchers of changes, the origin
+(Orthanc's REST API, which also forwards other methods) and the controller,
+and dispatches Orthanc's callbacks to them: one REST callback per route of
+:data:`..core.routes.ROUTES` and of the admin API (:mod:`..cache.admin`),
+whose arguments become a :class:`..core.data.Request` and whose
+:class:`..core.data.Reply` is sent back; change events go to the watchers
+and to warm-up.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import threading
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import orthanc
 
@@ -54,6 +56,7 @@ from .changes import (
     watch_writes,
 )
 from .clean_exit import avoid_plugin_teardown
+from .registration import REGISTRATION
 from .thread_states import keep_thread_state
 
 
@@ -139,21 +142,17 @@ class OrthancOrigin:
         return Reply(200, Outcome.PASS, "forwarded " + method, JSON_TYPE, result)
 
 
-#: Whether RestOutput.SendHttpStatus takes (status, text, length), as up to
-#: plugin 4.1, rather than (status, body bytes); learnt from the first call.
-_status_takes_text: List[bool] = []
-
-
 def _send_status_with_body(output: Any, status: int, body: bytes) -> None:
-    """An error answer with a body, with the signature of the running plugin."""
-    if not _status_takes_text:
+    """An error answer with a body, with the signature of the running plugin (learnt
+    from the first call, see Registration.status_takes_text)."""
+    if REGISTRATION.status_takes_text is None:
         try:
             output.SendHttpStatus(status, body)
-            _status_takes_text.append(False)
+            REGISTRATION.status_takes_text = False
             return
         except TypeError:  # raised while parsing the arguments: nothing was sent
-            _status_takes_text.append(True)
-    if _status_takes_text[0]:
+            REGISTRATION.status_takes_text = True
+    if REGISTRATION.status_takes_text:
         output.SendHttpStatus(status, body.decode("utf-8"), len(body))
     else:
         output.SendHttpStatus(status, body)

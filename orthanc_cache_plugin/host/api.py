@@ -1,8 +1,7 @@
 """Calls into Orthanc: its REST API as a plugin sees it, and its log.
 
-One of the three modules that import ``orthanc`` (with :mod:`.adapter`,
-which registers the callbacks, and :mod:`.changes`, which follows
-changes).  Every call of the package goes through here, so that a failed
+In the host layer, the only one that imports ``orthanc``.  Every call of
+the package goes through here, so that a failed
 call always comes back as the same value, Orthanc's error code, and every
 log line carries the same prefix (operators grep for it) and none holds a
 secret of the settings (:func:`hide`).
@@ -11,39 +10,36 @@ secret of the settings (:func:`hide`).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence, Tuple, Union
+from typing import Any, Callable, Sequence, Union
 
 import orthanc
 
 from ..core.settings import redact
+from .registration import REGISTRATION
 
 LOG_PREFIX = "cache plugin: "
-
-#: Secrets of the settings (a Redis password...) that no log line may hold.
-_secrets: Tuple[str, ...] = ()
 
 
 def hide(secrets: Sequence[str]) -> None:
     """Mask ``secrets`` in every later log line (their text may come from an exception)."""
-    global _secrets
-    _secrets = tuple(secrets)
+    REGISTRATION.secrets = tuple(secrets)
 
 
 def warn(message: str) -> None:
-    orthanc.LogWarning(LOG_PREFIX + redact(message, _secrets))
+    orthanc.LogWarning(LOG_PREFIX + redact(message, REGISTRATION.secrets))
 
 
 def info(message: str) -> None:
-    orthanc.LogInfo(LOG_PREFIX + redact(message, _secrets))
+    orthanc.LogInfo(LOG_PREFIX + redact(message, REGISTRATION.secrets))
 
 
 def error(message: str) -> None:
-    orthanc.LogError(LOG_PREFIX + redact(message, _secrets))
+    orthanc.LogError(LOG_PREFIX + redact(message, REGISTRATION.secrets))
 
 
 def error_without_prefix(message: str) -> None:
     """An error in words that may not be the plugin's (a script's callback failed)."""
-    orthanc.LogError(redact(message, _secrets))
+    orthanc.LogError(redact(message, REGISTRATION.secrets))
 
 
 def _error_code(failure: Exception) -> int:

@@ -6,9 +6,8 @@ callbacks that feed it.
 from __future__ import annotations
 
 import json
-import queue
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import orthanc
 
@@ -17,7 +16,10 @@ from ..core.routes import Level
 from ..freshness.changes import Event
 from ..freshness.versions import MARKER_METADATA, RememberedUpdates
 from .api import error_without_prefix, get, get_after_plugins, get_json, touch_and_undo, warn
+from .registration import REGISTRATION
 from .thread_states import keep_thread_state
+
+_Callback = TypeVar("_Callback", bound=Callable[..., Any])
 
 #: orthanc.ResourceType values, as change events give them.
 LEVELS = {0: Level.PATIENT, 1: Level.STUDY, 2: Level.SERIES, 3: Level.INSTANCE}
@@ -76,20 +78,9 @@ _HTTP_METHODS = {
 }
 
 
-#: Every callable handed to Orthanc, referenced until the process ends.  When
-#: Orthanc stops, the Python plugin 7.1 drops its references to callbacks where
-#: Python 3.14 cannot free them: a callback that nothing else references (a
-#: closure, a bound method) is then freed there, and Orthanc ends with a
-#: segmentation fault or a corrupted heap instead of exiting cleanly.
-_KEPT: List[Callable[..., Any]] = []
-
-_Callback = TypeVar("_Callback", bound=Callable[..., Any])
-
-
 def keep_alive(callback: _Callback) -> _Callback:
     """``callback``, referenced for good: hand only such callables to Orthanc."""
-    _KEPT.append(callback)
-    return callback
+    return REGISTRATION.keep_alive(callback)
 
 
 def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callable[..., Any]],
@@ -118,10 +109,6 @@ def _register_first(name: str, ours: Callable[[List[Callable[..., Any]]], Callab
     return True
 
 
-#: Change events, as Orthanc reported them, waiting for the delivery thread.
-_events: queue.SimpleQueue[Optional[Tuple[int, int, str]]] = queue.SimpleQueue()
-
-
 def _enqueue_change(change_type: int, level: int, resource_id: str) -> None:
     """What Orthanc calls for each change: queue it and return at once.
 
@@ -130,12 +117,12 @@ def _enqueue_change(change_type: int, level: int, resource_id: str) -> None:
     Orthanc 1.13.0 end with a corrupted heap or a segmentation fault in most
     stops.  A module function that only queues does not.
     """
-    _events.put((change_type, level, resource_id))
+    REGISTRATION.events.put((change_type, level, resource_id))
 
 
 def stop_watching_changes() -> None:
     """End the delivery thread once the events queued before are delivered."""
-    _events.put(None)
+    REGISTRATION.events.put(None)
 
 
 def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
@@ -146,7 +133,7 @@ def watch_changes(on_change: Callable[[int, int, str], None]) -> bool:
     def build(chained: List[Callable[..., Any]]) -> Callable[[int, int, str], None]:
         def deliver() -> None:
             while True:
-                event = _events.get()
+                event = REGISTRATION.events.get()
                 if event is None:
                     return
                 for callback in [on_change] + chained[:1]:

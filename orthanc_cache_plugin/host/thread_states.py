@@ -6,7 +6,7 @@ first call makes a new thread state and the last one destroys it, so every
 callback (REST, incoming-request filter, stored instance, change) starts
 from a fresh state: an allocation (``mmap``) each time, and
 ``threading.local`` data lost between two requests on the same thread.  On
-the hit path that was a quarter of the time (docs/performance.md).
+the hit path that was a quarter of the time (bench/HISTORY.md).
 
 One extra ``PyGILState_Ensure`` on a thread, never released, keeps its
 state alive: the plugin's own Release then only hands the GIL back.  One

@@ -3,7 +3,7 @@
 Orthanc's Python plugin gives every REST callback a fresh Python thread
 state, so diskcache opens a new SQLite connection for every request, and a
 least-recently-used read is a write transaction: a read from disk costs
-several times what the rest of a hit does (docs/performance.md).
+several times what the rest of a hit does (bench/HISTORY.md).
 :class:`HotEntries` keeps the most recently used entries, decoded, in a
 size-bounded dict, so that a hit touches no file.
 
