@@ -9,6 +9,15 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+# Each stage's duration, printed as it ends (the README's figures come from them).
+started=$(date +%s)
+last=$started
+took() {
+    now=$(date +%s)
+    echo "test.sh: $1 took $((now - last)) s (total $((now - started)) s)"
+    last=$now
+}
+
 # The cluster tests start PostgreSQL, the proxy tests nginx, the benchmark's
 # smoke test wrk, the Redis store's tests redis-server: their own processes on
 # free loopback ports (the services these packages install are not used).
@@ -22,12 +31,14 @@ fi
 ./scripts/stack.sh build sid
 ./scripts/stack.sh build bookworm
 ./scripts/stack.sh build trixie
+took "host packages and stack roots"
 
 # Test tools live in a virtual environment made from the system interpreter.
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+took "test tools"
 
 failed=0
 # Linters (configured in pyproject.toml): a finding fails the run; the tests still run.
@@ -40,10 +51,13 @@ failed=0
 basetemp=$(mktemp -d /tmp/orthanc-cache-plugin-tests.XXXXXX)
 trap 'rm -rf "$basetemp"' EXIT
 .venv/bin/python -m pytest "$@" --basetemp "$basetemp/unit" tests/unit || failed=1
+took "linters and unit tests"
 .venv/bin/python -m pytest "$@" --basetemp "$basetemp/sid" --stack sid tests/integration \
     || failed=1
+took "integration tests on sid"
 for old in bookworm trixie; do
     .venv/bin/python -m pytest "$@" --basetemp "$basetemp/$old" --stack $old -m old_stack \
         tests/integration || failed=1
+    took "old_stack tests on $old"
 done
 exit $failed
