@@ -5,8 +5,8 @@ size-limited, LRU eviction, per-entry expiry) and its failures: every error
 of the disk makes an operation return its "nothing" (no value, not written,
 0), so the caller asks Orthanc instead and a broken disk slows the API down
 but never breaks it.  A warning is logged once per failure episode, the
-cache is reopened :attr:`~DiskStore.RETRY_DELAY` seconds later, and a damaged
-database is started afresh.  Its owner hears of every failure
+cache is reopened :attr:`~DiskStore.RETRY_DELAY` seconds later
+(:mod:`.episodes`), and a damaged database is started afresh.  Its owner hears of every failure
 (``on_failure``), so that nothing kept elsewhere outlives a failing disk.
 
 It stores raw values (bytes) with their expiry and tag; what they mean is
@@ -24,6 +24,8 @@ import time
 from typing import Any, Callable, List, Optional, Tuple
 
 import diskcache
+
+from .episodes import FailureEpisode
 
 _DISKCACHE_FILES = re.compile(r"cache\.db(-wal|-shm|-journal)?")
 _DISKCACHE_FOLDERS = re.compile(r"[0-9a-f]{2}")
@@ -54,23 +56,26 @@ class DiskStore:
         self.directory = directory
         self._size_limit = size_limit
         self._warn = warn
-        self._clock = clock
         self._on_failure = on_failure
-        self._retry_delay = self.RETRY_DELAY if retry_delay is None else retry_delay
         self._journal_size_limit = (self.JOURNAL_SIZE_LIMIT if journal_size_limit is None
                                     else journal_size_limit)
         self._lock = threading.Lock()
         self._cache: Optional[diskcache.Cache] = None
-        self._failed_at: Optional[float] = None
+        self._episode = FailureEpisode(
+            "cache store in %s" % directory, warn, clock,
+            self.RETRY_DELAY if retry_delay is None else retry_delay)
         self._damaged = False
-        #: Failures so far (each failed operation or attempt to open).
-        self.failures = 0
         self._open()
 
     @property
     def available(self) -> bool:
         """False while the cache is failing (or closed)."""
         return self._cache is not None
+
+    @property
+    def failures(self) -> int:
+        """Failures so far (each failed operation or attempt to open)."""
+        return self._episode.failures
 
     # -- operations: each returns its "nothing" when the disk fails ----------------------------
 
@@ -126,7 +131,8 @@ class DiskStore:
     def close(self) -> None:
         """Release the files; later calls reopen nothing."""
         with self._lock:
-            cache, self._cache, self._failed_at = self._cache, None, None
+            cache, self._cache = self._cache, None
+            self._episode.stop()
         if cache is not None:
             cache.close()
 
@@ -166,9 +172,6 @@ class DiskStore:
                 re.search(r"malformed|not a database", str(cause)):
             self._damaged = True
         with self._lock:
-            first = self._failed_at is None
-            self._failed_at = self._clock()
-            self.failures += 1
             broken, self._cache = self._cache, None
         self._on_failure()
         if broken is not None:
@@ -176,17 +179,14 @@ class DiskStore:
                 broken.close()
             except Exception:
                 pass
-        if first:
-            self._warn("cache store in %s failed (%s: %s); requests go to Orthanc until it "
-                       "works again" % (self.directory, type(cause).__name__, cause))
+        self._episode.failed("%s: %s" % (type(cause).__name__, cause))
 
     def _usable(self) -> Optional[diskcache.Cache]:
-        if self._cache is None and self._failed_at is not None:
-            if self._clock() - self._failed_at >= self._retry_delay:
-                with self._lock:
-                    retry = self._cache is None
-                if retry:
-                    self._open()
+        if self._cache is None and self._episode.failing:
+            with self._lock:
+                retry = self._cache is None and self._episode.retry_due()
+            if retry:
+                self._open()
         return self._cache
 
     def _call(self, action: Callable[[diskcache.Cache], Any], default: Any = None) -> Any:
@@ -198,9 +198,8 @@ class DiskStore:
         except Exception as error:
             self._fail(error)
             return default
-        if self._failed_at is not None:
-            self._failed_at = None
-            self._warn("cache store in %s works again" % self.directory)
+        if self._episode.failing:
+            self._episode.works()
         return result
 
 

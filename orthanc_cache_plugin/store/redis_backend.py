@@ -80,6 +80,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from ..core.settings import mask_url
 from .disk import Found
+from .episodes import FailureEpisode
 
 _NOTHING: Found = (None, None, None)
 
@@ -242,12 +243,12 @@ class RedisStore:
         self._warn = warn
         self._clock = clock
         self._on_failure = on_failure
-        self._first_delay = self.RETRY_DELAY if retry_delay is None else retry_delay
-        self._delay = self._first_delay
+        self._episode = FailureEpisode(
+            "cache store %s" % self.directory, warn, clock,
+            self.RETRY_DELAY if retry_delay is None else retry_delay, self.LONGEST_RETRY_DELAY)
         self._lock = threading.Lock()
         self._client: Any = None
         self._scripts: Any = None
-        self._failed_at: Optional[float] = None
         self._closed = False
         self._figures: Optional[Tuple[float, int, int]] = None  # (read at, count, bytes)
         prefix = options.prefix
@@ -257,8 +258,6 @@ class RedisStore:
         #: This process, as the holder of its claims.
         self.holder = os.urandom(8).hex()
         self._bookkeeping = [prefix + "i", prefix + "s", prefix + "b"]
-        #: Failures so far (each failed operation or attempt to reconnect).
-        self.failures = 0
         self._workers = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="cache-redis")
         self._open(retrying=False)
 
@@ -266,6 +265,11 @@ class RedisStore:
     def available(self) -> bool:
         """False while the server is failing (or the client is missing, or closed)."""
         return self._client is not None
+
+    @property
+    def failures(self) -> int:
+        """Failures so far (each failed operation or attempt to reconnect)."""
+        return self._episode.failures
 
     # -- operations: each returns its "nothing" when the server fails --------------------------
 
@@ -359,7 +363,8 @@ class RedisStore:
     def close(self) -> None:
         """Disconnect; later calls reconnect nothing."""
         with self._lock:
-            client, self._client, self._failed_at, self._closed = self._client, None, None, True
+            client, self._client, self._closed = self._client, None, True
+            self._episode.stop()
         if client is not None:
             try:
                 client.close()
@@ -379,7 +384,7 @@ class RedisStore:
         try:
             import redis  # noqa: F401  (new_client imports it again: here to say it is missing)
         except ImportError as error:
-            self.failures += 1
+            self._episode.counted()
             self._warn("cache store %s unavailable: the redis client is not installed "
                        "(%s); install orthanc-cache-plugin[redis] in the Python that Orthanc "
                        "embeds. Requests go to Orthanc" % (self.directory, error))
@@ -401,7 +406,7 @@ class RedisStore:
                 _quietly_close(client)
             self._fail(error)
             if retrying:
-                self._delay = min(self._delay * 2, self.LONGEST_RETRY_DELAY)
+                self._episode.backoff()
             return
         with self._lock:
             if self._closed:
@@ -451,31 +456,22 @@ class RedisStore:
             if client is not None and self._client is not None and client is not self._client:
                 # A call on a client already replaced by a reconnection: it says nothing of
                 # the new one, which must not be dropped (nor a new episode begun).
-                self.failures += 1
+                self._episode.counted()
                 return
-            first = self._failed_at is None
-            self._failed_at = self._clock()
-            self.failures += 1
             broken, self._client = self._client, None
             self._figures = None
         self._on_failure()
         if broken is not None:
             _quietly_close(broken)
-        if first:
-            self._warn("cache store %s failed (%s: %s); requests go to Orthanc until it "
-                       "works again" % (self.directory, type(error).__name__, error))
+        self._episode.failed("%s: %s" % (type(error).__name__, error))
 
     def _usable(self) -> Any:
-        if self._client is None and self._failed_at is not None:
-            if self._clock() - self._failed_at >= self._delay:
-                with self._lock:
-                    retry = self._client is None and self._failed_at is not None \
-                        and self._clock() - self._failed_at >= self._delay
-                    if retry:
-                        # One attempt at a time: the others find the store still failing.
-                        self._failed_at = self._clock()
-                if retry:
-                    self._open(retrying=True)
+        if self._client is None and self._episode.failing:
+            with self._lock:
+                # One attempt at a time: the others find the store still failing.
+                retry = self._client is None and self._episode.retry_due()
+            if retry:
+                self._open(retrying=True)
         return self._client
 
     def _call(self, action: Callable[[Any], Any], default: Any = None) -> Any:
@@ -487,17 +483,11 @@ class RedisStore:
         except Exception as error:
             self._fail(error, client)
             return default
-        if self._failed_at is not None:
-            with self._lock:
-                # Only a call on the current client ends an episode: one that began before
-                # a concurrent call failed (the client is gone) says nothing, and ending the
-                # episode then left the store without client and without retries for good.
-                recovered = self._failed_at is not None and self._client is client
-                if recovered:
-                    self._failed_at = None
-                    self._delay = self._first_delay
-            if recovered:
-                self._warn("cache store %s works again" % self.directory)
+        if self._episode.failing:
+            # Only a call on the current client ends an episode: one that began before
+            # a concurrent call failed (the client is gone) says nothing, and ending the
+            # episode then left the store without client and without retries for good.
+            self._episode.works(lambda: self._client is client)
         return result
 
     def _clear_all(self, client: Any) -> int:
