@@ -222,7 +222,7 @@ class CachePlugin:
                 # nodes share: a node new to it (or upgraded first) would empty it
                 # for the others; their entries expire or are evicted instead.
                 if self.store.get_value(COMPUTED_BY) != salt:
-                    removed = self.store.clear() if self.store.shared is None else 0
+                    removed = 0 if self.store.shared_by_nodes else self.store.clear()
                     self.store.set_value(COMPUTED_BY, salt)
                     if removed:
                         _warn("%d stored answers removed: computed by another version "

@@ -168,7 +168,7 @@ class ChangeWatch:
             self.generations.hold(None)
         #: Hears and tells the other nodes sharing the store; until it has joined them,
         #: nothing settles (their changes are unknown).
-        shared = store.shared
+        shared = store.shared_connection
         self._bus = RedisBus(shared, self._heard, self._lost, self._joined) \
             if shared is not None else None
         self._hearing = False

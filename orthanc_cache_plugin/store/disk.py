@@ -10,7 +10,8 @@ cache is reopened :attr:`~DiskStore.RETRY_DELAY` seconds later
 (``on_failure``), so that nothing kept elsewhere outlives a failing disk.
 
 It stores raw values (bytes) with their expiry and tag; what they mean is
-the owner's business (:class:`.store.Store`).
+the owner's business (:class:`.facade.Store`): it is one
+:class:`.backend.Backend`, of one node (no claims, nothing shared).
 """
 
 from __future__ import annotations
@@ -21,19 +22,16 @@ import shutil
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 import diskcache
 
+from .backend import NOTHING, Claims, Found
 from .episodes import FailureEpisode
 
 _DISKCACHE_FILES = re.compile(r"cache\.db(-wal|-shm|-journal)?")
 _DISKCACHE_FOLDERS = re.compile(r"[0-9a-f]{2}")
 
-#: What :meth:`DiskStore.get` finds: the value, its expiry time (wall clock, None
-#: if it never expires) and its tag.
-Found = Tuple[Any, Optional[float], Optional[str]]
-_NOTHING: Found = (None, None, None)
 
 
 class DiskStore:
@@ -42,6 +40,10 @@ class DiskStore:
     Opened once per process; every method is safe to call from several
     threads (diskcache opens one SQLite connection per thread).
     """
+
+    #: One node's files: nothing to claim, nobody else writing.
+    claims: Optional[Claims] = None
+    shared_by_nodes = False
 
     #: Seconds between attempts to reopen a cache that failed.
     RETRY_DELAY = 5.0
@@ -73,6 +75,11 @@ class DiskStore:
         return self._cache is not None
 
     @property
+    def location(self) -> str:
+        """The directory."""
+        return self.directory
+
+    @property
     def failures(self) -> int:
         """Failures so far (each failed operation or attempt to open)."""
         return self._episode.failures
@@ -84,7 +91,13 @@ class DiskStore:
 
         A read is a write: diskcache's least-recently-used policy records its time."""
         found = self._call(lambda cache: cache.get(key, expire_time=True, tag=True))
-        return _NOTHING if found is None else (found[0], found[1], found[2])
+        if found is None:
+            return NOTHING
+        value = found[0]
+        # Not bytes: written by something else (an older plugin's pickled object), which
+        # the owner then deletes as any value it cannot decode.
+        return (value if value is None or isinstance(value, bytes) else b"", found[1],
+                found[2])
 
     def set(self, key: str, value: bytes, expire: Optional[float], tag: Optional[str]) -> bool:
         """Write ``value`` under ``key`` for ``expire`` seconds; False on failure."""
@@ -109,6 +122,10 @@ class DiskStore:
     def volume(self) -> int:
         """Bytes used on disk."""
         return int(self._call(lambda cache: cache.volume(), 0))
+
+    def touch(self, keys: List[str]) -> None:
+        """Give ``keys`` the access time now, in one transaction."""
+        self.update_access_times(keys, time.time())
 
     def update_access_times(self, keys: List[str], when: float) -> None:
         """Give ``keys`` the access time ``when`` (wall clock), in one transaction."""

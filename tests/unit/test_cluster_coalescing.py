@@ -72,7 +72,7 @@ def test_one_node_computes_the_others_wait_for_its_entry(nodes) -> None:
     assert first.origin.first_fetch.wait(10)  # the first node holds the claim, computing
     more, others = serve_in_threads([(second, make_request(URI)), (third, make_request(URI))])
     name = claim_name(cache_key(URI, "", ""), SALT + "|20230220T140000")
-    assert first.store.shared.claimed(name) is True
+    assert first.store.claims.claimed(name) is True
     first.origin.gate.set()
     for thread in threads + others:
         thread.join(10)
@@ -82,7 +82,7 @@ def test_one_node_computes_the_others_wait_for_its_entry(nodes) -> None:
     assert [reply.reason for reply in more] == ["computed by a concurrent request on another "
                                                 "node"] * 2
     assert (len(first.origin.fetches), second.origin.started, third.origin.started) == (1, 0, 0)
-    assert first.store.shared.claimed(name) is False  # given up once stored
+    assert first.store.claims.claimed(name) is False  # given up once stored
 
 
 def test_the_others_compute_when_the_first_gets_an_error(nodes) -> None:
@@ -144,12 +144,12 @@ def test_a_claim_left_by_a_failed_release_is_taken_again_by_its_holder(nodes) ->
     The next computation of that key on the same node takes it again (it leads the only
     local one) instead of waiting for it; another node still waits."""
     first, second, _ = nodes
-    store = first.store.shared
+    store = first.store.claims
     assert store.claim("k", 30) is True  # and its release was lost
     assert store.claim("k", 30) is True
-    assert second.store.shared.claim("k", 30) is False
-    second.store.shared.release("k")  # not its claim: nothing happens
+    assert second.store.claims.claim("k", 30) is False
+    second.store.claims.release("k")  # not its claim: nothing happens
     assert store.claimed("k") is True
     store.release("k")
     assert store.claimed("k") is False
-    assert second.store.shared.claim("k", 30) is True
+    assert second.store.claims.claim("k", 30) is True

@@ -158,3 +158,11 @@ def test_close_then_calls_are_harmless(tmp_path, warnings):
     disk.close_thread_connection()
     disk.close()
     assert warnings == []
+
+
+def test_a_value_that_is_not_bytes_comes_back_as_empty_bytes(disk):
+    """Backend.get gives bytes: what something else wrote (an older plugin's pickled
+    object) comes back as b"", which the owner cannot decode and deletes."""
+    with diskcache.Cache(disk.directory) as raw_cache:
+        raw_cache.set("k", {"pickled": 1}, tag="t")
+    assert disk.get("k") == (b"", None, "t")

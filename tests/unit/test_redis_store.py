@@ -21,6 +21,7 @@ import pytest
 from orthanc_cache_plugin.core.data import Entry
 from orthanc_cache_plugin.store.facade import Store
 from orthanc_cache_plugin.store.redis_backend import RedisOptions, RedisStore
+from orthanc_cache_plugin.store.redis_connection import RedisConnection
 from support.clock import Clock
 from support.redis_server import RedisServer
 
@@ -150,7 +151,7 @@ def test_reads_from_the_memory_front_touch_the_keys(redis, shared_server):
     shared_server.call("DEBUG", "SLEEP", "0")  # nothing; keeps the server warm
     time.sleep(1.1)
     assert int(shared_server.call("OBJECT", "IDLETIME", key)[1:]) >= 1
-    redis.update_access_times(["k", "absent"], time.time())
+    redis.touch(["k", "absent"])
     assert int(shared_server.call("OBJECT", "IDLETIME", key)[1:]) == 0
 
 
@@ -158,7 +159,7 @@ def test_the_password_is_never_shown():
     options = RedisOptions("redis://user:secret@127.0.0.1:1/0", "p:", TIMEOUT)
     assert "secret" not in repr(options)
     store = RedisStore(options, lambda message: None)
-    assert store.directory == "redis://user:***@127.0.0.1:1/0 (keys p:*)"
+    assert store.location == "redis://user:***@127.0.0.1:1/0 (keys p:*)"
     store.close()
 
 
@@ -175,7 +176,7 @@ def check_failing(store: RedisStore) -> float:
                                (lambda: store.clear(), 0),
                                (lambda: fresh_figures(store).count(), 0),
                                (lambda: store.volume(), 0),
-                               (lambda: store.update_access_times(["k"], 0), None)]:
+                               (lambda: store.touch(["k"]), None)]:
         started = time.monotonic()
         assert operation() == nothing
         longest = max(longest, time.monotonic() - started)
@@ -196,13 +197,13 @@ def failure_episode(server: RedisServer, warnings: List[str], clock: Clock, faul
         assert check_failing(store) < 5 * TIMEOUT
         assert not store.available and forgotten
         assert len(warnings) == 1 and "failed" in warnings[0], warnings
-        clock.advance(RedisStore.RETRY_DELAY - 0.1)
+        clock.advance(RedisConnection.RETRY_DELAY - 0.1)
         assert store.get("k") == (None, None, None) and len(warnings) == 1
         repair()
         clock.advance(0.1)
         assert store.set("k", b"again", 60, None) is True
         assert store.available and store.get("k")[0] == b"again"
-        assert warnings[1:] == ["cache store %s works again" % store.directory]
+        assert warnings[1:] == ["cache store %s works again" % store.location]
     finally:
         store.close()
 
@@ -244,7 +245,7 @@ def test_a_full_server_is_one_episode_however_many_retries(server, warnings, clo
     server.config_set("maxmemory", "0")
     clock.advance(40)
     assert store.set("k2", b"v", 60, None) is True
-    assert warnings[1:] == ["cache store %s works again" % store.directory]
+    assert warnings[1:] == ["cache store %s works again" % store.location]
     store.close()
 
 
@@ -260,7 +261,7 @@ def test_a_call_that_ends_after_a_concurrent_failure_does_not_end_the_episode(
         release.wait(5)
         return b"answered before the failure"
 
-    caller = threading.Thread(target=store._call, args=(slow,))
+    caller = threading.Thread(target=store.connection.call, args=(slow,))
     caller.start()
     assert began.wait(5)
     server.stop()
@@ -269,9 +270,9 @@ def test_a_call_that_ends_after_a_concurrent_failure_does_not_end_the_episode(
     caller.join(5)
     assert len(warnings) == 1 and "failed" in warnings[0], warnings
     server.start()
-    clock.advance(RedisStore.RETRY_DELAY)
+    clock.advance(RedisConnection.RETRY_DELAY)
     assert store.set("k", b"v", 60, None) is True and store.available
-    assert warnings[1:] == ["cache store %s works again" % store.directory]
+    assert warnings[1:] == ["cache store %s works again" % store.location]
     store.close()
 
 
@@ -308,7 +309,7 @@ def test_an_unreachable_server_waits_longer_after_each_failed_attempt(server, wa
     server.stop()
     assert store.get("k") == (None, None, None)
     server.start()
-    clock.now = clock_after + RedisStore.RETRY_DELAY  # the delay starts afresh
+    clock.now = clock_after + RedisConnection.RETRY_DELAY  # the delay starts afresh
     assert store.get("k")[0] is None and store.available
     store.close()
 
