@@ -6,7 +6,7 @@ store raw values (bytes) with an expiry and a tag; what the values mean is
 the facade's business.  Both turn every failure into the operation's
 "nothing" (:data:`NOTHING`, False, 0) with one warning per failure episode
 (:mod:`.episodes`), so that a failing store slows the API down but never
-breaks it.
+breaks it.  tests/unit/store_contract.py is the suite every backend passes.
 
 What only some backends can do is a capability, not a type to switch on:
 :attr:`Backend.claims` (cross-node coalescing, None for the disk) and

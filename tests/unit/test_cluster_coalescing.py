@@ -137,19 +137,3 @@ def test_a_failing_store_never_makes_a_request_wait(nodes, server) -> None:
         first.origin.gate.set()
         for thread in threads:
             thread.join(10)
-
-
-def test_a_claim_left_by_a_failed_release_is_taken_again_by_its_holder(nodes) -> None:
-    """The server paused while a node gave a claim up: the claim stays until it expires.
-    The next computation of that key on the same node takes it again (it leads the only
-    local one) instead of waiting for it; another node still waits."""
-    first, second, _ = nodes
-    store = first.store.claims
-    assert store.claim("k", 30) is True  # and its release was lost
-    assert store.claim("k", 30) is True
-    assert second.store.claims.claim("k", 30) is False
-    second.store.claims.release("k")  # not its claim: nothing happens
-    assert store.claimed("k") is True
-    store.release("k")
-    assert store.claimed("k") is False
-    assert second.store.claims.claim("k", 30) is True

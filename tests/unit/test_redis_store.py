@@ -2,9 +2,11 @@
 
 Debian's ``redis-server`` (tests/support/redis_server.py) runs on loopback;
 starting one takes a few milliseconds, so each failure test has its own.
-Covered: values with expiry and tag, TTLs, evict by tag, prefixes that never
-see each other's keys, the counts, binary values; and each failure (server
-stopped, paused, full, wrong password, client missing): "nothing" within a
+The storage contract (store_contract.py: values with expiry and tag, byte
+for byte, evict, claims, a stopped server as a failure episode) runs here as
+:class:`TestRedisBackend`.  Covered besides: TTLs, prefixes that never see
+each other's keys, the counts and their bytes; and each other failure
+(server paused, full, wrong password, client missing): "nothing" within a
 few timeouts, one warning per episode, recovery after the retry delay; and
 the Store facade with its memory front emptied on failure.
 """
@@ -14,9 +16,10 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
+from store_contract import BackendContract, Fault, Opener
 
 from orthanc_cache_plugin.core.data import Entry
 from orthanc_cache_plugin.store.facade import Store
@@ -64,25 +67,42 @@ def fresh_figures(store: RedisStore) -> RedisStore:
     return store
 
 
-def test_values_come_back_with_their_expiry_and_tag(redis, warnings):
-    before = time.time()
-    assert redis.set("k", b"value", 60, "study") is True
-    assert redis.set("forever", b"other", None, None) is True
-    assert redis.set("empty", b"", 60, "") is True
-    value, expires, tag = redis.get("k")
-    assert (value, tag) == (b"value", "study")
-    assert before + 60 - 0.01 <= expires <= time.time() + 60
-    assert redis.get("forever") == (b"other", None, None)
-    assert redis.get("empty")[0::2] == (b"", "")
-    assert redis.get("absent") == (None, None, None)
-    assert warnings == []
+class ServerStopped(Fault):
+    def __init__(self, server: RedisServer) -> None:
+        self._server = server
+
+    def cause(self) -> None:
+        self._server.stop()
+
+    def repair(self) -> None:
+        self._server.start()  # empty, as after a restart without persistence
 
 
-def test_binary_values_and_odd_keys_are_kept_byte_for_byte(redis):
-    body = bytes(range(256)) * 1000 + b"\n1 2\n"
-    key = "/instances/x/frames/0/raw?a=b c&d=\u00e9\n*"
-    assert redis.set(key, body, 60, "tag\nwith newline") is True
-    assert redis.get(key) == (body, pytest.approx(time.time() + 60, abs=1), "tag\nwith newline")
+class TestRedisBackend(BackendContract):
+    RETRY_DELAY = RedisConnection.RETRY_DELAY
+    #: A few timeouts at most (a stopped server refuses at once).
+    FAILING_CALL_SECONDS = 5 * TIMEOUT
+    SHARED = True
+
+    @pytest.fixture
+    def open_backend(self, server, warnings, clock) -> Iterator[Opener]:
+        opened: List[RedisStore] = []
+
+        def open_redis(on_failure: Callable[[], None]) -> RedisStore:
+            opened.append(open_store(server, warnings, clock, prefix="contract:",
+                                     on_failure=on_failure))
+            return opened[-1]
+
+        yield open_redis
+        for store in opened:
+            store.close()
+
+    @pytest.fixture
+    def fault(self, server) -> ServerStopped:
+        return ServerStopped(server)
+
+    def count(self, backend: RedisStore) -> int:  # type: ignore[override]
+        return fresh_figures(backend).count()
 
 
 def test_the_expiration_is_the_keys_ttl(redis, shared_server):
@@ -92,17 +112,6 @@ def test_the_expiration_is_the_keys_ttl(redis, shared_server):
     time.sleep(0.4)
     assert redis.get("short") == (None, None, None)
     assert fresh_figures(redis).count() == 0 and redis.volume() == 0
-
-
-def test_evict_drops_the_tags_entries_only(redis):
-    for key in ("a", "b", "c"):
-        assert redis.set(key, b"12345", 60, "study")
-    assert redis.set("other", b"1", 60, "series")
-    assert fresh_figures(redis).count() == 4 and redis.volume() == 16
-    assert redis.evict("study") == 3
-    assert [redis.get(key)[0] for key in ("a", "b", "c", "other")] == [None, None, None, b"1"]
-    assert fresh_figures(redis).count() == 1 and redis.volume() == 1
-    assert redis.evict("study") == 0
 
 
 def test_counts_follow_replacements_and_deletions(redis):
@@ -206,10 +215,6 @@ def failure_episode(server: RedisServer, warnings: List[str], clock: Clock, faul
         assert warnings[1:] == ["cache store %s works again" % store.location]
     finally:
         store.close()
-
-
-def test_a_stopped_server(server, warnings, clock):
-    failure_episode(server, warnings, clock, server.stop, server.start)
 
 
 def test_a_paused_server_costs_a_timeout_not_a_hang(server, warnings, clock):
