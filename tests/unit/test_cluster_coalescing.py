@@ -70,9 +70,15 @@ def test_one_node_computes_the_others_wait_for_its_entry(nodes) -> None:
     first, second, third = nodes
     replies, threads = serve_in_threads([(first, make_request(URI))])
     assert first.origin.first_fetch.wait(10)  # the first node holds the claim, computing
+    waiting: List[CacheController] = []
+    for node in (second, third):
+        node.sleep = lambda seconds, node=node: (waiting.append(node), time.sleep(seconds))
     more, others = serve_in_threads([(second, make_request(URI)), (third, make_request(URI))])
     name = claim_name(cache_key(URI, "", ""), SALT + "|20230220T140000")
     assert first.store.claims.claimed(name) is True
+    # Both wait for the claim before the first node stores: started later (a busy
+    # machine), they would find its entry at their first read, a plain HIT.
+    wait_until(lambda: second in waiting and third in waiting)
     first.origin.gate.set()
     for thread in threads + others:
         thread.join(10)
