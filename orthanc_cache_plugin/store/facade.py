@@ -57,7 +57,7 @@ class Store:
     memory (:class:`~.memory.HotEntries`) and read from there.
     """
 
-    #: Seconds between attempts to reopen a store that failed (given to the disk part).
+    #: Seconds before the first attempt to reopen a store that failed (given to the backend).
     RETRY_DELAY = DiskStore.RETRY_DELAY
     #: Bytes of write-ahead log SQLite keeps after a checkpoint (given to the disk part).
     JOURNAL_SIZE_LIMIT = DiskStore.JOURNAL_SIZE_LIMIT
@@ -110,7 +110,7 @@ class Store:
 
     @property
     def failures(self) -> int:
-        """How many times the disk failed (operations and attempts to reopen)."""
+        """How many times the backend failed (operations and attempts to reopen)."""
         return self._backend.failures
 
     def _forget_memory(self) -> None:
