@@ -38,7 +38,7 @@ from ..freshness.changes import (
 )
 from ..freshness.versions import AnnouncedDeletions, Generations, RememberedUpdates
 from ..store.facade import Store
-from ..store.redis_backend import RedisStore
+from ..store.redis_connection import RedisConnection
 
 Log = Callable[[str], None]
 
@@ -284,7 +284,7 @@ class ClusterSync:
     #: nodes sharing the store (an attempt fails within a few RedisTimeouts).
     JOIN_WAIT = 2.0
 
-    def __init__(self, watch: ChangeWatch, shared: RedisStore, location: str, info: Log,
+    def __init__(self, watch: ChangeWatch, shared: RedisConnection, location: str, info: Log,
                  warn: Log):
         self._watch = watch
         self._location = location
@@ -460,7 +460,7 @@ class Watchers:
     def __init__(self, store: Store, index: Index, on_tick: Callable[[], None], info: Log,
                  warn: Log, admin_prefix: str = "", housekeeper: bool = False):
         self.watch = ChangeWatch(store, index, info, warn, admin_prefix)
-        shared = store.shared
+        shared = store.shared_connection
         self.sync = ClusterSync(self.watch, shared, store.location, info, warn) \
             if shared is not None else None
         self.poller = ChangePoller(self.watch, store, index, clustered=self.sync is not None)

@@ -135,11 +135,11 @@ class CacheController:
                 if isinstance(step, policy.Decision):
                     return _reply(step, headers)
                 miss = step
-            cluster = self.store.shared
-            if cluster is not None:
+            claims = self.store.claims
+            if claims is not None:
                 # Other nodes may miss it too: the first to claim it computes.
                 claim = claim_name(job.key, miss.stamp)
-                taken = cluster.claim(claim, self.settings.lock_timeout)
+                taken = claims.claim(claim, self.settings.lock_timeout)
                 if taken is False:  # another node computes it: wait for its entry
                     claim = ""
                     found = policy.whole(self._await_other_node(job, miss), miss.stamp)
@@ -151,8 +151,8 @@ class CacheController:
             return self._compute(job, miss, headers, flight)
         finally:
             flight.land(None)  # no effect when the answer was shared
-            if claim and self.store.shared is not None:
-                self.store.shared.release(claim)
+            if claim and self.store.claims is not None:
+                self.store.claims.release(claim)
 
     def _await_other_node(self, job: _Job, miss: policy.Miss) -> Optional[Entry]:
         """The entry another node stores while it holds the claim of this key and version,
@@ -162,14 +162,14 @@ class CacheController:
         other node gives the claim up without an entry when Orthanc answered it an error,
         or when it keeps only validators (binaries without StoreBinary): this node then
         computes the answer itself."""
-        shared = self.store.shared
-        assert shared is not None
+        claims = self.store.claims
+        assert claims is not None
         name, delay = claim_name(job.key, miss.stamp), 0.005
         deadline = self.monotonic() + self.settings.lock_timeout
         while self.monotonic() < deadline:
             self.sleep(delay)
             delay = min(delay * 2, 0.1)
-            held = shared.claimed(name)
+            held = claims.claimed(name)
             if held is None:
                 return None
             if not held:

@@ -35,7 +35,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..core.data import GenerationUpdate
-from ..store.redis_backend import RedisStore
+from ..store.redis_connection import RedisConnection
 
 #: The hash's field holding the base generation (resource ids have no spaces).
 BASE_FIELD = " base"
@@ -127,12 +127,12 @@ class RedisBus:
     RETRY_DELAY = 0.5
     LONGEST_RETRY_DELAY = 5.0
 
-    def __init__(self, store: RedisStore,
+    def __init__(self, connection: RedisConnection,
                  on_update: Callable[[GenerationUpdate], None],
                  on_lost: Callable[[str], None],
                  on_joined: Callable[[GenerationUpdate], bool]):
-        self._store = store
-        prefix = store.options.prefix
+        self._connection = connection
+        prefix = connection.options.prefix
         self.hash, self.channel = prefix + "g", prefix + "changes"
         #: This process, in its messages (its own are not merged again).
         self.node = os.urandom(8).hex()
@@ -151,7 +151,7 @@ class RedisBus:
         arguments = [encode(self.node, update), update.base]
         for resource_id, generation in update.touched.items():
             arguments += [resource_id, generation]
-        return bool(self._store.call(
+        return bool(self._connection.call(
             lambda client: client.eval(_MERGE, 2, self.hash, self.channel, *arguments), False))
 
     def tell_forget(self) -> None:
@@ -166,7 +166,7 @@ class RedisBus:
             self._forget_pending.clear()
             return int(client.publish(self.channel, message))
 
-        if not self._store.call_soon(send):
+        if not self._connection.call_soon(send):
             self._forget_pending.clear()
 
     def start(self, wait: float = 0.0) -> bool:
@@ -207,8 +207,8 @@ class RedisBus:
     def _follow(self) -> bool:
         """Subscribe, join, then merge messages until the channel fails (raises) or the
         bus stops (True)."""
-        timeout = max(self._store.options.timeout, 1.0)
-        self._client = client = self._store.new_client(timeout)
+        timeout = max(self._connection.options.timeout, 1.0)
+        self._client = client = self._connection.new_client(timeout)
         self._pubsub = pubsub = client.pubsub()
         pubsub.subscribe(self.channel)
         deadline = time.monotonic() + timeout

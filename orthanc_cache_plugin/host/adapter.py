@@ -337,7 +337,7 @@ def _identity(store: Store) -> Identity:
     # from a store that nodes share: a node new to it (or upgraded first) would empty it
     # for the others; their entries expire or are evicted instead.
     if store.get_value(COMPUTED_BY) != salt:
-        removed = store.clear() if store.shared is None else 0
+        removed = 0 if store.shared_by_nodes else store.clear()
         store.set_value(COMPUTED_BY, salt)
         if removed:
             _warn("%d stored answers removed: computed by another version (now %s)"

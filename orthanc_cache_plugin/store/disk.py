@@ -5,12 +5,13 @@ size-limited, LRU eviction, per-entry expiry) and its failures: every error
 of the disk makes an operation return its "nothing" (no value, not written,
 0), so the caller asks Orthanc instead and a broken disk slows the API down
 but never breaks it.  A warning is logged once per failure episode, the
-cache is reopened :attr:`~DiskStore.RETRY_DELAY` seconds later, and a damaged
-database is started afresh.  Its owner hears of every failure
+cache is reopened :attr:`~DiskStore.RETRY_DELAY` seconds later
+(:mod:`.episodes`), and a damaged database is started afresh.  Its owner hears of every failure
 (``on_failure``), so that nothing kept elsewhere outlives a failing disk.
 
 It stores raw values (bytes) with their expiry and tag; what they mean is
-the owner's business (:class:`.store.Store`).
+the owner's business (:class:`.facade.Store`): it is one
+:class:`.backend.Backend`, of one node (no claims, nothing shared).
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ import shutil
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 import diskcache
+
+from .backend import NOTHING, Claims, Found
+from .episodes import FailureEpisode
 
 _DISKCACHE_FILES = re.compile(r"cache\.db(-wal|-shm|-journal)?")
 _DISKCACHE_FOLDERS = re.compile(r"[0-9a-f]{2}")
 
-#: What :meth:`DiskStore.get` finds: the value, its expiry time (wall clock, None
-#: if it never expires) and its tag.
-Found = Tuple[Any, Optional[float], Optional[str]]
-_NOTHING: Found = (None, None, None)
 
 
 class DiskStore:
@@ -40,6 +40,10 @@ class DiskStore:
     Opened once per process; every method is safe to call from several
     threads (diskcache opens one SQLite connection per thread).
     """
+
+    #: One node's files: nothing to claim, nobody else writing.
+    claims: Optional[Claims] = None
+    shared_by_nodes = False
 
     #: Seconds between attempts to reopen a cache that failed.
     RETRY_DELAY = 5.0
@@ -54,23 +58,31 @@ class DiskStore:
         self.directory = directory
         self._size_limit = size_limit
         self._warn = warn
-        self._clock = clock
         self._on_failure = on_failure
-        self._retry_delay = self.RETRY_DELAY if retry_delay is None else retry_delay
         self._journal_size_limit = (self.JOURNAL_SIZE_LIMIT if journal_size_limit is None
                                     else journal_size_limit)
         self._lock = threading.Lock()
         self._cache: Optional[diskcache.Cache] = None
-        self._failed_at: Optional[float] = None
+        self._episode = FailureEpisode(
+            "cache store in %s" % directory, warn, clock,
+            self.RETRY_DELAY if retry_delay is None else retry_delay)
         self._damaged = False
-        #: Failures so far (each failed operation or attempt to open).
-        self.failures = 0
         self._open()
 
     @property
     def available(self) -> bool:
         """False while the cache is failing (or closed)."""
         return self._cache is not None
+
+    @property
+    def location(self) -> str:
+        """The directory."""
+        return self.directory
+
+    @property
+    def failures(self) -> int:
+        """Failures so far (each failed operation or attempt to open)."""
+        return self._episode.failures
 
     # -- operations: each returns its "nothing" when the disk fails ----------------------------
 
@@ -79,7 +91,13 @@ class DiskStore:
 
         A read is a write: diskcache's least-recently-used policy records its time."""
         found = self._call(lambda cache: cache.get(key, expire_time=True, tag=True))
-        return _NOTHING if found is None else (found[0], found[1], found[2])
+        if found is None:
+            return NOTHING
+        value = found[0]
+        # Not bytes: written by something else (an older plugin's pickled object), which
+        # the owner then deletes as any value it cannot decode.
+        return (value if value is None or isinstance(value, bytes) else b"", found[1],
+                found[2])
 
     def set(self, key: str, value: bytes, expire: Optional[float], tag: Optional[str]) -> bool:
         """Write ``value`` under ``key`` for ``expire`` seconds; False on failure."""
@@ -105,6 +123,10 @@ class DiskStore:
         """Bytes used on disk."""
         return int(self._call(lambda cache: cache.volume(), 0))
 
+    def touch(self, keys: List[str]) -> None:
+        """Give ``keys`` the access time now, in one transaction."""
+        self.update_access_times(keys, time.time())
+
     def update_access_times(self, keys: List[str], when: float) -> None:
         """Give ``keys`` the access time ``when`` (wall clock), in one transaction."""
         if keys:
@@ -126,7 +148,8 @@ class DiskStore:
     def close(self) -> None:
         """Release the files; later calls reopen nothing."""
         with self._lock:
-            cache, self._cache, self._failed_at = self._cache, None, None
+            cache, self._cache = self._cache, None
+            self._episode.stop()
         if cache is not None:
             cache.close()
 
@@ -166,9 +189,6 @@ class DiskStore:
                 re.search(r"malformed|not a database", str(cause)):
             self._damaged = True
         with self._lock:
-            first = self._failed_at is None
-            self._failed_at = self._clock()
-            self.failures += 1
             broken, self._cache = self._cache, None
         self._on_failure()
         if broken is not None:
@@ -176,17 +196,14 @@ class DiskStore:
                 broken.close()
             except Exception:
                 pass
-        if first:
-            self._warn("cache store in %s failed (%s: %s); requests go to Orthanc until it "
-                       "works again" % (self.directory, type(cause).__name__, cause))
+        self._episode.failed("%s: %s" % (type(cause).__name__, cause))
 
     def _usable(self) -> Optional[diskcache.Cache]:
-        if self._cache is None and self._failed_at is not None:
-            if self._clock() - self._failed_at >= self._retry_delay:
-                with self._lock:
-                    retry = self._cache is None
-                if retry:
-                    self._open()
+        if self._cache is None and self._episode.failing:
+            with self._lock:
+                retry = self._cache is None and self._episode.retry_due()
+            if retry:
+                self._open()
         return self._cache
 
     def _call(self, action: Callable[[diskcache.Cache], Any], default: Any = None) -> Any:
@@ -198,9 +215,8 @@ class DiskStore:
         except Exception as error:
             self._fail(error)
             return default
-        if self._failed_at is not None:
-            self._failed_at = None
-            self._warn("cache store in %s works again" % self.directory)
+        if self._episode.failing:
+            self._episode.works()
         return result
 
 

@@ -14,23 +14,28 @@ the facade the rest of the plugin uses; it combines
 * small named strings in files beside the entries (:class:`.state_files.StateFiles`).
 
 With ``redis`` options (the setting ``Backend: redis``), a Redis or Valkey
-server (:class:`.redis_backend.RedisStore`, the same surface and the same
-failure handling) takes the disk's place; the memory front mirrors it as it
-mirrors the disk, and the state files stay in ``directory``: they belong to
-the node.
+server (:class:`.redis_backend.RedisStore`, the same contract,
+:class:`.backend.Backend`, and the same failure handling) takes the disk's
+place; the memory front mirrors it as it mirrors the disk, and the state
+files stay in ``directory``: they belong to the node.  What a server shared
+by nodes adds is named, not found by the type of the backend:
+:attr:`Store.claims`, :attr:`Store.shared_by_nodes` and
+:attr:`Store.shared_connection` (for the cluster's bus).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 from .. import __version__
 from ..core.data import FORMAT, Entry
+from .backend import Backend, Claims
 from .disk import DiskStore
 from .memory import HotEntries
 from .redis_backend import RedisOptions, RedisStore
+from .redis_connection import RedisConnection
 from .state_files import StateFiles
 
 #: The small value (Store.get_value) naming what computed the stored answers.
@@ -52,7 +57,7 @@ class Store:
     memory (:class:`~.memory.HotEntries`) and read from there.
     """
 
-    #: Seconds between attempts to reopen a store that failed (given to the disk part).
+    #: Seconds before the first attempt to reopen a store that failed (given to the backend).
     RETRY_DELAY = DiskStore.RETRY_DELAY
     #: Bytes of write-ahead log SQLite keeps after a checkpoint (given to the disk part).
     JOURNAL_SIZE_LIMIT = DiskStore.JOURNAL_SIZE_LIMIT
@@ -65,7 +70,10 @@ class Store:
         self._hot = HotEntries(memory, time.time) if memory > 0 else None
         self._expiration = expiration
         self._state = StateFiles(directory)
-        self._backend: Union[DiskStore, RedisStore]
+        self._backend: Backend
+        #: The server's connection, when other nodes may share it (the cluster's bus
+        #: uses it); None for the disk.
+        self.shared_connection: Optional[RedisConnection] = None
         if redis is None:
             self._backend = DiskStore(directory, size_limit, warn, clock,
                                       on_failure=self._forget_memory,
@@ -79,19 +87,21 @@ class Store:
             except OSError as error:
                 warn("cannot make %s for the state files (%s)" % (directory, error))
             # The size bound is the server's (maxmemory): see docs/deployment.md.
-            self._backend = RedisStore(redis, warn, clock, on_failure=self._forget_memory,
-                                       retry_delay=self.RETRY_DELAY)
+            server = RedisStore(redis, warn, clock, on_failure=self._forget_memory,
+                                retry_delay=self.RETRY_DELAY)
+            self._backend, self.shared_connection = server, server.connection
+        #: Claims that coalesce misses across the nodes sharing the store; None for one
+        #: node's store.
+        self.claims: Optional[Claims] = self._backend.claims
+        #: Whether other nodes read and write the same entries (a plain attribute: read on
+        #: hits from memory).
+        self.shared_by_nodes = self._backend.shared_by_nodes
 
     @property
     def location(self) -> str:
         """Where the entries are: the directory, or the Redis server (without password)
         and the key prefix."""
-        return self._backend.directory
-
-    @property
-    def shared(self) -> Optional[RedisStore]:
-        """The Redis store when the entries are on a server that other nodes may share."""
-        return self._backend if isinstance(self._backend, RedisStore) else None
+        return self._backend.location
 
     @property
     def available(self) -> bool:
@@ -100,7 +110,7 @@ class Store:
 
     @property
     def failures(self) -> int:
-        """How many times the disk failed (operations and attempts to reopen)."""
+        """How many times the backend failed (operations and attempts to reopen)."""
         return self._backend.failures
 
     def _forget_memory(self) -> None:
@@ -117,12 +127,12 @@ class Store:
         if self._hot is not None:
             entry = self._hot.get(key)
             if entry is not None and (wanted is None or entry.version == wanted
-                                      or self.shared is None):
+                                      or not self.shared_by_nodes):
                 return entry
         raw, expires, tag = self._backend.get(key)
         if raw is None:
             return None
-        entry = Entry.decode(raw) if isinstance(raw, bytes) else None
+        entry = Entry.decode(raw)
         if entry is None:  # written by another plugin version, or damaged
             self.delete(key)
         elif self._hot is not None and self._backend.available:
@@ -167,7 +177,7 @@ class Store:
         so that the disk's least-recently-used eviction spares them.  Called periodically."""
         touched = self._hot.take_touched() if self._hot is not None else []
         if touched:
-            self._backend.update_access_times(touched, time.time())
+            self._backend.touch(touched)
 
     def get_value(self, name: str) -> Optional[str]:
         """A small named string kept in a file beside the entries; None if absent."""

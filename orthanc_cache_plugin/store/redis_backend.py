@@ -1,24 +1,14 @@
 """The store's Redis part: entries in a Redis or Valkey server, every failure as "nothing".
 
-:class:`RedisStore` has the public surface of :class:`.disk.DiskStore`, so
-that :class:`.store.Store` (the memory front and the state files) uses
-either.  Like the disk store it turns every error into an operation's
-"nothing" (no value, not written, 0): the caller asks Orthanc instead, so a
-server that is stopped, unreachable, paused, full (``OOM``), refusing the
-password or answering errors slows the API down by at most a few timeouts
-but never breaks it.  Every call has the ``RedisTimeout`` (connect, send,
-each wait for an answer) and the client never retries by itself.  A warning
-is logged once per failure episode; while failing, nothing is sent to the
-server; after :attr:`~RedisStore.RETRY_DELAY` seconds one attempt
-reconnects (a ``PING``), and each attempt that fails doubles the delay up
-to :attr:`~RedisStore.LONGEST_RETRY_DELAY`.  The first call that works again
-logs so.  The owner hears of every failure (``on_failure``): the memory
-front is emptied, so that it never outlives a failing server.
-
-The ``redis`` client is imported when the store opens, not before: the
-plugin runs without it when ``Backend`` is ``disk``.  With ``Backend``
-``redis`` and no client installed, the store stays unavailable (requests go
-to Orthanc, as with any failure) and says so once, with the fix.
+:class:`RedisStore` is the storage contract (:class:`.backend.Backend`) on a
+server, so that :class:`.facade.Store` (the memory front and the state
+files) uses it as it uses the disk.  Its calls go through a
+:class:`.redis_connection.RedisConnection`, which turns every error into the
+operation's "nothing" (no value, not written, 0) with one warning per
+failure episode, and reconnects a little later.  The owner hears of every
+failure (``on_failure``): the memory front is emptied, so that it never
+outlives a failing server.  :class:`RedisClaims` lets the nodes sharing the
+server coalesce their misses (:attr:`.backend.Backend.claims`).
 
 **Nothing stale after an outage.**  Every entry carries the version it was
 computed at (``LastUpdate`` and the generations, :mod:`.freshness`), which
@@ -45,7 +35,7 @@ production share a server without seeing each other's keys, and
 * ``{prefix}t:{tag}``: the set of keys stored with a tag (a resource id),
   for :meth:`evict`, with the TTL of its newest entry;
 * ``{prefix}c:{digest}``: a node's claim to compute one key at one version
-  (:meth:`claim`), for ``LockTimeout`` at most;
+  (:meth:`RedisClaims.claim`), for ``LockTimeout`` at most;
 * ``{prefix}g`` and the channel ``{prefix}changes``: the generations the
   nodes share (:mod:`..cluster.bus`);
 * ``{prefix}i``, ``{prefix}s``, ``{prefix}b``: the plugin's own count of its
@@ -59,14 +49,6 @@ production share a server without seeing each other's keys, and
 The scripts are Lua (``EVALSHA``), each atomic on the server; they name
 keys they were not given, which a standalone server or a replicated one
 (Sentinel) allows and Redis Cluster does not: the store needs one server.
-
-**Calls run on threads of this module** (:attr:`RedisStore.WORKERS`), never on
-the Orthanc thread that serves the request.  Python 3.14 leaves code that
-runs on Orthanc's HTTP threads a C stack of a few hundred levels (measured in
-Orthanc 1.13.0 with plugin 7.1: 264 levels of C recursion, against some
-58,000 on a thread that Python started), and the client goes deeper: every
-call failed with ``RecursionError`` (docs/reliability.md).  The hop costs
-tens of microseconds against a round trip of about 250.
 """
 
 from __future__ import annotations
@@ -74,14 +56,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
-from ..core.settings import mask_url
-from .disk import Found
+from .backend import NOTHING, Found
+from .redis_connection import RedisConnection, RedisOptions
 
-_NOTHING: Found = (None, None, None)
+__all__ = ["RedisClaims", "RedisOptions", "RedisStore"]
 
 #: Writes an entry and its bookkeeping.  KEYS: entry, index, sizes, bytes[, tag set];
 #: ARGV: value, TTL in ms ("0": none), expiry score, size, key.
@@ -171,16 +151,6 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class RedisOptions:
-    """Where and how to reach the server: the settings RedisUrl, KeyPrefix, RedisTimeout."""
-
-    url: str = field(repr=False)  # may hold a password
-    prefix: str
-    #: Seconds any call may take (connecting, sending, each wait for an answer).
-    timeout: float
-
-
 def _glob_escaped(text: str) -> str:
     """``text`` as a literal in a SCAN MATCH pattern."""
     return "".join("\\" + char if char in "*?[]\\^" else char for char in text)
@@ -199,73 +169,77 @@ def _decode(stored: bytes) -> Found:
     header, newline, rest = stored.partition(b"\n")
     fields = header.split(b" ")
     if not newline or len(fields) != 2:
-        return _NOTHING
+        return NOTHING
     try:
         milliseconds, tag_length = int(fields[0]), int(fields[1])
     except ValueError:
-        return _NOTHING
+        return NOTHING
     if tag_length > len(rest):
-        return _NOTHING
+        return NOTHING
     tag = None if tag_length < 0 else rest[:tag_length].decode("utf-8", "replace")
     expires = None if milliseconds == 0 else milliseconds / 1000
     return rest[max(tag_length, 0):], expires, tag
 
 
+class _Scripts(NamedTuple):
+    """The store's scripts, registered on each new client (``EVALSHA``, loaded on first use)."""
+
+    write: Any
+    delete: Any
+    evict: Any
+    figures: Any
+
+
 class RedisStore:
-    """Failure-tolerant store of raw values in a Redis or Valkey server, under one prefix.
+    """Failure-tolerant store of raw values in a Redis or Valkey server, under one prefix
+    (:class:`.backend.Backend`).
 
     Safe to call from several threads: the client's connection pool hands
     each call a connection of its own.
     """
 
-    #: Seconds before the first attempt to reconnect to a server that failed.
-    RETRY_DELAY = 5.0
-    #: Longest delay between attempts (each failed attempt doubles the delay).
-    LONGEST_RETRY_DELAY = 60.0
     #: Seconds :meth:`count` and :meth:`volume` keep the figures they read.
     FIGURES_PERIOD = 1.0
     #: Expired keys dropped from the bookkeeping per reading of the figures.
     SWEEP_BATCH = 1000
-    #: Keys per TOUCH of :meth:`update_access_times`.
+    #: Keys per TOUCH of :meth:`touch`.
     TOUCH_BATCH = 1000
-    #: Threads that make the calls (see the module's documentation): as many calls at a
-    #: time; more wait their turn (each call is bounded by the timeout).
-    WORKERS = 8
+    #: Other nodes may share the server: see :attr:`.backend.Backend.shared_by_nodes`.
+    shared_by_nodes = True
 
     def __init__(self, options: RedisOptions, warn: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic,
                  on_failure: Callable[[], None] = lambda: None,
                  retry_delay: Optional[float] = None):
         self.options = options
-        #: What logs and statistics name the store by (the URL without its password).
-        self.directory = "%s (keys %s*)" % (mask_url(options.url), options.prefix)
-        self._warn = warn
         self._clock = clock
         self._on_failure = on_failure
-        self._first_delay = self.RETRY_DELAY if retry_delay is None else retry_delay
-        self._delay = self._first_delay
         self._lock = threading.Lock()
-        self._client: Any = None
-        self._scripts: Any = None
-        self._failed_at: Optional[float] = None
-        self._closed = False
+        self._scripts: Optional[_Scripts] = None
         self._figures: Optional[Tuple[float, int, int]] = None  # (read at, count, bytes)
         prefix = options.prefix
         self._entry_prefix = prefix + "e:"
         self._tag_prefix = prefix + "t:"
-        self._claim_prefix = prefix + "c:"
-        #: This process, as the holder of its claims.
-        self.holder = os.urandom(8).hex()
         self._bookkeeping = [prefix + "i", prefix + "s", prefix + "b"]
-        #: Failures so far (each failed operation or attempt to reconnect).
-        self.failures = 0
-        self._workers = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="cache-redis")
-        self._open(retrying=False)
+        #: The server's client, shared with :attr:`claims` and the cluster's bus.
+        self.connection = RedisConnection(options, warn, clock, self._failed, retry_delay,
+                                          self._prepare)
+        self.claims = RedisClaims(self.connection, prefix + "c:")
+
+    @property
+    def location(self) -> str:
+        """The server (its URL without the password) and the key prefix."""
+        return self.connection.location
 
     @property
     def available(self) -> bool:
         """False while the server is failing (or the client is missing, or closed)."""
-        return self._client is not None
+        return self.connection.available
+
+    @property
+    def failures(self) -> int:
+        """Failures so far (each failed operation or attempt to reconnect)."""
+        return self.connection.failures
 
     # -- operations: each returns its "nothing" when the server fails --------------------------
 
@@ -273,8 +247,8 @@ class RedisStore:
         """(value, expiry time, tag) under ``key``; (None, None, None) if absent or failing.
 
         The read also gives the key its access time for the server's LRU eviction."""
-        stored = self._call(lambda client: client.get(self._entry_prefix + key))
-        return _decode(stored) if isinstance(stored, bytes) else _NOTHING
+        stored = self.connection.call(lambda client: client.get(self._entry_prefix + key))
+        return _decode(stored) if isinstance(stored, bytes) else NOTHING
 
     def set(self, key: str, value: bytes, expire: Optional[float], tag: Optional[str]) -> bool:
         """Write ``value`` under ``key`` for ``expire`` seconds (its TTL); False on failure."""
@@ -285,23 +259,24 @@ class RedisStore:
         if tag is not None:
             keys.append(self._tag_prefix + tag)
         arguments = [_encode(value, expires_at, tag), ttl, score, str(len(value)), key]
-        return bool(self._call(lambda client: self._scripts[0](keys, arguments, client), False))
+        return bool(self.connection.call(
+            lambda client: self._script().write(keys, arguments, client), False))
 
     def evict(self, tag: str) -> int:
         """Drop every value stored with ``tag``; how many went (one script on the server)."""
         keys = [self._tag_prefix + tag] + self._bookkeeping
-        return int(self._call(
-            lambda client: self._scripts[2](keys, [self._entry_prefix], client), 0))
+        return int(self.connection.call(
+            lambda client: self._script().evict(keys, [self._entry_prefix], client), 0))
 
     def delete(self, key: str) -> None:
-        self._call(lambda client: self._scripts[1](self._bookkeeping, [self._entry_prefix, key],
-                                                   client))
+        self.connection.call(lambda client: self._script().delete(
+            self._bookkeeping, [self._entry_prefix, key], client))
 
     def clear(self) -> int:
         """Remove every key of the prefix (entries, tags, bookkeeping); how many entries went.
 
         A scan of the server's keys (SCAN, a batch per call, each with the timeout)."""
-        return int(self._call(self._clear_all, 0))
+        return int(self.connection.call(self._clear_all, 0))
 
     def count(self) -> int:
         """Number of entries the plugin wrote that have not expired (approximate: see the
@@ -312,11 +287,9 @@ class RedisStore:
         """Bytes of the values of those entries (without Redis' own overhead)."""
         return self._read_figures()[1]
 
-    def update_access_times(self, keys: List[str], when: float) -> None:
+    def touch(self, keys: List[str]) -> None:
         """Give ``keys`` a new access time in the server's LRU (``TOUCH``), so that the
-        entries read from the memory front are not the first it evicts for room.
-
-        ``when`` is ignored: the server dates the touch itself."""
+        entries read from the memory front are not the first it evicts for room."""
         def touch(client: Any) -> int:
             touched = 0
             for start in range(0, len(keys), self.TOUCH_BATCH):
@@ -325,32 +298,7 @@ class RedisStore:
             return touched
 
         if keys:
-            self._call(touch)
-
-    def claim(self, name: str, seconds: float) -> Optional[bool]:
-        """Take the claim ``name`` for ``seconds`` unless another process holds it: True
-        when taken, False when held by another, None when the server fails.
-
-        A claim this process holds already is taken again: the caller leads the only
-        local computation of that key (flights.py), so such a claim is one whose
-        release failed (the server paused meanwhile); waiting for it to expire made a
-        request wait until LockTimeout."""
-        key = self._claim_prefix + name
-        milliseconds = str(max(1, int(seconds * 1000)))
-        taken: Optional[bool] = self._call(lambda client: bool(
-            client.eval(_CLAIM, 1, key, self.holder, milliseconds)))
-        return taken
-
-    def claimed(self, name: str) -> Optional[bool]:
-        """Whether the claim ``name`` is held; None when the server fails."""
-        key = self._claim_prefix + name
-        held: Optional[bool] = self._call(lambda client: bool(client.exists(key)))
-        return held
-
-    def release(self, name: str) -> None:
-        """Give the claim ``name`` up, if this process still holds it."""
-        key = self._claim_prefix + name
-        self._call(lambda client: client.eval(_RELEASE, 1, key, self.holder))
+            self.connection.call(touch)
 
     def close_thread_connection(self) -> None:
         """Nothing to do: connections belong to the client's pool, not to threads, and are
@@ -358,147 +306,33 @@ class RedisStore:
 
     def close(self) -> None:
         """Disconnect; later calls reconnect nothing."""
+        self.connection.close()
+
+    # -- the connection's hooks, the scripts, the figures ----------------------------------------
+
+    def _prepare(self, client: Any) -> None:
+        """Register the scripts on a new client and try a write: the delete script with no
+        key (DECRBY 0 of the byte count), so that a server that answers reads but refuses
+        writes (full with noeviction: OOM; an ACL user without the scripts' commands:
+        NOPERM) stays failing, one episode, rather than reconnecting and failing again at
+        the next write (a "works again" and "failed" pair of warnings at every retry)."""
+        scripts = _Scripts(*(client.register_script(source)
+                             for source in (_SET, _DELETE, _EVICT, _FIGURES)))
+        scripts.delete(self._bookkeeping, [self._entry_prefix], client)
+        self._scripts = scripts
+
+    def _script(self) -> _Scripts:
+        """The scripts; registered before the first client is used, so always there in a
+        call."""
+        scripts = self._scripts
+        assert scripts is not None
+        return scripts
+
+    def _failed(self) -> None:
+        """The connection failed: figures read before say nothing of the server now."""
         with self._lock:
-            client, self._client, self._failed_at, self._closed = self._client, None, None, True
-        if client is not None:
-            try:
-                client.close()
-            except Exception:
-                pass
-        self._workers.shutdown(wait=False)
-
-    # -- failures and reconnecting ---------------------------------------------------------------
-
-    def _open(self, retrying: bool) -> None:
-        try:
-            self._workers.submit(self._connect, retrying).result()
-        except RuntimeError:  # closed meanwhile: the workers take nothing more
-            pass
-
-    def _connect(self, retrying: bool) -> None:
-        try:
-            import redis  # noqa: F401  (new_client imports it again: here to say it is missing)
-        except ImportError as error:
-            self.failures += 1
-            self._warn("cache store %s unavailable: the redis client is not installed "
-                       "(%s); install orthanc-cache-plugin[redis] in the Python that Orthanc "
-                       "embeds. Requests go to Orthanc" % (self.directory, error))
-            return  # not retried: the client does not appear while Orthanc runs
-        client = None
-        try:
-            client = self.new_client(self.options.timeout)
-            client.ping()
-            scripts = tuple(client.register_script(source)
-                            for source in (_SET, _DELETE, _EVICT, _FIGURES))
-            # A write too (the delete script with no key: DECRBY 0 of the byte count), so
-            # that a server that answers reads but refuses writes (full with noeviction:
-            # OOM; an ACL user without the scripts' commands: NOPERM) stays failing, one
-            # episode, rather than reconnecting and failing again at the next write (a
-            # "works again" and "failed" pair of warnings at every retry).
-            scripts[1](self._bookkeeping, [self._entry_prefix], client)
-        except Exception as error:  # ConnectionError, TimeoutError, AuthenticationError...
-            if client is not None:
-                _quietly_close(client)
-            self._fail(error)
-            if retrying:
-                self._delay = min(self._delay * 2, self.LONGEST_RETRY_DELAY)
-            return
-        with self._lock:
-            if self._closed:
-                _quietly_close(client)
-                return
-            self._scripts, self._client = scripts, client
-
-    def new_client(self, timeout: float) -> Any:
-        """A client of the server with ``timeout`` on every call and no retries (from
-        redis-py 6 the client retries 3 times with backoff): a failure is the caller's to
-        handle, at once.  Raises ImportError without the client."""
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        return redis.Redis.from_url(
-            self.options.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-            client_name="orthanc-cache-plugin")
-
-    def call(self, action: Callable[[Any], Any], default: Any = None) -> Any:
-        """``action(client)`` on one of the store's threads, with its failure handling:
-        ``default`` when the server fails or is known to be failing."""
-        return self._call(action, default)
-
-    def call_soon(self, action: Callable[[Any], Any]) -> bool:
-        """``action(client)`` on one of the store's threads, without waiting for it; its
-        failure is handled as :meth:`call`'s.  False when it was not sent (the server
-        is failing, or the store closed)."""
-        client = self._usable()
-        if client is None:
-            return False
-
-        def done(future: Any) -> None:
-            error = future.exception()
-            if error is not None:
-                self._fail(error, client)
-
-        try:
-            self._workers.submit(action, client).add_done_callback(done)
-        except RuntimeError:  # closed meanwhile
-            return False
-        return True
-
-    def _fail(self, error: BaseException, client: Any = None) -> None:
-        with self._lock:
-            if client is not None and self._client is not None and client is not self._client:
-                # A call on a client already replaced by a reconnection: it says nothing of
-                # the new one, which must not be dropped (nor a new episode begun).
-                self.failures += 1
-                return
-            first = self._failed_at is None
-            self._failed_at = self._clock()
-            self.failures += 1
-            broken, self._client = self._client, None
             self._figures = None
         self._on_failure()
-        if broken is not None:
-            _quietly_close(broken)
-        if first:
-            self._warn("cache store %s failed (%s: %s); requests go to Orthanc until it "
-                       "works again" % (self.directory, type(error).__name__, error))
-
-    def _usable(self) -> Any:
-        if self._client is None and self._failed_at is not None:
-            if self._clock() - self._failed_at >= self._delay:
-                with self._lock:
-                    retry = self._client is None and self._failed_at is not None \
-                        and self._clock() - self._failed_at >= self._delay
-                    if retry:
-                        # One attempt at a time: the others find the store still failing.
-                        self._failed_at = self._clock()
-                if retry:
-                    self._open(retrying=True)
-        return self._client
-
-    def _call(self, action: Callable[[Any], Any], default: Any = None) -> Any:
-        client = self._usable()
-        if client is None:
-            return default
-        try:
-            result = self._workers.submit(action, client).result()
-        except Exception as error:
-            self._fail(error, client)
-            return default
-        if self._failed_at is not None:
-            with self._lock:
-                # Only a call on the current client ends an episode: one that began before
-                # a concurrent call failed (the client is gone) says nothing, and ending the
-                # episode then left the store without client and without retries for good.
-                recovered = self._failed_at is not None and self._client is client
-                if recovered:
-                    self._failed_at = None
-                    self._delay = self._first_delay
-            if recovered:
-                self._warn("cache store %s works again" % self.directory)
-        return result
 
     def _clear_all(self, client: Any) -> int:
         removed = 0
@@ -523,19 +357,50 @@ class RedisStore:
         now = self._clock()
         if figures is not None and now - figures[0] < self.FIGURES_PERIOD:
             return figures[1], figures[2]
-        read = self._call(lambda client: self._scripts[3](
+        read = self.connection.call(lambda client: self._script().figures(
             self._bookkeeping, [str(int(time.time() * 1000)), str(self.SWEEP_BATCH)], client))
         if not isinstance(read, list) or len(read) != 2:
             return 0, 0
         count, volume = int(read[0]), max(0, int(read[1] or 0))
         with self._lock:
-            if self._client is not None:
+            # Checked under the lock that _failed takes after the connection dropped its
+            # client: figures read just before a failure are never kept after it.
+            if self.connection.available:
                 self._figures = (now, count, volume)
         return count, volume
 
 
-def _quietly_close(client: Any) -> None:
-    try:
-        client.close()
-    except Exception:
-        pass
+class RedisClaims:
+    """Claims on the server (:class:`.backend.Claims`): keys ``{prefix}c:{name}`` holding the
+    process that took them, for at most the time asked."""
+
+    def __init__(self, connection: RedisConnection, prefix: str):
+        self._connection = connection
+        self._prefix = prefix
+        #: This process, as the holder of its claims.
+        self.holder = os.urandom(8).hex()
+
+    def claim(self, name: str, seconds: float) -> Optional[bool]:
+        """Take the claim ``name`` for ``seconds`` unless another process holds it: True
+        when taken, False when held by another, None when the server fails.
+
+        A claim this process holds already is taken again: the caller leads the only
+        local computation of that key (flights.py), so such a claim is one whose
+        release failed (the server paused meanwhile); waiting for it to expire made a
+        request wait until LockTimeout."""
+        key = self._prefix + name
+        milliseconds = str(max(1, int(seconds * 1000)))
+        taken: Optional[bool] = self._connection.call(lambda client: bool(
+            client.eval(_CLAIM, 1, key, self.holder, milliseconds)))
+        return taken
+
+    def claimed(self, name: str) -> Optional[bool]:
+        """Whether the claim ``name`` is held; None when the server fails."""
+        key = self._prefix + name
+        held: Optional[bool] = self._connection.call(lambda client: bool(client.exists(key)))
+        return held
+
+    def release(self, name: str) -> None:
+        """Give the claim ``name`` up, if this process still holds it."""
+        key = self._prefix + name
+        self._connection.call(lambda client: client.eval(_RELEASE, 1, key, self.holder))

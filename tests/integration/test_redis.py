@@ -18,6 +18,7 @@ import pytest
 
 from orthanc_cache_plugin.core.data import Outcome
 from orthanc_cache_plugin.store.redis_backend import RedisStore
+from orthanc_cache_plugin.store.redis_connection import RedisConnection
 from support.dicom_factory import make_study
 from support.orthanc_server import OrthancServer
 from support.redis_server import RedisServer
@@ -83,7 +84,7 @@ def test_answers_from_redis_and_through_its_outage(
         redis.start()
         server.wait_for_log(re.escape("cache store redis://127.0.0.1:%d/0 (keys %s*) works again"
                                       % (redis.port, PREFIX)),
-                            timeout=RedisStore.RETRY_DELAY * 3 + 5)
+                            timeout=RedisConnection.RETRY_DELAY * 3 + 5)
         # ...and the node hears the other nodes again (a second "hears" line).
         assert server.wait_for_log(r"hears the other nodes' changes(.|\n)*"
                                    r"hears the other nodes' changes", timeout=20)

@@ -83,10 +83,10 @@ import sys
 sys.path.append("/usr/share/orthanc/plugins/")
 
 # Test only: retry sooner than the 5 s doubling to 60 s, so that an episode takes seconds.
-from orthanc_cache_plugin.store.redis_backend import RedisStore
+from orthanc_cache_plugin.store.redis_connection import RedisConnection
 from orthanc_cache_plugin.store.facade import Store
 Store.RETRY_DELAY = %r
-RedisStore.LONGEST_RETRY_DELAY = %r
+RedisConnection.LONGEST_RETRY_DELAY = %r
 
 from orthanc_cache_plugin import enable_cache_plugin
 enable_cache_plugin()

@@ -1,26 +1,71 @@
 """Unit tests of orthanc_cache_plugin.store.disk (the store's diskcache.Cache and its failures).
 
-Most of DiskStore's failure handling is tested through Store (test_store.py);
-these tests cover what the facade does not show: the raw values with their
-expiry and tag, the owner's failure callback, the access-time update written
-into diskcache's own table, and a damaged database started afresh.
+The storage contract (store_contract.py: values, evict, counts, a failure
+episode) runs on the disk as :class:`TestDiskBackend`; more of the failure
+handling is tested through Store (test_store.py).  These tests cover what
+only the disk does: a failure to open, the access-time update written into
+diskcache's own table, values that are not bytes, and a damaged database
+started afresh.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from contextlib import closing
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 import diskcache
 import pytest
+from store_contract import BackendContract, Fault, Opener
 
 from orthanc_cache_plugin.store.disk import DiskStore
-from support.clock import Clock
 
 MB = 1024 * 1024
+
+
+class DiskFault(Fault):
+    """Every call into diskcache fails as a broken disk makes it fail, opening included."""
+
+    #: What a broken disk makes SQLite raise.
+    ERROR = sqlite3.OperationalError("disk I/O error")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._monkeypatch = monkeypatch
+
+    def cause(self) -> None:
+        def broken(*args: object, **kwargs: object) -> None:
+            raise self.ERROR
+
+        for name in ("__init__", "get", "set", "evict", "delete", "clear", "__len__",
+                     "volume", "transact"):
+            self._monkeypatch.setattr(diskcache.Cache, name, broken)
+
+    def repair(self) -> None:
+        self._monkeypatch.undo()
+
+
+class TestDiskBackend(BackendContract):
+    RETRY_DELAY = DiskStore.RETRY_DELAY
+    FAILING_CALL_SECONDS = 1.0
+    SHARED = False
+
+    @pytest.fixture
+    def open_backend(self, tmp_path, warnings, clock) -> Iterator[Opener]:
+        opened: List[DiskStore] = []
+
+        def open_disk(on_failure: Callable[[], None]) -> DiskStore:
+            opened.append(DiskStore(str(tmp_path / "store"), 64 * MB, warnings.append, clock,
+                                    on_failure=on_failure))
+            return opened[-1]
+
+        yield open_disk
+        for disk in opened:
+            disk.close()
+
+    @pytest.fixture
+    def fault(self, monkeypatch) -> DiskFault:
+        return DiskFault(monkeypatch)
 
 
 @pytest.fixture
@@ -47,43 +92,6 @@ def _set_access_times(directory: str, when: float) -> None:
     with closing(sqlite3.connect(str(Path(directory) / "cache.db"))) as connection:
         with connection:
             connection.execute("UPDATE Cache SET access_time = ?", (when,))
-
-
-def test_raw_values_come_back_with_their_expiry_and_tag(disk, warnings):
-    before = time.time()
-    assert disk.set("k", b"value", 60, "study") is True
-    assert disk.set("forever", b"other", None, None) is True
-    value, expires, tag = disk.get("k")
-    assert (value, tag) == (b"value", "study")
-    assert before + 60 <= expires <= time.time() + 60
-    assert disk.get("forever") == (b"other", None, None)
-    assert disk.get("absent") == (None, None, None)
-    assert disk.count() == 2 and disk.volume() > 0
-    assert disk.evict("study") == 1
-    disk.delete("forever")
-    assert disk.count() == 0
-    assert disk.set("a", b"1", None, None) and disk.clear() == 1
-    assert warnings == []
-
-
-def test_the_owner_hears_of_every_failure(disk, warnings, clock, failures, monkeypatch):
-    def broken(*args, **kwargs):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(diskcache.Cache, "get", broken)
-    assert disk.get("k") == (None, None, None)
-    assert failures == ["failed"] and disk.failures == 1 and not disk.available
-    assert disk.get("k") == (None, None, None)  # within RETRY_DELAY: nothing is tried
-    assert failures == ["failed"]
-    clock.advance(DiskStore.RETRY_DELAY)
-    assert disk.get("k") == (None, None, None)  # reopened, fails again
-    assert failures == ["failed"] * 2 and disk.failures == 2
-    assert len(warnings) == 1
-    monkeypatch.undo()
-    clock.advance(DiskStore.RETRY_DELAY)
-    assert disk.set("k", b"x", None, None) is True
-    assert failures == ["failed"] * 2
-    assert "works again" in warnings[-1]
 
 
 def test_a_failure_to_open_is_heard_too(tmp_path, warnings, clock, failures):
@@ -148,13 +156,9 @@ def test_a_damaged_database_is_started_afresh_and_other_files_stay(tmp_path, war
     disk.close()
 
 
-def test_close_then_calls_are_harmless(tmp_path, warnings):
-    disk = DiskStore(str(tmp_path / "store"), 64 * MB, warnings.append, Clock())
-    disk.close()
-    assert not disk.available
-    assert disk.set("k", b"x", None, None) is False
-    assert disk.get("k") == (None, None, None)
-    disk.update_access_times(["k"], 1.0)
-    disk.close_thread_connection()
-    disk.close()
-    assert warnings == []
+def test_a_value_that_is_not_bytes_comes_back_as_empty_bytes(disk):
+    """Backend.get gives bytes: what something else wrote (an older plugin's pickled
+    object) comes back as b"", which the owner cannot decode and deletes."""
+    with diskcache.Cache(disk.directory) as raw_cache:
+        raw_cache.set("k", {"pickled": 1}, tag="t")
+    assert disk.get("k") == (b"", None, "t")

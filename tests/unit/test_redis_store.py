@@ -2,9 +2,11 @@
 
 Debian's ``redis-server`` (tests/support/redis_server.py) runs on loopback;
 starting one takes a few milliseconds, so each failure test has its own.
-Covered: values with expiry and tag, TTLs, evict by tag, prefixes that never
-see each other's keys, the counts, binary values; and each failure (server
-stopped, paused, full, wrong password, client missing): "nothing" within a
+The storage contract (store_contract.py: values with expiry and tag, byte
+for byte, evict, claims, a stopped server as a failure episode) runs here as
+:class:`TestRedisBackend`.  Covered besides: TTLs, prefixes that never see
+each other's keys, the counts and their bytes; and each other failure
+(server paused, full, wrong password, client missing): "nothing" within a
 few timeouts, one warning per episode, recovery after the retry delay; and
 the Store facade with its memory front emptied on failure.
 """
@@ -14,13 +16,15 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
+from store_contract import BackendContract, Fault, Opener
 
 from orthanc_cache_plugin.core.data import Entry
 from orthanc_cache_plugin.store.facade import Store
 from orthanc_cache_plugin.store.redis_backend import RedisOptions, RedisStore
+from orthanc_cache_plugin.store.redis_connection import RedisConnection
 from support.clock import Clock
 from support.redis_server import RedisServer
 
@@ -63,25 +67,42 @@ def fresh_figures(store: RedisStore) -> RedisStore:
     return store
 
 
-def test_values_come_back_with_their_expiry_and_tag(redis, warnings):
-    before = time.time()
-    assert redis.set("k", b"value", 60, "study") is True
-    assert redis.set("forever", b"other", None, None) is True
-    assert redis.set("empty", b"", 60, "") is True
-    value, expires, tag = redis.get("k")
-    assert (value, tag) == (b"value", "study")
-    assert before + 60 - 0.01 <= expires <= time.time() + 60
-    assert redis.get("forever") == (b"other", None, None)
-    assert redis.get("empty")[0::2] == (b"", "")
-    assert redis.get("absent") == (None, None, None)
-    assert warnings == []
+class ServerStopped(Fault):
+    def __init__(self, server: RedisServer) -> None:
+        self._server = server
+
+    def cause(self) -> None:
+        self._server.stop()
+
+    def repair(self) -> None:
+        self._server.start()  # empty, as after a restart without persistence
 
 
-def test_binary_values_and_odd_keys_are_kept_byte_for_byte(redis):
-    body = bytes(range(256)) * 1000 + b"\n1 2\n"
-    key = "/instances/x/frames/0/raw?a=b c&d=\u00e9\n*"
-    assert redis.set(key, body, 60, "tag\nwith newline") is True
-    assert redis.get(key) == (body, pytest.approx(time.time() + 60, abs=1), "tag\nwith newline")
+class TestRedisBackend(BackendContract):
+    RETRY_DELAY = RedisConnection.RETRY_DELAY
+    #: A few timeouts at most (a stopped server refuses at once).
+    FAILING_CALL_SECONDS = 5 * TIMEOUT
+    SHARED = True
+
+    @pytest.fixture
+    def open_backend(self, server, warnings, clock) -> Iterator[Opener]:
+        opened: List[RedisStore] = []
+
+        def open_redis(on_failure: Callable[[], None]) -> RedisStore:
+            opened.append(open_store(server, warnings, clock, prefix="contract:",
+                                     on_failure=on_failure))
+            return opened[-1]
+
+        yield open_redis
+        for store in opened:
+            store.close()
+
+    @pytest.fixture
+    def fault(self, server) -> ServerStopped:
+        return ServerStopped(server)
+
+    def count(self, backend: RedisStore) -> int:  # type: ignore[override]
+        return fresh_figures(backend).count()
 
 
 def test_the_expiration_is_the_keys_ttl(redis, shared_server):
@@ -91,17 +112,6 @@ def test_the_expiration_is_the_keys_ttl(redis, shared_server):
     time.sleep(0.4)
     assert redis.get("short") == (None, None, None)
     assert fresh_figures(redis).count() == 0 and redis.volume() == 0
-
-
-def test_evict_drops_the_tags_entries_only(redis):
-    for key in ("a", "b", "c"):
-        assert redis.set(key, b"12345", 60, "study")
-    assert redis.set("other", b"1", 60, "series")
-    assert fresh_figures(redis).count() == 4 and redis.volume() == 16
-    assert redis.evict("study") == 3
-    assert [redis.get(key)[0] for key in ("a", "b", "c", "other")] == [None, None, None, b"1"]
-    assert fresh_figures(redis).count() == 1 and redis.volume() == 1
-    assert redis.evict("study") == 0
 
 
 def test_counts_follow_replacements_and_deletions(redis):
@@ -150,7 +160,7 @@ def test_reads_from_the_memory_front_touch_the_keys(redis, shared_server):
     shared_server.call("DEBUG", "SLEEP", "0")  # nothing; keeps the server warm
     time.sleep(1.1)
     assert int(shared_server.call("OBJECT", "IDLETIME", key)[1:]) >= 1
-    redis.update_access_times(["k", "absent"], time.time())
+    redis.touch(["k", "absent"])
     assert int(shared_server.call("OBJECT", "IDLETIME", key)[1:]) == 0
 
 
@@ -158,7 +168,7 @@ def test_the_password_is_never_shown():
     options = RedisOptions("redis://user:secret@127.0.0.1:1/0", "p:", TIMEOUT)
     assert "secret" not in repr(options)
     store = RedisStore(options, lambda message: None)
-    assert store.directory == "redis://user:***@127.0.0.1:1/0 (keys p:*)"
+    assert store.location == "redis://user:***@127.0.0.1:1/0 (keys p:*)"
     store.close()
 
 
@@ -175,7 +185,7 @@ def check_failing(store: RedisStore) -> float:
                                (lambda: store.clear(), 0),
                                (lambda: fresh_figures(store).count(), 0),
                                (lambda: store.volume(), 0),
-                               (lambda: store.update_access_times(["k"], 0), None)]:
+                               (lambda: store.touch(["k"]), None)]:
         started = time.monotonic()
         assert operation() == nothing
         longest = max(longest, time.monotonic() - started)
@@ -196,19 +206,15 @@ def failure_episode(server: RedisServer, warnings: List[str], clock: Clock, faul
         assert check_failing(store) < 5 * TIMEOUT
         assert not store.available and forgotten
         assert len(warnings) == 1 and "failed" in warnings[0], warnings
-        clock.advance(RedisStore.RETRY_DELAY - 0.1)
+        clock.advance(RedisConnection.RETRY_DELAY - 0.1)
         assert store.get("k") == (None, None, None) and len(warnings) == 1
         repair()
         clock.advance(0.1)
         assert store.set("k", b"again", 60, None) is True
         assert store.available and store.get("k")[0] == b"again"
-        assert warnings[1:] == ["cache store %s works again" % store.directory]
+        assert warnings[1:] == ["cache store %s works again" % store.location]
     finally:
         store.close()
-
-
-def test_a_stopped_server(server, warnings, clock):
-    failure_episode(server, warnings, clock, server.stop, server.start)
 
 
 def test_a_paused_server_costs_a_timeout_not_a_hang(server, warnings, clock):
@@ -244,7 +250,7 @@ def test_a_full_server_is_one_episode_however_many_retries(server, warnings, clo
     server.config_set("maxmemory", "0")
     clock.advance(40)
     assert store.set("k2", b"v", 60, None) is True
-    assert warnings[1:] == ["cache store %s works again" % store.directory]
+    assert warnings[1:] == ["cache store %s works again" % store.location]
     store.close()
 
 
@@ -260,7 +266,7 @@ def test_a_call_that_ends_after_a_concurrent_failure_does_not_end_the_episode(
         release.wait(5)
         return b"answered before the failure"
 
-    caller = threading.Thread(target=store._call, args=(slow,))
+    caller = threading.Thread(target=store.connection.call, args=(slow,))
     caller.start()
     assert began.wait(5)
     server.stop()
@@ -269,9 +275,9 @@ def test_a_call_that_ends_after_a_concurrent_failure_does_not_end_the_episode(
     caller.join(5)
     assert len(warnings) == 1 and "failed" in warnings[0], warnings
     server.start()
-    clock.advance(RedisStore.RETRY_DELAY)
+    clock.advance(RedisConnection.RETRY_DELAY)
     assert store.set("k", b"v", 60, None) is True and store.available
-    assert warnings[1:] == ["cache store %s works again" % store.directory]
+    assert warnings[1:] == ["cache store %s works again" % store.location]
     store.close()
 
 
@@ -308,7 +314,7 @@ def test_an_unreachable_server_waits_longer_after_each_failed_attempt(server, wa
     server.stop()
     assert store.get("k") == (None, None, None)
     server.start()
-    clock.now = clock_after + RedisStore.RETRY_DELAY  # the delay starts afresh
+    clock.now = clock_after + RedisConnection.RETRY_DELAY  # the delay starts afresh
     assert store.get("k")[0] is None and store.available
     store.close()
 
@@ -327,7 +333,7 @@ def test_without_the_client_the_store_is_unavailable_and_says_how_to_fix_it(
     assert check_failing(store) < TIMEOUT
     clock.advance(3600)
     assert store.get("k") == (None, None, None)
-    assert len(warnings) == 1 and "orthanc-cache-plugin[redis]" in warnings[0]
+    assert len(warnings) == 1 and "pip install 'redis>=4.5'" in warnings[0]
     store.close()
 
 

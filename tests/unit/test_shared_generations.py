@@ -223,7 +223,7 @@ class Recorder:
 
 
 def _bus(store: RedisStore, recorder: Recorder) -> RedisBus:
-    return RedisBus(store, recorder.on_update, recorder.on_lost, recorder.on_joined)
+    return RedisBus(store.connection, recorder.on_update, recorder.on_lost, recorder.on_joined)
 
 
 def test_the_merge_script_keeps_what_generations_keep(server: RedisServer) -> None:
@@ -347,7 +347,7 @@ def test_a_forget_that_could_not_be_sent_does_not_stop_the_next_ones(
         bus.tell_forget()  # not sent: the server is away
         server.start()
         deadline = time.monotonic() + 10
-        while sender.claimed("probe") is None:  # works again after the retry delay
+        while sender.claims.claimed("probe") is None:  # works again after the retry delay
             assert time.monotonic() < deadline
             time.sleep(0.05)
         listener.start()
