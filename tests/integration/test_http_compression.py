@@ -8,7 +8,8 @@ of about 1 KB.  Orthanc's own JSON (``/statistics``, an instance's ``/tags``) is
 too.  Each is fetched with ``http.client`` (bytes as sent, nothing decoded; no
 ``Accept-Encoding`` unless the row names one) and the table records the
 ``Content-Encoding`` fields received and how many codings wrap the body.  Both
-settings of ``HttpCompressionEnabled`` are run on the selected stack.
+settings of ``HttpCompressionEnabled``, and its default, are run on the selected
+stack.
 """
 
 from __future__ import annotations
@@ -145,12 +146,18 @@ def expected(setting: bool, version: Tuple[int, ...]) -> Dict[Tuple[str, Optiona
     return table
 
 
-@pytest.mark.parametrize("setting", [True, False], ids=["compression-on", "compression-off"])
+@pytest.mark.parametrize("setting", [True, False, None],
+                         ids=["compression-on", "compression-off", "compression-default"])
 def test_what_orthanc_does_to_bodies_with_http_compression(
-        orthanc_factory: Callable[..., OrthancServer], tmp_path: Path, setting: bool) -> None:
+        orthanc_factory: Callable[..., OrthancServer], tmp_path: Path,
+        setting: Optional[bool]) -> None:
     script = tmp_path / "probe.py"
     script.write_text(textwrap.dedent(PROBE))
-    server = orthanc_factory(python_script=script, config={"HttpCompressionEnabled": setting})
+    config = {} if setting is None else {"HttpCompressionEnabled": setting}
+    server = orthanc_factory(python_script=script, config=config)
+    version = tuple(int(part) for part in (stacks.orthanc_version() or "0").split("."))
+    if setting is None:  # on by default up to 1.12.1 (Orthanc's NEWS for 1.12.2)
+        setting = version < (1, 12, 2)
     instance = server.upload(make_instance("PAT-compression", seed="compression"))["ID"]
     paths = {"plain": "/probe/plain", "small": "/probe/small", "gzipped": "/probe/gzipped",
              "stats": "/statistics", "tags": "/instances/%s/tags" % instance}
@@ -162,5 +169,4 @@ def test_what_orthanc_does_to_bodies_with_http_compression(
 
     table = observe(server, paths, bodies)
     print_table(setting, table)
-    version = tuple(int(part) for part in (stacks.orthanc_version() or "0").split("."))
     assert table == expected(setting, version)
