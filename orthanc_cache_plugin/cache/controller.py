@@ -15,10 +15,21 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
-from ..core.data import UNKNOWN_IDENTITY, Entry, Fetched, Identity, Reply, Request, Version
+from ..core.data import (
+    GZIP,
+    UNKNOWN_IDENTITY,
+    Entry,
+    Fetched,
+    Identity,
+    Reply,
+    Request,
+    Version,
+)
 from ..core.keys import cache_key, claim_name, entity_tag, normalized_query
+from ..core.routes import Answer
 from ..core.settings import Settings
 from ..freshness.versions import SETTLE
+from ..http.encoding import Coding, choose_coding, compress, compressible, etag_for
 from ..http.negotiation import NotAcceptable, Unsupported, representation_of
 from ..http.sharing import Sharing
 from ..http.validators import Validators, caching_headers, evaluate_preconditions
@@ -52,6 +63,8 @@ class _Job(NamedTuple):  # a tuple: built on every request, faster than a frozen
     representation: str
     version: Version
     key: str
+    #: The content coding this client gets JSON in (http.encoding).
+    coding: Coding
 
 
 class CacheController:
@@ -70,6 +83,9 @@ class CacheController:
         #: script registers a request filter.
         self.sharing = sharing if sharing is not None else Sharing(settings.cache_control)
         self._clock = clock
+        #: Whether JSON may go out gzip-compressed as stored: not where Orthanc
+        #: compresses plugin answers again (host.adapter decides, and logs why).
+        self.gzip_offered = True
         #: Misses being computed, by key and version: concurrent ones wait (flights.py).
         self.flights: Flights[Fetched] = Flights()
         #: How a request waiting for another node sleeps and tells time (tests inject them).
@@ -88,12 +104,17 @@ class CacheController:
         except (NotAcceptable, Unsupported) as refusal:
             return self.origin.plain_answer(request, str(refusal))
         query = normalized_query(request.arguments)
+        coding = choose_coding(request.headers.get("accept-encoding"), self.gzip_offered and
+                               request.route.answer is Answer.JSON).coding
         job = _Job(request, query, representation, version,
-                   cache_key(request.uri, query, representation))
+                   cache_key(request.uri, query, representation), coding)
         if not version.settled:
             return self._serve_unsettled(job, now)
 
-        validators = Validators(entity_tag(self.identity.salt, job.key, version.token),
+        # One entity-tag per coding (http.encoding): a 304 always names the bytes it
+        # validates.
+        validators = Validators(etag_for(entity_tag(self.identity.salt, job.key,
+                                                    version.token), coding),
                                 version.modified)
         headers = self._headers(request, validators, now)
         precondition = evaluate_preconditions(request.headers, validators, now)
@@ -103,7 +124,7 @@ class CacheController:
             step = step.next(self.store.get(job.key, self._stamp(version)))
         if isinstance(step, policy.Miss):
             return self._miss(job, step, headers)
-        return _reply(step, headers)
+        return self._reply(job, step, headers)
 
     def _miss(self, job: _Job, miss: policy.Miss, headers: Dict[str, str]) -> Reply:
         """Nothing usable stored: compute the answer, once for concurrent requests.
@@ -119,7 +140,7 @@ class CacheController:
         if not leading:
             shared = flight.wait(self.settings.lock_timeout)
             if shared is not None:
-                return _reply(miss.shared(shared), headers)
+                return self._reply(job, miss.shared(shared), headers)
             # Timed out, or the leader had nothing to share (Orthanc answered it an
             # error, the store failed...): ask Orthanc ourselves, outside the flight.
             return self._compute(job, miss, headers, None)
@@ -133,7 +154,7 @@ class CacheController:
                     flight.land(found)
                 step = miss.again(stored)
                 if isinstance(step, policy.Decision):
-                    return _reply(step, headers)
+                    return self._reply(job, step, headers)
                 miss = step
             claims = self.store.claims
             if claims is not None:
@@ -145,7 +166,7 @@ class CacheController:
                     found = policy.whole(self._await_other_node(job, miss), miss.stamp)
                     if found is not None:
                         flight.land(found)
-                        return _reply(miss.shared(found, "another node"), headers)
+                        return self._reply(job, miss.shared(found, "another node"), headers)
                 elif not taken:
                     claim = ""  # the store fails: compute, as every request meanwhile
             return self._compute(job, miss, headers, flight)
@@ -184,7 +205,7 @@ class CacheController:
         if fetched is None:
             # Followers ask Orthanc themselves and get their own plain answer.
             return self.origin.plain_answer(job.request, policy.ORTHANC_ERROR)
-        storage, written = self._keep(job.request, job.key, miss.stamp, fetched)
+        kept, storage, written = self._keep(job.request, job.key, miss.stamp, fetched)
         if flight is not None and written:
             # The version is settled, so the answer is the same for every request of
             # this key and version: followers may use this very body whether it was
@@ -193,8 +214,10 @@ class CacheController:
             # would not work for those, and would cost a read).  When the store
             # failed, they ask Orthanc themselves, as every request does while the
             # store is unavailable (BYPASS).
-            flight.land(fetched)
-        return _reply(miss.fetched(fetched, storage, written, self.store.available), headers)
+            flight.land(kept)
+        decision = miss.fetched(kept, storage, written, self.store.available)
+        # Orthanc's own bytes for a client that takes identity: nothing to decompress.
+        return self._reply(job, decision, headers, fetched if kept is not fetched else None)
 
     def _serve_unsettled(self, job: _Job, now: datetime) -> Reply:
         """Answer while the resource may still change under the same version.
@@ -217,8 +240,11 @@ class CacheController:
         headers = self._headers(job.request, Validators(etag, modified), now)
         # If-Modified-Since cannot tell two contents of the same second apart: ETag only.
         precondition = evaluate_preconditions(job.request.headers, Validators(etag, None), now)
-        return _reply(policy.on_unsettled(precondition, fetched, SETTLE, job.version.held),
-                      headers)
+        # Identity, whatever the client accepts: nothing is stored to compress once, and
+        # the entity-tag covers these very bytes.
+        return self._reply(job._replace(coding=Coding.IDENTITY),
+                           policy.on_unsettled(precondition, fetched, SETTLE, job.version.held),
+                           headers)
 
     def warm(self, request: Request, wait: Callable[[float], Any] = time.sleep) -> bool:
         """Compute and store ``request``'s answer unless stored at the current version.
@@ -241,7 +267,7 @@ class CacheController:
         fetched = self.origin.fetch(request, query, "")
         if fetched is None:
             return False
-        storage, written = self._keep(request, key, stamp, fetched)
+        _, storage, written = self._keep(request, key, stamp, fetched)
         return written and storage.keeps_body
 
     def _stamp(self, version: Version) -> str:
@@ -253,25 +279,44 @@ class CacheController:
         sharing = self.sharing
         headers = caching_headers(validators, sharing.cache_control, now)
         vary = sharing.vary + request.route.vary
+        if self.gzip_offered and request.route.answer is Answer.JSON \
+                and "Accept-Encoding" not in vary:
+            vary += ("Accept-Encoding",)
         if vary:
             headers["Vary"] = ", ".join(vary)
         return headers
 
     def _keep(self, request: Request, key: str, stamp: str,
-              fetched: Fetched) -> Tuple[policy.Storage, bool]:
+              fetched: Fetched) -> Tuple[Fetched, policy.Storage, bool]:
         """Store the answer, or only its validators when the storage rule says so.
 
-        Returns the rule's verdict, and whether the store wrote the entry.
+        JSON is kept gzip-compressed (compressed once, here: on a miss or a
+        warm-up), so that the same MaximumSize and MemorySize hold many more
+        answers.  Returns the answer as kept, the rule's verdict (on the kept
+        size), and whether the store wrote the entry.
         """
-        storage = policy.storage(request.route, len(fetched.body), self.settings)
-        written = self.store.set(key, storage.entry(stamp, fetched), tag=request.resource_id)
-        return storage, written
+        kept = fetched
+        if not fetched.encoding and compressible(fetched.content_type, len(fetched.body)):
+            packed = compress(fetched.body)
+            if len(packed) < len(fetched.body):  # not when it only adds gzip's framing
+                kept = Fetched(fetched.content_type, packed, fetched.headers, GZIP)
+        storage = policy.storage(request.route, len(kept.body), self.settings)
+        written = self.store.set(key, storage.entry(stamp, kept), tag=request.resource_id)
+        return kept, storage, written
 
-
-def _reply(decision: policy.Decision, headers: Dict[str, str]) -> Reply:
-    """The reply of a decision, with the caching headers (over the answer's own)."""
-    answer = decision.answer
-    if answer is None:
-        return Reply(decision.status, decision.outcome, decision.reason, headers=headers)
-    return Reply(decision.status, decision.outcome, decision.reason, answer.content_type,
-                 answer.body, dict(answer.headers, **headers))
+    def _reply(self, job: _Job, decision: policy.Decision, headers: Dict[str, str],
+               identity: Optional[Fetched] = None) -> Reply:
+        """The reply of a decision, with the caching headers (over the answer's own), its
+        body in the job's coding (``identity``: Orthanc's own bytes, when at hand)."""
+        answer = decision.answer
+        if answer is None:
+            return Reply(decision.status, decision.outcome, decision.reason, headers=headers)
+        body = answer.body
+        if answer.encoding == GZIP:
+            if job.coding is Coding.GZIP:
+                headers = dict(headers, **{"Content-Encoding": "gzip"})
+            else:
+                body = identity.body if identity is not None \
+                    else self.store.identity_body(job.key, body)
+        return Reply(decision.status, decision.outcome, decision.reason, answer.content_type,
+                     body, dict(answer.headers, **headers))

@@ -110,7 +110,7 @@ def whole(stored: Optional[Entry], stamp: str) -> Optional[Fetched]:
 def _answer_of(entry: Entry) -> Optional[Fetched]:
     if entry.body is None:
         return None
-    return Fetched(entry.content_type, entry.body, entry.headers)
+    return Fetched(entry.content_type, entry.body, entry.headers, entry.encoding)
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,9 @@ class Storage:
 
     def entry(self, stamp: str, answer: Fetched) -> Entry:
         """The entry to write: validators only still allow 304s without asking Orthanc."""
-        return Entry(stamp, answer.content_type, answer.body if self.keeps_body else None,
-                     answer.headers)
+        if not self.keeps_body:
+            return Entry(stamp, answer.content_type, None, answer.headers)
+        return Entry(stamp, answer.content_type, answer.body, answer.headers, answer.encoding)
 
 
 def storage(route: Route, body_length: int, settings: Settings) -> Storage:

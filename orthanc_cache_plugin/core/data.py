@@ -17,8 +17,11 @@ from typing import Dict, Mapping, Optional, Tuple
 from .routes import Route
 
 #: Bumped when the stored layout or the answers' derivation changes, so that
-#: entries written by an older plugin are never read back.
-FORMAT = 2
+#: entries written by an older plugin are never read back (3: bodies may be gzip).
+FORMAT = 3
+
+#: The content coding of a body kept gzip-compressed (``Entry.encoding``).
+GZIP = "gzip"
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,13 @@ class Request:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A 200 answer computed by Orthanc."""
+    """A 200 answer computed by Orthanc; ``encoding`` is :data:`GZIP` when ``body`` is
+    the answer compressed (as the store keeps JSON), "" when it is Orthanc's bytes."""
 
     content_type: str
     body: bytes
     headers: Dict[str, str] = field(default_factory=dict)
+    encoding: str = ""
 
 
 class Outcome(str, Enum):
@@ -79,12 +84,15 @@ class Reply:
 class Entry:
     """One stored answer: the resource ``version`` it belongs to, its content
     type and extra headers, and its body (None when only its existence and
-    validators are kept, e.g. binaries with StoreBinary off)."""
+    validators are kept, e.g. binaries with StoreBinary off); ``encoding`` is
+    :data:`GZIP` when the body is kept compressed (JSON: compressed once, when
+    stored), "" when it is the answer's own bytes."""
 
     version: str
     content_type: str
     body: Optional[bytes]
     headers: Dict[str, str] = field(default_factory=dict)
+    encoding: str = ""
 
     def encode(self) -> bytes:
         """Serialize as one JSON line then the raw body: no pickle on disk.
@@ -94,6 +102,7 @@ class Entry:
         body = self.body or b""
         meta = {"format": FORMAT, "version": self.version, "type": self.content_type,
                 "headers": self.headers, "has_body": self.body is not None,
+                "encoding": self.encoding,
                 "length": len(body), "crc32": zlib.crc32(body)}
         return json.dumps(meta, sort_keys=True).encode() + b"\n" + body
 
@@ -110,7 +119,7 @@ class Entry:
             if meta["length"] != len(body) or meta["crc32"] != zlib.crc32(body):
                 return None
             return cls(meta["version"], meta["type"], body if meta["has_body"] else None,
-                       dict(meta["headers"]))
+                       dict(meta["headers"]), str(meta["encoding"]))
         except (ValueError, KeyError, TypeError):
             return None
 

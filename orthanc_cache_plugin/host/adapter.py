@@ -16,7 +16,7 @@ import json
 import threading
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import orthanc
 
@@ -192,9 +192,11 @@ class CachePlugin:
         #: How Orthanc decides access (sharing.Access), completed as filters are registered.
         self.access = replace(access_of(configuration), lua_filter=_lua_filter(configuration))
         # Orthanc compresses answers by default up to 1.12.1.
-        self.compression = bool(configuration.get("HttpCompressionEnabled", True))
+        self.compression = bool(configuration.get("HttpCompressionEnabled",
+                                                  not orthanc.CheckVersionAdvanced(1, 12, 2)))
         self.controller = CacheController(settings, self.store, self.origin,
                                           sharing=self._sharing())
+        self.controller.gzip_offered, self.gzip_note = _gzip_mode(self.compression)
         self.statistics = Statistics()
         self._identity_lock = threading.Lock()
         self.warm_up = WarmUp(self.controller, settings.warm_up_queue_size, _info, _warn) \
@@ -205,7 +207,9 @@ class CachePlugin:
                               warm=self._warm, warn=_warn)
 
     def _sharing(self) -> Sharing:
-        return sharing(self.settings.cache_control, self.access, self.compression)
+        # Answers differ by Accept-Encoding whether Orthanc (HttpCompressionEnabled) or
+        # the plugin (otherwise: JSON, gzip-compressed as stored) compresses them.
+        return sharing(self.settings.cache_control, self.access, True)
 
     def learn_access(self, access: Access) -> None:
         """What is now known of access, and the headers it implies from now on."""
@@ -345,6 +349,25 @@ def _identity(store: Store) -> Identity:
     return Identity(salt, int(system.get("ApiVersion", 0)))
 
 
+def _gzip_mode(compression: bool) -> Tuple[bool, str]:
+    """Whether JSON may go out gzip-compressed as stored, and why (logged at start).
+
+    Measured (tests/integration/test_compressed_answers.py and
+    test_http_compression.py): with ``HttpCompressionEnabled`` on, Orthanc
+    1.10.1 compresses a plugin's gzip body a second time, and so do 1.12.7 and
+    1.13.0 for the plugin's JSON (``application/json; charset=utf-8``, the type
+    plain Orthanc sends; they leave alone only a bare ``application/json``).
+    So the plugin compresses only where Orthanc does not.
+    """
+    if not compression:
+        return True, ("JSON answers go out gzip-compressed, as stored, to clients that "
+                      "accept gzip")
+    return False, ("HttpCompressionEnabled is on, and Orthanc would compress the plugin's "
+                   "gzip answers again: JSON goes out as Orthanc's bytes, which Orthanc "
+                   "compresses at every request; set HttpCompressionEnabled to false for "
+                   "faster hits (docs/deployment.md)")
+
+
 def _redis_options(settings: Settings) -> Optional[RedisOptions]:
     """How to reach the Redis server, when the setting Backend says so."""
     if settings.store_backend is not Backend.REDIS:
@@ -454,4 +477,5 @@ def enable(overrides: Mapping[str, Any]) -> bool:
         __version__, plugin.store.location,
         "available" if plugin.store.available else "unavailable: requests go to Orthanc"))
     plugin.log_sharing()
+    _warn(plugin.gzip_note)
     return True

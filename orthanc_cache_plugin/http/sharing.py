@@ -178,7 +178,7 @@ class Sharing:
 
 def sharing(cache_control: str, access: Access, compression: bool) -> Sharing:
     """The headers sent for the setting ``cache_control``, given how access is decided and
-    whether Orthanc compresses answers (``HttpCompressionEnabled``: ``Vary: Accept-Encoding``).
+    whether Orthanc or the plugin compresses answers (``Vary: Accept-Encoding``).
 
     Per request: ``private`` (:func:`private_cache_control`), and ``Vary`` names
     ``Authorization`` and the authorization plugin's token headers, so that even a cache

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 
 from .. import __version__
 from ..core.data import FORMAT, Entry
+from ..http.encoding import decompress
 from .backend import Backend, Claims
 from .disk import DiskStore
 from .memory import HotEntries
@@ -46,6 +47,16 @@ def computed_by(orthanc_version: str) -> str:
     """What shapes every stored answer: Orthanc's version (its output formats change
     between versions), this plugin's version and the store's FORMAT."""
     return "orthanc %s, plugin %s, format %d" % (orthanc_version, __version__, FORMAT)
+
+
+def _inflate(body: bytes) -> bytes:
+    # The store's own entries (checked by their CRC-32): no bound but Python's.
+    return decompress(body, _LARGEST_BODY)
+
+
+#: Larger than any answer the store keeps (MaximumEntrySize is at most an eighth of
+#: MaximumSize).
+_LARGEST_BODY = 1 << 40
 
 
 class Store:
@@ -151,6 +162,13 @@ class Store:
         if written and self._hot is not None:
             self._hot.put(key, entry, tag, self._expiration)
         return written
+
+    def identity_body(self, key: str, body: bytes) -> bytes:
+        """The identity form of ``body``, the gzip body of the entry under ``key``: kept in
+        memory beside the entry once decoded, when the entry is kept there."""
+        if self._hot is not None:
+            return self._hot.identity(key, body, _inflate)
+        return _inflate(body)
 
     def evict(self, tag: str) -> int:
         """Drop every entry stored with ``tag``; how many went (an indexed query)."""

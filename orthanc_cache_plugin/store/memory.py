@@ -30,6 +30,8 @@ class _Kept(NamedTuple):
     tag: Optional[str]
     expires: float  # on the ``clock`` given to HotEntries
     size: int
+    #: The decompressed body of a gzip entry, once a client that takes identity asked.
+    identity: Optional[bytes] = None
 
 
 class HotEntries:
@@ -78,6 +80,26 @@ class HotEntries:
                 self._by_tag.setdefault(tag, set()).add(key)
             while self.size > self.capacity:
                 self._remove(next(iter(self._entries)))
+
+    def identity(self, key: str, body: bytes, decode: Callable[[bytes], bytes]) -> bytes:
+        """``decode(body)``, the identity form of the gzip ``body`` kept under ``key``:
+        decoded once and kept beside it (and counted in the size), so that clients
+        that take identity cost no decompression per hit."""
+        with self._lock:
+            kept = self._entries.get(key)
+            if kept is not None and kept.entry.body is body and kept.identity is not None:
+                return kept.identity
+        decoded = decode(body)
+        with self._lock:
+            kept = self._entries.get(key)
+            if kept is not None and kept.entry.body is body and kept.identity is None \
+                    and kept.size + len(decoded) <= self.capacity // 8:
+                self._entries[key] = kept._replace(identity=decoded,
+                                                   size=kept.size + len(decoded))
+                self.size += len(decoded)
+                while self.size > self.capacity:
+                    self._remove(next(iter(self._entries)))
+        return decoded
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import sqlite3
 import threading
 import time
@@ -127,6 +129,8 @@ def test_caching_headers_on_200(controller):
         "Cache-Control": "no-cache",
         "Expires": "Mon, 20 Feb 2023 15:00:00 GMT",
         "Last-Modified": format_http_date(MODIFIED),
+        # JSON may go out gzip-compressed (to clients that accept it).
+        "Vary": "Accept-Encoding",
     }
 
 
@@ -149,7 +153,7 @@ def test_the_headers_sent_follow_the_sharing_of_the_moment(tmp_path, store, orig
                   controller.serve(make_request("/studies/st/shared-tags",
                                                 {"if-none-match": our_etag(request.uri)}))):
         assert reply.headers["Cache-Control"] == "max-age=60, private"
-        assert reply.headers["Vary"] == "Authorization, token"
+        assert reply.headers["Vary"] == "Authorization, token, Accept-Encoding"
         assert reply.headers["Expires"] == "Mon, 20 Feb 2023 15:01:00 GMT"
 
 
@@ -166,8 +170,11 @@ def test_vary_headers(tmp_path, store, origin):
         "Accept-Encoding, Accept"
     assert controller.serve(make_request("/instances/in/tags")).headers["Vary"] == "Accept-Encoding"
     plain = make_controller(tmp_path, store, origin)
-    assert "Vary" not in plain.serve(make_request("/instances/in/tags")).headers
+    # JSON may go out gzip-compressed by the plugin; binaries never.
+    assert plain.serve(make_request("/instances/in/tags")).headers["Vary"] == "Accept-Encoding"
     assert plain.serve(make_request("/instances/in/preview")).headers["Vary"] == "Accept"
+    plain.gzip_offered = False  # where Orthanc would compress it again
+    assert "Vary" not in plain.serve(make_request("/instances/in/tags")).headers
 
 
 def test_outdated_version_is_refetched_and_replaced(controller, origin, store):
@@ -442,8 +449,9 @@ def test_json_always_stored_even_with_store_binary_off(controller, origin):
 def test_maximum_entry_size(tmp_path, store, origin):
     controller = make_controller(tmp_path, store, origin, maximum_entry_size=1)
     suffix = len(b"|20230220T140000||")
-    origin.answers["/studies/st/shared-tags"] = (JSON, b"x" * (MB + 1 - suffix))
-    origin.answers["/instances/in/tags"] = (JSON, b"y" * (MB - suffix))
+    # The size that counts is the stored one: incompressible bodies are kept as they are.
+    origin.answers["/studies/st/shared-tags"] = (JSON, os.urandom(MB + 1 - suffix))
+    origin.answers["/instances/in/tags"] = (JSON, os.urandom(MB - suffix))
 
     big = check_reply(controller.serve(make_request("/studies/st/shared-tags")))
     assert big.status == 200 and len(big.body) == MB + 1
@@ -936,3 +944,81 @@ def test_a_leader_reads_the_store_again_after_joining(controller, origin, store,
     reply = controller.serve(make_request(uri))
     assert (reply.outcome, reply.reason) == ("HIT", "stored at this version")
     assert len(reads) == 2 and len(origin.fetches) == 1
+
+
+# --- Content codings (http.encoding) ---------------------------------------------------------
+
+BROWSER = {"accept-encoding": "gzip, deflate, br"}
+
+
+def test_json_is_stored_compressed_and_sent_as_each_client_asks(controller, origin, store):
+    body = b'{"tags": "%s"}' % (b"x" * 5000)
+    origin.answers["/studies/st/shared-tags"] = (JSON, body)
+    identity = body + b"|20230220T140000||"
+    uri = "/studies/st/shared-tags"
+    browser = check_reply(controller.serve(make_request(uri, headers=BROWSER)))
+    assert browser.outcome == "MISS" and browser.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(browser.body) == identity and len(browser.body) < 200
+    stored = store.get(cache_key("/studies/st/shared-tags", "", ""))
+    assert stored.encoding == "gzip" and stored.body == browser.body
+    # A client that takes identity gets Orthanc's bytes, from the same entry.
+    for headers in ({}, {"accept-encoding": "identity"}, {"accept-encoding": "gzip;q=0"}):
+        plain = check_reply(controller.serve(make_request(uri, headers=headers)))
+        assert plain.outcome == "HIT" and plain.body == identity
+        assert "Content-Encoding" not in plain.headers
+        assert plain.headers["ETag"] == our_etag("/studies/st/shared-tags")
+    again = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
+    assert again.outcome == "HIT" and again.body == browser.body
+    assert len(origin.fetches) == 1
+
+
+def test_each_coding_has_its_own_entity_tag_and_304(controller, origin):
+    origin.answers["/studies/st/shared-tags"] = (JSON, b"[%s]" % b"1, " * 2000)
+    uri = "/studies/st/shared-tags"
+    identity_tag = our_etag(uri)
+    gzip_tag = controller.serve(make_request(uri, headers=BROWSER)).headers["ETag"]
+    assert gzip_tag == identity_tag[:-1] + '-gz"'
+    revalidation = dict(BROWSER, **{"if-none-match": gzip_tag})
+    assert controller.serve(make_request(uri, headers=revalidation)).status == 304
+    revalidation = {"if-none-match": identity_tag}
+    assert controller.serve(make_request(uri, headers=revalidation)).status == 304
+    # The tag of the other coding names other bytes: the body, never a 304.
+    swapped = controller.serve(make_request(uri, headers={"if-none-match": gzip_tag}))
+    assert swapped.status == 200 and "Content-Encoding" not in swapped.headers
+    swapped = controller.serve(make_request(uri, headers=dict(BROWSER,
+                                                      **{"if-none-match": identity_tag})))
+    assert swapped.status == 200 and swapped.headers["Content-Encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("uri, answer", [
+    ("/instances/in/tags", (JSON, b'{"short": 1}')),  # too short to gain anything
+    ("/instances/in/tags", (JSON, os.urandom(5000))),  # gzip would make it larger
+    ("/instances/in/preview", ("image/png", b"\x89PNG" * 1000)),  # a binary: never
+])
+def test_what_is_not_compressed(tmp_path, store, origin, uri, answer):
+    controller = make_controller(tmp_path, store, origin, store_binary=True)
+    origin.answers[uri] = answer
+    outcomes = []
+    for _ in range(2):
+        reply = controller.serve(make_request(uri, headers=BROWSER))
+        assert "Content-Encoding" not in reply.headers and reply.body.startswith(answer[1])
+        outcomes.append(reply.outcome)
+    assert outcomes == ["MISS", "HIT"]
+
+
+def test_no_gzip_where_orthanc_would_compress_again(controller, origin):
+    origin.answers["/studies/st/shared-tags"] = (JSON, b"[%s]" % b"1, " * 2000)
+    controller.gzip_offered = False
+    for _ in range(2):
+        reply = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
+        assert "Content-Encoding" not in reply.headers
+        assert reply.headers["ETag"] == our_etag("/studies/st/shared-tags")
+        assert reply.body.startswith(b"[1, ")
+
+
+def test_unsettled_answers_go_out_as_orthanc_sent_them(controller, origin):
+    origin.answers["/studies/st/shared-tags"] = (JSON, b"[%s]" % b"1, " * 2000)
+    origin.set("st", "20230220T145959", settled=False)
+    reply = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
+    assert reply.status == 200 and "Content-Encoding" not in reply.headers
+    assert reply.body.startswith(b"[1, ")

@@ -74,3 +74,34 @@ def test_take_touched_returns_read_keys_once():
     hot.get("b")
     hot.delete("b")
     assert hot.take_touched() == []
+
+
+def test_the_identity_form_of_a_gzip_entry_is_decoded_once_and_counted():
+    hot = _hot()
+    body = b"z" * 100
+    hot.put("k", Entry("v", "t", body, encoding="gzip"), None, 60)
+    decoded: list = []
+
+    def decode(data: bytes) -> bytes:
+        decoded.append(data)
+        return b"identity" * 100
+
+    size = hot.size
+    assert hot.identity("k", body, decode) == b"identity" * 100
+    assert hot.identity("k", body, decode) == b"identity" * 100
+    assert len(decoded) == 1 and hot.size == size + 800
+    # Another body under the key (a newer entry) is decoded anew, never mixed up.
+    assert hot.identity("k", b"other", lambda data: b"new") == b"new"
+    # Gone with its entry: the size goes back to nothing.
+    hot.delete("k")
+    assert hot.size == 0
+    assert hot.identity("k", body, decode) == b"identity" * 100 and len(decoded) == 2
+
+
+def test_an_identity_form_too_large_to_keep_is_decoded_each_time():
+    hot = _hot(capacity=8 * KB)
+    hot.put("k", Entry("v", "t", b"z" * 10, encoding="gzip"), None, 60)
+    calls = []
+    for _ in range(2):
+        hot.identity("k", hot.get("k").body, lambda data: calls.append(1) or b"y" * 2 * KB)
+    assert len(calls) == 2 and hot.size == 10 + HotEntries.OVERHEAD

@@ -32,6 +32,12 @@ def test_entry_round_trip_with_body():
     assert Entry.decode(entry.encode()) == entry
 
 
+def test_entry_round_trip_keeps_the_content_coding_of_its_body():
+    packed = Entry("v1", "application/json", b"\x1f\x8b-gzip-bytes", encoding="gzip")
+    assert Entry.decode(packed.encode()) == packed
+    assert Entry.decode(Entry("v1", "application/json", b"{}").encode()).encoding == ""
+
+
 def test_entry_round_trip_without_body_is_not_an_empty_body():
     marker = Entry("v1", "image/png", None)
     empty = Entry("v1", "image/png", b"")
