@@ -42,6 +42,7 @@ functions).
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import json
 import os
@@ -144,6 +145,11 @@ class Plan:
                    ingest_rounds=1,
                    fill_small=10, fill_large=1000, scale_rounds=1, settle_wait=4.0,
                    profile_duration=3)
+
+
+#: The clients of the hit and 304 scenarios: wrk alone, and as every browser, viewer and
+#: HTTP library asks (their Accept-Encoding).
+CLIENTS = (("wrk", ""), ("browser", "gzip, deflate, br"))
 
 
 # -- HTTP -----------------------------------------------------------------------
@@ -396,6 +402,7 @@ class Load:
     requests: int
     errors: int
     statuses: str = ""  # status of a check request made before the run
+    bytes_per_response: float = 0.0  # headers and body, as received by wrk
     foreign_cpu: float = 0.0  # share of the CPUs used by other processes meanwhile
     idle_wait_s: float = 0.0  # seconds waited for idle servers before the run
     #: Servers still busy when the wait for idle servers gave up (the run began anyway).
@@ -464,7 +471,7 @@ class Wrk:
             _log("%s: waited %.0f s for idle servers" % (label, idle.seconds))
         return idle
 
-    def run(self, server: Any, targets: Sequence[Tuple[str, str]], connections: int, duration: int,
+    def run(self, server: Any, targets: Sequence[Tuple[str, ...]], connections: int, duration: int,
             label: str, idle: Optional[Idle] = None, measured: Sequence[int] = ()) -> Load:
         """One wrk run; first waits for idle servers unless ``idle`` tells it was done.
 
@@ -475,7 +482,7 @@ class Wrk:
         self._count += 1
         target_file = self.out / "targets" / ("%03d.txt" % self._count)
         target_file.parent.mkdir(exist_ok=True)
-        target_file.write_text("".join("%s\t%s\n" % target for target in targets))
+        target_file.write_text("".join("\t".join(target) + "\n" for target in targets))
         command = ["wrk", "-t%d" % min(2, connections), "-c%d" % connections, "-d%ds" % duration,
                    "--timeout", "60s", "--latency", "-s", str(WRK_LUA),
                    "http://127.0.0.1:%d/" % port]
@@ -498,7 +505,9 @@ class Wrk:
         errors = sum(data["errors"].values())
         seconds = data["duration_us"] / 1e6
         return Load(data["requests"] / seconds, data["latency_us"]["p50"] / 1000,
-                    data["latency_us"]["p99"] / 1000, data["requests"], errors, foreign_cpu=foreign,
+                    data["latency_us"]["p99"] / 1000, data["requests"], errors,
+                    bytes_per_response=data["bytes"] / max(data["requests"], 1),
+                    foreign_cpu=foreign,
                     idle_wait_s=round(idle.seconds, 1),
                     busy_at_start=[self.names.get(pid, str(pid)) for pid in idle.busy])
 
@@ -643,30 +652,40 @@ class Bench:
     # -- scenarios ----------------------------------------------------------------------
 
     def throughput(self) -> None:
-        """Hits and revalidations: the same URL again and again, per server."""
+        """Hits and revalidations: the same URL again and again, per server, by wrk alone
+        (no Accept-Encoding) and as a browser asks (``gzip, deflate, br``)."""
         plan = self.plan
         for revalidate in (False, True):
             for route in ("shared-tags", "instances-tags"):
                 for study in plan.hit_studies:
                     url = "/studies/%s/%s" % (self.studies[study], route)
-                    etags = {name: self.clients[name].get(url)[1].get("ETag", "")
-                             for name in ("plugin", "floor")}
-                    etags["plain"] = etags["plugin"]  # plain sends none: the same requests
-                    for connections in plan.connections:
-                        row = {"group": "304" if revalidate else "hit",
-                               "scenario": "%s %s, %d instances" % (
-                                   "revalidate" if revalidate else "hit", route,
-                                   self.size_of(study)),
-                               "connections": connections}
-                        for name in SERVERS:
-                            etag = etags[name] if revalidate else ""
-                            status = self.clients[name].get(
-                                url, **({"If_None_Match": etag} if etag else {}))[0]
-                            load = self.wrk.run(self.servers[name], [(url, etag)], connections,
-                                                plan.duration, "%s: %s" % (row["scenario"], name))
-                            load.statuses = str(status)
-                            row[name] = load.as_dict()
-                        self._record(row)
+                    identity = self.clients["plain"].get(url)[2]
+                    for client, encoding in CLIENTS:
+                        asked = {"Accept_Encoding": encoding} if encoding else {}
+                        # Each coding has its own entity-tag (http.encoding).
+                        etags = {name: self.clients[name].get(url, **asked)[1].get("ETag", "")
+                                 for name in ("plugin", "floor")}
+                        etags["plain"] = etags["plugin"]  # plain sends none: the same requests
+                        for connections in plan.connections:
+                            row = {"group": "304" if revalidate else "hit",
+                                   "scenario": "%s %s, %d instances%s" % (
+                                       "revalidate" if revalidate else "hit", route,
+                                       self.size_of(study),
+                                       ", as a browser" if encoding else ""),
+                                   "connections": connections, "client": client,
+                                   "identity_bytes": len(identity),
+                                   "gzip6_bytes": len(gzip.compress(identity, 6))}
+                            for name in SERVERS:
+                                etag = etags[name] if revalidate else ""
+                                status = self.clients[name].get(
+                                    url, **dict(asked, **({"If_None_Match": etag} if etag
+                                                          else {})))[0]
+                                load = self.wrk.run(self.servers[name], [(url, etag, encoding)],
+                                                    connections, plan.duration,
+                                                    "%s: %s" % (row["scenario"], name))
+                                load.statuses = str(status)
+                                row[name] = load.as_dict()
+                            self._record(row)
 
     def mixed(self) -> None:
         """Hits while one more client asks never-seen keys of the large study (misses).
@@ -942,6 +961,19 @@ def _rps(load: Dict[str, Any]) -> str:
     return ("%.0f" % load["rps"] if load["rps"] >= 10 else "%.1f" % load["rps"]) + mark
 
 
+def _bytes_cell(row: Dict[str, Any]) -> str:
+    """Bytes per response of plain and the plugin, and gzip -6 of the body (hit rows)."""
+    if "gzip6_bytes" not in row:
+        return ""
+    return "%s / %s (%s)" % (_size(row["plain"].get("bytes_per_response", 0)),
+                             _size(row["plugin"].get("bytes_per_response", 0)),
+                             _size(row["gzip6_bytes"]))
+
+
+def _size(count: float) -> str:
+    return "%.0f B" % count if count < 10_000 else "%.1f KB" % (count / 1000)
+
+
 def _ratio(numerator: float, denominator: float) -> str:
     if not denominator:
         return "∞"
@@ -977,8 +1009,9 @@ def markdown(results: Results) -> str:
         "",
         "| Scenario | Conns | plain req/s | plugin req/s | floor req/s | plugin ÷ plain | plugin ÷ "
         "floor "
-        "| plain p50 / p99 | plugin p50 / p99 | floor p50 / p99 |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| plain p50 / p99 | plugin p50 / p99 | floor p50 / p99 | bytes/response plain / plugin "
+        "(gzip -6 of the body) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     noisy = busy = False
     for row in results.loads:
@@ -987,11 +1020,11 @@ def markdown(results: Results) -> str:
             mark, noisy = " †", True
         if any(row[name].get("busy_at_start") for name in SERVERS):
             mark, busy = mark + " ‡", True
-        lines.append("| %s%s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s%s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             row["scenario"], mark, row["connections"], _rps(row["plain"]), _rps(row["plugin"]),
             _rps(row["floor"]), _ratio(row["plugin"]["rps"], row["plain"]["rps"]),
             _ratio(row["plugin"]["rps"], row["floor"]["rps"]), _load_cell(row["plain"]),
-            _load_cell(row["plugin"]), _load_cell(row["floor"])))
+            _load_cell(row["plugin"]), _load_cell(row["floor"]), _bytes_cell(row)))
     mixed = [row for row in results.loads if row["group"] == "mixed"]
     for row in mixed:
         lines += ["", "*%s*: one more client asks, one after the other, never-seen keys "

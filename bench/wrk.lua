@@ -1,7 +1,8 @@
 -- wrk script of bench/run.py.
 --
--- BENCH_TARGETS names a file of lines "path<TAB>If-None-Match" (the second
--- field may be empty); each request picks one line at random.  The requests
+-- BENCH_TARGETS names a file of lines "path<TAB>If-None-Match<TAB>Accept-Encoding"
+-- (the last two fields may be empty: a browser sends "gzip, deflate, br", wrk
+-- alone none); each request picks one line at random.  The requests
 -- are formatted once per thread, so picking one costs a random number only.
 -- When done, one line "BENCH_JSON {...}" gives the counts and the latency
 -- percentiles (microseconds) for bench/run.py to parse.
@@ -11,11 +12,14 @@ local requests = {}
 function init(args)
   local file = os.getenv("BENCH_TARGETS")
   for line in io.lines(file) do
-    local path, etag = line:match("^([^\t]+)\t?(.*)$")
+    local path, etag, encoding = line:match("^([^\t]+)\t?([^\t]*)\t?(.*)$")
     if path then
       local headers = {}
       if etag ~= nil and etag ~= "" then
         headers["If-None-Match"] = etag
+      end
+      if encoding ~= nil and encoding ~= "" then
+        headers["Accept-Encoding"] = encoding
       end
       requests[#requests + 1] = wrk.format("GET", path, headers)
     end
