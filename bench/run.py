@@ -526,6 +526,7 @@ class Results:
     memory_idle: Dict[str, Any] = field(default_factory=dict)  # after start-up and priming
     profile: Dict[str, Any] = field(default_factory=dict)
     targets: List[Dict[str, Any]] = field(default_factory=list)
+    density: Dict[str, Any] = field(default_factory=dict)  # answers a fixed store size holds
 
 
 class Bench:
@@ -686,6 +687,42 @@ class Bench:
                                 load.statuses = str(status)
                                 row[name] = load.as_dict()
                             self._record(row)
+
+    def density(self) -> None:
+        """How many of these studies' answers a fixed MaximumSize and MemorySize hold,
+        stored as Orthanc sends them and gzip-compressed (as the plugin stores JSON now).
+
+        The real answers (shared-tags and instances-tags of the studies of the spec
+        scenario, from plain Orthanc) are written again and again under new keys into
+        a Store of each size until it evicts; the entries it holds then are counted.
+        """
+        from orthanc_cache_plugin.core.data import GZIP, Entry
+        from orthanc_cache_plugin.http.encoding import compress
+        from orthanc_cache_plugin.store.facade import Store
+
+        bodies = [self.clients["plain"].get("/studies/%s/%s" % (study, route))[2]
+                  for study in self.spec_studies for route in ("shared-tags", "instances-tags")]
+        size, memory = 16 * MB, 4 * MB
+        row: Dict[str, Any] = {"maximum_size": size, "memory_size": memory,
+                               "answers": len(bodies),
+                               "identity_bytes": sum(map(len, bodies)) // len(bodies)}
+        for label, encoded in (("identity", [(body, "") for body in bodies]),
+                               ("gzip", [(compress(body), GZIP) for body in bodies])):
+            directory = self.workdir / ("density-" + label)
+            store = Store(str(directory), size, 3600, warn=_log, memory=memory)
+            written = 0
+            while written < 400 * len(bodies) and (store.count() >= written or written < 10):
+                body, encoding = encoded[written % len(encoded)]
+                store.set("density-%d" % written, Entry("v", "application/json", body, {},
+                                                        encoding))
+                written += 1
+            row[label] = {"stored": store.count(), "in_memory": len(store._hot or ()),
+                          "bytes": sum(len(body) for body, _ in encoded) // len(encoded)}
+            store.close()
+            shutil.rmtree(directory, ignore_errors=True)
+        self.results.density = row
+        _log("density: %d answers of %d bytes: %s" % (len(bodies), row["identity_bytes"],
+                                                       row))
 
     def mixed(self) -> None:
         """Hits while one more client asks never-seen keys of the large study (misses).
@@ -1025,6 +1062,17 @@ def markdown(results: Results) -> str:
             _rps(row["floor"]), _ratio(row["plugin"]["rps"], row["plain"]["rps"]),
             _ratio(row["plugin"]["rps"], row["floor"]["rps"]), _load_cell(row["plain"]),
             _load_cell(row["plugin"]), _load_cell(row["floor"]), _bytes_cell(row)))
+    density = results.density
+    if density:
+        lines += ["", "*Store density*: the answers of the spec scenario's studies (%d, %s "
+                  "each on average as Orthanc sends them, %s gzip-compressed) written into a "
+                  "store of MaximumSize %d MB and MemorySize %d MB until it evicts: it holds "
+                  "%d entries (%d in memory) as sent, %d (%d in memory) compressed." % (
+                      density["answers"], _size(density["identity_bytes"]),
+                      _size(density["gzip"]["bytes"]), density["maximum_size"] // MB,
+                      density["memory_size"] // MB, density["identity"]["stored"],
+                      density["identity"]["in_memory"], density["gzip"]["stored"],
+                      density["gzip"]["in_memory"])]
     mixed = [row for row in results.loads if row["group"] == "mixed"]
     for row in mixed:
         lines += ["", "*%s*: one more client asks, one after the other, never-seen keys "
@@ -1329,6 +1377,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         watch = CpuWatch(*(server.pid for server in bench.servers.values()))
         bench.throughput()
+        bench.density()
         bench.spec_and_scale()
         bench.mixed()
         if args.profile:
