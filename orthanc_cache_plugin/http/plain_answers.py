@@ -278,6 +278,20 @@ class PlainOrthanc:
         if code == _BAD_REQUEST and self.api_version >= _NO_PIXEL_DATA_DETAILS \
                 and request.route.name == "frame-data" and request.groups[2] in ("raw", "raw.gz"):
             return NO_PIXEL_DATA
+        if code == _BAD_REQUEST and request.route.file_arguments \
+                and "requestedTags" in request.arguments:
+            return self._unknown_requested_tag(request)
+        return None
+
+    def _unknown_requested_tag(self, request: Request) -> Optional[str]:
+        """Orthanc names the first tag of ``requestedTags`` it does not know: asked one
+        tag at a time (only when it refused the list, so it costs nothing on success)."""
+        others = {name: value for name, value in request.arguments.items()
+                  if name != "requestedTags"}
+        for tag in request.arguments["requestedTags"].split(";"):
+            alone = self._get(self.uri_with(request.uri, dict(others, requestedTags=tag)))
+            if alone == _BAD_REQUEST:
+                return "Invalid requested-tags argument: Unknown DICOM tag " + tag
         return None
 
     def _unsupported_image(self, request: Request, reason: str) -> Reply:
