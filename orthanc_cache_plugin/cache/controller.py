@@ -136,7 +136,12 @@ class CacheController:
                                                     version.token), coding),
                                 version.modified)
         headers = self._headers(request, validators, now)
-        precondition = evaluate_preconditions(request.headers, validators, now)
+        # LastUpdate does not date what an index answer shows (IsStable, labels): an
+        # If-Modified-Since cannot tell its contents apart, only the ETag can.
+        precondition = evaluate_preconditions(
+            request.headers,
+            Validators(validators.etag, None) if request.route.file_arguments else validators,
+            now)
         sent = policy.etag_sent(request.headers, validators.etag)
         step: policy.Step = policy.on_request(precondition, self._stamp(version), sent)
         if isinstance(step, policy.ReadStore):

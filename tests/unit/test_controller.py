@@ -1070,6 +1070,10 @@ def test_requested_tags_are_stored_under_the_index_answers_digest(controller, or
     refused = controller.serve(make_request(uri, arguments, {"if-none-match": etag}))
     assert (refused.status, refused.outcome) == (200, "STALE-REFRESHED")
     assert refused.headers["ETag"] != etag and len(origin.fetches) == 2
+    # Its Last-Modified is LastUpdate's, which labels and IsStable do not move: no 304 by date.
+    dated = controller.serve(make_request(uri, arguments, {
+        "if-modified-since": refused.headers["Last-Modified"]}))
+    assert (dated.status, dated.outcome) == (200, "HIT")
 
 
 def test_an_index_answer_in_error_is_orthancs(controller, origin, store):
