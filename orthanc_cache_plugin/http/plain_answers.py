@@ -95,6 +95,9 @@ _ORTHANC_ERRORS = {
     -1: (500, "Internal error"),
     2: (500, "Not implemented yet"),
     3: (400, "Parameter out of range"),
+    # Raised by 1.10.1 for a list of children of an id of another level
+    # (/patients/{instance}/studies...), which later versions answer 404.
+    5: (400, "Bad type for a parameter"),
     # Raised for the archive of an unknown resource from 1.12.x (seen on 1.12.7).
     7: (404, "Accessing an inexistent item"),
     8: (400, "Bad request"),
