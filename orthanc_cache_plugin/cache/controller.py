@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple
 
@@ -26,7 +27,7 @@ from ..core.data import (
     Version,
 )
 from ..core.keys import cache_key, claim_name, entity_tag, normalized_query
-from ..core.routes import Answer
+from ..core.routes import Answer, index_arguments
 from ..core.settings import Settings
 from ..freshness.versions import SETTLE
 from ..http.encoding import Coding, choose_coding, compress, compressible, etag_for
@@ -49,6 +50,14 @@ class Origin(Protocol):
 
     def plain_answer(self, request: Request, reason: str) -> Reply:
         """Orthanc's own answer to ``request``, when the cache has nothing to add."""
+
+    def index_digest(self, request: Request) -> Optional[str]:
+        """A digest of Orthanc's answer to ``request`` without its file arguments
+        (``routes.index_arguments``); None when Orthanc answers it an error."""
+
+
+#: Why an answer Orthanc takes from its index alone is never stored.
+INDEX_ANSWER = "an answer of Orthanc's index, validated by its content"
 
 
 def _utcnow() -> datetime:
@@ -106,6 +115,16 @@ class CacheController:
         query = normalized_query(request.arguments)
         coding = choose_coding(request.headers.get("accept-encoding"), self.gzip_offered and
                                request.route.answer is Answer.JSON).coding
+        if request.route.file_arguments:
+            if index_arguments(request.route, request.arguments) is None:
+                # Orthanc answers from its index: nothing to save by storing it, and
+                # IsStable and labels move no version (docs/freshness.md).
+                version = replace(version, settled=False, held=INDEX_ANSWER)
+            else:
+                digest = self.origin.index_digest(request)
+                if digest is None:
+                    return self.origin.plain_answer(request, "Orthanc answers an error")
+                version = replace(version, token=version.token + "|" + digest)
         job = _Job(request, query, representation, version,
                    cache_key(request.uri, query, representation), coding)
         if not version.settled:
@@ -117,7 +136,12 @@ class CacheController:
                                                     version.token), coding),
                                 version.modified)
         headers = self._headers(request, validators, now)
-        precondition = evaluate_preconditions(request.headers, validators, now)
+        # LastUpdate does not date what an index answer shows (IsStable, labels): an
+        # If-Modified-Since cannot tell its contents apart, only the ETag can.
+        precondition = evaluate_preconditions(
+            request.headers,
+            Validators(validators.etag, None) if request.route.file_arguments else validators,
+            now)
         sent = policy.etag_sent(request.headers, validators.etag)
         step: policy.Step = policy.on_request(precondition, self._stamp(version), sent)
         if isinstance(step, policy.ReadStore):

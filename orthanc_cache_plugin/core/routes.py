@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 
 class Level(Enum):
@@ -52,6 +52,13 @@ class Route:
     the route is not warmed.
     ``other_methods`` are the methods besides GET that Orthanc accepts there;
     the plugin forwards them untouched.
+    ``file_arguments`` (names compared without case) mark a route whose answer
+    Orthanc takes from its index alone unless the request has one of them
+    (``requestedTags`` outside the main DICOM tags makes it read files).  Such
+    an answer shows what no version follows (``IsStable``, labels): without
+    those arguments it is computed by Orthanc and validated by its content;
+    with them, Orthanc's index answer without them is read at each request
+    and its digest is part of the version (docs/freshness.md).
     """
 
     name: str
@@ -61,6 +68,7 @@ class Route:
     negotiation: Negotiation = Negotiation.NONE
     warm_variants: Tuple[str, ...] = ()
     other_methods: Tuple[str, ...] = ()
+    file_arguments: Tuple[str, ...] = ()
 
     @property
     def pattern(self) -> str:
@@ -87,6 +95,16 @@ def _parent_routes(level: Level) -> Tuple[Route, ...]:
     )
 
 
+#: The lists of children that Orthanc Explorer 2 reads (its ``src/orthancApi.js``):
+#: arguments such as ``expand`` and ``requestedTags`` go to Orthanc as given.
+_REQUESTED_TAGS = ("requestedtags",)
+_CHILD_LISTS = (
+    Route("studies", Level.PATIENT, "/studies", Answer.JSON, file_arguments=_REQUESTED_TAGS),
+    Route("series", Level.STUDY, "/series", Answer.JSON, file_arguments=_REQUESTED_TAGS),
+    Route("instances", Level.STUDY, "/instances", Answer.JSON, file_arguments=_REQUESTED_TAGS),
+    Route("instances", Level.SERIES, "/instances", Answer.JSON, file_arguments=_REQUESTED_TAGS),
+)
+
 _INSTANCE = Level.INSTANCE
 _IMAGE_KINDS = "preview|image-uint8|image-uint16|image-int16|rendered"
 _FRAME_DATA_KINDS = r"matlab|raw|raw\.gz|numpy"
@@ -96,7 +114,7 @@ _FRAME_DATA_KINDS = r"matlab|raw|raw\.gz|numpy"
 #: are ``frames/{n}/raw``), so it is left to Orthanc.
 ROUTES: Tuple[Route, ...] = tuple(
     route for level in _PARENT_LEVELS for route in _parent_routes(level)
-) + (
+) + _CHILD_LISTS + (
     Route("file", _INSTANCE, "/file", Answer.BINARY, Negotiation.DICOM_FILE),
     Route("frames", _INSTANCE, "/frames", Answer.JSON),
     Route("frame-image", _INSTANCE, "/frames/([^/?]+)/(%s)" % _IMAGE_KINDS, Answer.BINARY,
@@ -109,6 +127,14 @@ ROUTES: Tuple[Route, ...] = tuple(
     Route("simplified-tags", _INSTANCE, "/simplified-tags", Answer.JSON),
     Route("tags", _INSTANCE, "/tags", Answer.JSON),
 )
+
+
+def index_arguments(route: Route, arguments: Mapping[str, str]) -> Optional[Dict[str, str]]:
+    """The arguments of Orthanc's index answer that validates a request with file
+    arguments (``arguments`` without them); None when it has none of them."""
+    kept = {name: value for name, value in arguments.items()
+            if name.lower() not in route.file_arguments}
+    return kept if len(kept) < len(arguments) else None
 
 
 def routes_of(level: Level) -> Tuple[Route, ...]:

@@ -12,6 +12,7 @@ and to warm-up.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import threading
 from dataclasses import replace
@@ -26,7 +27,7 @@ from ..cache.changes import ChangeWatch, Watchers
 from ..cache.controller import CacheController
 from ..cache.warmup import WarmUp, warm_requests
 from ..core.data import Fetched, Figures, Identity, Outcome, Reply, Request, Version
-from ..core.routes import ROUTES, Level, Route
+from ..core.routes import ROUTES, Level, Route, index_arguments
 from ..core.settings import Backend, Settings, SettingsError, load_settings
 from ..core.statistics import Statistics
 from ..freshness.versions import resource_version
@@ -127,6 +128,13 @@ class OrthancOrigin:
 
     def plain_answer(self, request: Request, reason: str) -> Reply:
         return self.plain.answer(request, reason)
+
+    def index_digest(self, request: Request) -> Optional[str]:
+        arguments = index_arguments(request.route, request.arguments)
+        body = _get(self.plain.uri_with(request.uri, arguments or {}))
+        if not isinstance(body, bytes):
+            return None
+        return hashlib.blake2b(body, digest_size=16).hexdigest()
 
     def forward(self, request: Request, method: str, body: bytes) -> Reply:
         """Hand a POST, PUT or DELETE to Orthanc's own route, as if the plugin were absent."""

@@ -95,6 +95,9 @@ _ORTHANC_ERRORS = {
     -1: (500, "Internal error"),
     2: (500, "Not implemented yet"),
     3: (400, "Parameter out of range"),
+    # Raised by 1.10.1 for a list of children of an id of another level
+    # (/patients/{instance}/studies...), which later versions answer 404.
+    5: (400, "Bad type for a parameter"),
     # Raised for the archive of an unknown resource from 1.12.x (seen on 1.12.7).
     7: (404, "Accessing an inexistent item"),
     8: (400, "Bad request"),
@@ -278,6 +281,20 @@ class PlainOrthanc:
         if code == _BAD_REQUEST and self.api_version >= _NO_PIXEL_DATA_DETAILS \
                 and request.route.name == "frame-data" and request.groups[2] in ("raw", "raw.gz"):
             return NO_PIXEL_DATA
+        if code == _BAD_REQUEST and request.route.file_arguments \
+                and "requestedTags" in request.arguments:
+            return self._unknown_requested_tag(request)
+        return None
+
+    def _unknown_requested_tag(self, request: Request) -> Optional[str]:
+        """Orthanc names the first tag of ``requestedTags`` it does not know: asked one
+        tag at a time (only when it refused the list, so it costs nothing on success)."""
+        others = {name: value for name, value in request.arguments.items()
+                  if name != "requestedTags"}
+        for tag in request.arguments["requestedTags"].split(";"):
+            alone = self._get(self.uri_with(request.uri, dict(others, requestedTags=tag)))
+            if alone == _BAD_REQUEST:
+                return "Invalid requested-tags argument: Unknown DICOM tag " + tag
         return None
 
     def _unsupported_image(self, request: Request, reason: str) -> Reply:

@@ -151,6 +151,35 @@ def _parent_cases() -> Iterator[Case]:
     yield Case("/studies/%s/archive?transcode=bogus" % UNKNOWN)
 
 
+#: The lists of children Orthanc Explorer 2 reads, with the resource they belong to.
+CHILD_LISTS = (("patients", "patient", "studies"), ("studies", "study", "series"),
+               ("studies", "study", "instances"), ("series", "series", "instances"))
+#: requestedTags as Orthanc Explorer 2 sends them (main tags, computed tags, tags only in
+#: the files), and malformed ones.
+REQUESTED_TAGS = ("StudyDate;PatientName", "ModalitiesInStudy;NumberOfStudyRelatedInstances",
+                  "0008,0070;SoftwareVersions;0018,0015", "NoSuchTag", "0008,00ZZ", "", ";")
+
+
+def _list_cases() -> Iterator[Case]:
+    """The child lists: arguments as Orthanc Explorer 2 sends them, unknown and wrong ids."""
+    for level, own, name in CHILD_LISTS:
+        path = "/%s/{%s}/%s" % (level, own, name)
+        for query in ("", "?expand", "?expand=false", "?expanded", "?short",
+                      "?expand&requestedTags=PatientName", "?full"):
+            yield Case(path + query)
+        for tags in REQUESTED_TAGS:
+            yield Case(path + "?expand&requestedTags=" + tags)
+            yield Case(path + "?requestedTags=" + tags)
+        yield Case(path + "?expand&short&requestedTags=" + REQUESTED_TAGS[2])
+        yield Case(path + "?expand&RequestedTags=" + REQUESTED_TAGS[2])
+        yield Case("/%s/%s/%s?requestedTags=PatientName" % (level, UNKNOWN, name))
+        yield Case("/%s/%s/%s" % (level, UNKNOWN, name))
+        yield Case("/%s/{instance}/%s" % (level, name))  # wrong level
+        yield Case("/%s/{instance}/%s?expand&requestedTags=PatientName" % (level, name))
+        for method in ("POST", "PUT", "DELETE"):
+            yield Case(path, method, body=b"" if method != "DELETE" else None)
+
+
 def _instance_cases() -> Iterator[Case]:
     """Instance routes that are not images, on every kind of instance and on bad ids."""
     routes = ("file", "frames", "header", "metadata", "pdf", "simplified-tags", "tags")
@@ -260,7 +289,7 @@ def _method_cases() -> Iterator[Case]:
     yield Case("/studies/{study}/archive", "POST", body=b"not json")
 
 
-CASES = [case for group in (_parent_cases, _instance_cases, _image_cases, _frame_cases,
+CASES = [case for group in (_parent_cases, _list_cases, _instance_cases, _image_cases, _frame_cases,
                             _edge_cases, _method_cases)
          for case in group()]
 

@@ -325,3 +325,86 @@ def test_a_change_callback_registered_before_the_plugin_keeps_it_off(
     instance = server.upload(make_instance("PAT-off", seed="off"))["ID"]
     answer = get(server, "/instances/%s/tags" % instance)
     assert answer.status_code == 200 and "X-Cache-Status" not in answer.headers
+
+
+#: Tags of Orthanc Explorer 2's study page that Orthanc reads from the files.
+FILE_TAGS = "?expand&requestedTags=SoftwareVersions;0018,0015;ModalitiesInStudy"
+
+
+def child_lists(instance: dict) -> List[str]:
+    """The lists Orthanc Explorer 2 reads around ``instance``, as it asks for them."""
+    study, series = instance["ParentStudy"], instance["ParentSeries"]
+    return ["/studies/%s/series" % study, "/studies/%s/instances%s" % (study, FILE_TAGS),
+            "/series/%s/instances" % series, "/series/%s/instances%s" % (series, FILE_TAGS),
+            "/studies/%s/series%s" % (study, FILE_TAGS),
+            "/patients/%s/studies%s" % (instance["ParentPatient"], FILE_TAGS)]
+
+
+def test_child_lists_follow_instances_labels_stability_and_deletions(cached_orthanc) -> None:
+    """The child lists are fresh after each change, whether or not LastUpdate shows it;
+    with file tags they are stored (HIT), without them Orthanc computes them."""
+    stable_age = 12
+    server = cached_orthanc(config={"StableAge": stable_age})
+    start = time.monotonic()
+    uploaded = [server.upload(dicom) for dicom in make_study("PAT-lists", 2, 2, seed="lists")]
+    first = uploaded[0]
+    study, series = first["ParentStudy"], first["ParentSeries"]
+    paths = child_lists(first)
+    stored_paths = [path for path in paths if "requestedTags" in path]
+    time.sleep(SETTLE_AFTER_UPLOAD)
+
+    def remember() -> Dict[str, requests.Response]:
+        before = stored(server, stored_paths)
+        for path in paths:
+            if path not in before:
+                before[path] = get(server, path)
+                assert server.outcomes(path)[-1] == Outcome.BYPASS, path
+                again = get(server, path, **{"If-None-Match": before[path].headers["ETag"]})
+                assert again.status_code == 304, path
+        return before
+
+    # Stored while Orthanc says IsStable false; its STABLE event moves no LastUpdate.
+    before = remember()
+    assert not get(server, "/studies/%s/series%s" % (study, FILE_TAGS)).json()[0]["IsStable"]
+    time.sleep(max(0.0, start + stable_age + 3 - time.monotonic()))
+    series_list = get(server, "/studies/%s/series%s" % (study, FILE_TAGS)).json()
+    assert all(item["IsStable"] for item in series_list), series_list
+    # Instances show no IsStable: only the lists of series and studies changed.
+    assert_fresh(server, {path: answer for path, answer in before.items()
+                          if "/instances" not in path}, server.get)
+
+    # A new instance in a series changes its study's lists.
+    time.sleep(SETTLE_AFTER_UPLOAD)
+    before = remember()
+    added = server.upload(make_instance("PAT-lists", seed="lists", instance_number=9))
+    assert added["ParentStudy"] == study
+    assert_fresh(server, before, server.get)
+    assert len(get(server, "/studies/%s/instances%s" % (study, FILE_TAGS)).json()) == 5
+
+    if server.get("/system").json()["ApiVersion"] >= 20:  # labels: Orthanc 1.12.0
+        time.sleep(SETTLE_AFTER_UPLOAD)
+        before = remember()
+        for level, resource in (("studies", study), ("series", series),
+                                ("instances", first["ID"])):
+            assert server.put("/%s/%s/labels/seen" % (level, resource)).status_code == 200
+        assert_fresh(server, before, server.get)
+        for path in paths:
+            labelled = [item for item in get(server, path).json() if "seen" in item["Labels"]]
+            assert len(labelled) == 1, path
+
+    # Deletions: an instance, then a whole series.
+    time.sleep(QUIET)
+    before = remember()
+    listed = len(before["/series/%s/instances%s" % (series, FILE_TAGS)].json())
+    assert server.delete("/instances/%s" % first["ID"]).status_code == 200
+    assert_fresh(server, before, server.get)
+    assert len(get(server, "/series/%s/instances%s" % (series, FILE_TAGS)).json()) == listed - 1
+    time.sleep(QUIET)
+    before = remember()
+    assert server.delete("/series/%s" % series).status_code == 200
+    for path in paths:
+        if "/series/%s/" % series in path:
+            assert get(server, path).status_code == 404, path
+    assert len(get(server, "/studies/%s/series%s" % (study, FILE_TAGS)).json()) == 1
+    assert_fresh(server, {path: before[path] for path in paths if "/series/" not in path},
+                 server.get)

@@ -41,6 +41,9 @@ class FakeOrigin:
         self.versions: Dict[str, Version] = {}
         self.answers: Dict[str, Tuple[str, bytes]] = {}
         self.failing = False
+        #: Digests of Orthanc's index answers, by URI (routes with file arguments).
+        self.index: Dict[str, str] = {}
+        self.index_reads: List[str] = []
         self.fetches: List[Tuple[str, str, str]] = []
         self.plain: List[Tuple[str, str]] = []
 
@@ -64,6 +67,10 @@ class FakeOrigin:
     def plain_answer(self, request: Request, reason: str) -> Reply:
         self.plain.append((request.uri, reason))
         return Reply(404, "PASS", reason, body=b"plain")
+
+    def index_digest(self, request: Request) -> Optional[str]:
+        self.index_reads.append(request.uri)
+        return self.index.get(request.uri)
 
 
 @pytest.fixture
@@ -1022,3 +1029,57 @@ def test_unsettled_answers_go_out_as_orthanc_sent_them(controller, origin):
     reply = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
     assert reply.status == 200 and "Content-Encoding" not in reply.headers
     assert reply.body.startswith(b"[1, ")
+
+
+# --- Routes whose answer Orthanc takes from its index unless asked for file tags -------------
+
+def test_index_answer_is_never_stored_and_validated_by_content(controller, origin, store):
+    uri = "/studies/st/instances"
+    origin.answers[uri] = (JSON, b'[{"IsStable": false}]')
+    request = make_request(uri, {"expand": ""})
+    first = check_reply(controller.serve(request))
+    assert (first.status, first.outcome) == (200, "BYPASS")
+    assert "index" in first.reason
+    assert store.count() == 0 and origin.index_reads == []
+    # The same content: 304 to its own ETag.
+    again = controller.serve(make_request(uri, {"expand": ""},
+                                          {"if-none-match": first.headers["ETag"]}))
+    assert again.status == 304
+    # Labels or IsStable changed without any version moving: the old ETag is refused.
+    origin.answers[uri] = (JSON, b'[{"IsStable": true}]')
+    changed = controller.serve(make_request(uri, {"expand": ""},
+                                            {"if-none-match": first.headers["ETag"]}))
+    assert changed.status == 200 and changed.body.startswith(b'[{"IsStable": true}]')
+    assert changed.headers["ETag"] != first.headers["ETag"]
+
+
+def test_requested_tags_are_stored_under_the_index_answers_digest(controller, origin, store):
+    uri = "/studies/st/instances"
+    origin.answers[uri] = (JSON, b'[{"RequestedTags": {}}]')
+    origin.index[uri] = "digest-1"
+    arguments = {"expand": "", "RequestedTags": "0008,0005"}
+    first = check_reply(controller.serve(make_request(uri, arguments)))
+    assert (first.status, first.outcome) == (200, "MISS")
+    assert check_reply(controller.serve(make_request(uri, arguments))).outcome == "HIT"
+    assert origin.index_reads == [uri, uri]
+    assert len(origin.fetches) == 1
+    etag = first.headers["ETag"]
+    assert controller.serve(make_request(uri, arguments, {"if-none-match": etag})).status == 304
+    # A label written, IsStable flipped: Orthanc's index answer changed, LastUpdate did not.
+    origin.index[uri] = "digest-2"
+    refused = controller.serve(make_request(uri, arguments, {"if-none-match": etag}))
+    assert (refused.status, refused.outcome) == (200, "STALE-REFRESHED")
+    assert refused.headers["ETag"] != etag and len(origin.fetches) == 2
+    # Its Last-Modified is LastUpdate's, which labels and IsStable do not move: no 304 by date.
+    dated = controller.serve(make_request(uri, arguments, {
+        "if-modified-since": refused.headers["Last-Modified"]}))
+    assert (dated.status, dated.outcome) == (200, "HIT")
+
+
+def test_an_index_answer_in_error_is_orthancs(controller, origin, store):
+    uri = "/series/se/instances"
+    origin.set("se", "20230220T140000")
+    request = make_request(uri, {"requestedTags": "bogus"})
+    reply = controller.serve(request)
+    assert reply.status == 404 and origin.plain == [(uri, "Orthanc answers an error")]
+    assert origin.fetches == [] and store.count() == 0

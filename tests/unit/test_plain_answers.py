@@ -710,3 +710,24 @@ def test_argument_details_follow_the_running_version(api_version, route, argumen
         "%s=%s" % item for item in arguments.items()): 3}), arguments)
     assert reply.status == 400
     assert reply.body == error_body(3, uri, details=details).encode()
+
+
+def test_an_unknown_requested_tag_is_named_as_orthanc_names_it():
+    uri = "/studies/%s/series" % STUDY
+    plain = PlainOrthanc(FakeOrthanc(), True)
+    known = {"expand": "", "requestedTags": "PatientName"}
+    listing = {"expand": "", "requestedTags": "PatientName;NoSuchTag;Other"}
+    get = FakeOrthanc({plain.uri_with(uri, known): b"[]", plain.uri_with(uri, listing): 8,
+                       plain.uri_with(uri, dict(known, requestedTags="NoSuchTag")): 8})
+    reply = PlainOrthanc(get, True).answer(make_request(uri, listing), "test")
+    body = json.loads(reply.body)
+    assert (reply.status, body["OrthancStatus"]) == (400, 8)
+    assert body["Details"] == "Invalid requested-tags argument: Unknown DICOM tag NoSuchTag"
+    # Asked one tag at a time, up to the first refused.
+    assert get.calls[1:] == [plain.uri_with(uri, known),
+                             plain.uri_with(uri, dict(known, requestedTags="NoSuchTag"))]
+    # Another bad request on another route is left without details.
+    other = "/studies/%s/shared-tags" % STUDY
+    reply = PlainOrthanc(FakeOrthanc({other: 8}), True).answer(
+        make_request(other, {"requestedTags": "x"}), "test")
+    assert "Details" not in json.loads(reply.body)

@@ -11,6 +11,7 @@ from orthanc_cache_plugin.core.routes import (
     Answer,
     Level,
     Negotiation,
+    index_arguments,
     match,
     routes_of,
 )
@@ -22,8 +23,13 @@ FRAME_KINDS = ("preview", "image-uint8", "image-uint16", "image-int16", "rendere
 INSTANCE_ROUTES = ("file", "frames", "metadata", "preview", "simplified-tags", "tags", "header",
                    "pdf")
 
+#: The lists of children Orthanc Explorer 2 reads: (level, name).
+CHILD_LISTS = (("patients", "studies"), ("studies", "series"), ("studies", "instances"),
+               ("series", "instances"))
+
 #: Every URI shape of the specification's list, with the route name and groups expected.
 SAMPLES = (
+    [("/%s/abc/%s" % (level, name), name, ("abc",)) for level, name in CHILD_LISTS] +
     [("/%s/abc/%s" % (level, name), name, ("abc",))
      for level in PARENT_LEVELS for name in PARENT_ROUTES]
     + [("/instances/abc/%s" % name, name, ("abc",)) for name in INSTANCE_ROUTES]
@@ -60,7 +66,14 @@ NOT_CACHED = [
     "/xstudies/abc/archive",
     "/studies/abc/archivex",
     "/studies/abc/shared-tags?short",
-    "/patients/abc/instances",
+    "/patients/abc/instances",            # lists Orthanc Explorer 2 does not read
+    "/patients/abc/series",
+    "/series/abc/studies",
+    "/studies/abc/studies",
+    "/instances/abc/instances",
+    "/studies/abc/series/",
+    "/studies/abc/series/def",
+    "/series/abc",                        # descriptions: DELETE cannot be forwarded
     "/system",
     "/tools/find",
     "",
@@ -74,7 +87,9 @@ def test_spec_routes_are_all_present():
             assert (level, name) in names
     for name in INSTANCE_ROUTES + ("frame-image", "frame-data"):
         assert ("instances", name) in names
-    assert len(ROUTES) == 3 * 5 + 10
+    for list_ in CHILD_LISTS:
+        assert list_ in names
+    assert len(ROUTES) == 3 * 5 + 4 + 10
 
 
 @pytest.mark.parametrize("uri, name, groups", SAMPLES)
@@ -154,6 +169,28 @@ def test_negotiation_and_vary():
             assert route.vary == ()
 
 
+def test_only_child_lists_have_file_arguments():
+    for route in ROUTES:
+        listed = (route.level.value, route.name) in CHILD_LISTS
+        assert route.file_arguments == (("requestedtags",) if listed else ()), route.name
+        if listed:
+            assert route.answer is Answer.JSON and not route.warm_variants
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    ({}, None),
+    ({"expand": ""}, None),
+    ({"expand": "", "short": ""}, None),
+    ({"requestedTags": "0008,0005"}, {}),
+    ({"expanded": "", "requestedTags": "0008,0005;PatientComments"}, {"expanded": ""}),
+    ({"RequestedTags": "x", "short": "1"}, {"short": "1"}),   # names without case
+    ({"requestedtags": ""}, {}),
+])
+def test_index_arguments_drop_only_file_arguments(arguments, expected):
+    route, _ = match("/studies/abc/instances")
+    assert index_arguments(route, arguments) == expected
+
+
 def test_other_methods():
     for route in ROUTES:
         expected = ("POST",) if route.name in ("archive", "media") else ()
@@ -162,7 +199,8 @@ def test_other_methods():
 
 def test_warm_variants():
     for route in ROUTES:
-        if route.level is Level.INSTANCE or route.name in ("archive", "media"):
+        if route.level is Level.INSTANCE or route.name in ("archive", "media") \
+                or route.file_arguments:
             assert route.warm_variants == (), route.name
         elif route.name == "attachments":
             assert route.warm_variants == ("",)
@@ -179,7 +217,8 @@ def test_routes_of():
         routes = routes_of(level)
         assert all(route.level is level for route in routes)
         assert list(routes) == [route for route in ROUTES if route.level is level]
-    assert [route.name for route in routes_of(Level.STUDY)] == list(PARENT_ROUTES)
+    assert [route.name for route in routes_of(Level.STUDY)] == list(PARENT_ROUTES) + [
+        "series", "instances"]
     assert len(routes_of(Level.INSTANCE)) == 10
 
 
