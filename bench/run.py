@@ -256,6 +256,9 @@ def make_server(workdir: Path, kind: str, cache_dir: Optional[Path] = None,
     kwargs: Dict[str, Any] = {"log_flags": ()}
     if kind == "plugin":
         config["CachePlugin"] = {"Directory": str(cache_dir)}
+        # As docs/deployment.md recommends (1.10.1 compresses by default, and would then
+        # compress every hit for a browser); plain Orthanc keeps its version's default.
+        config["HttpCompressionEnabled"] = False
         plugin_path = (plugin_path or PLUGIN_PATH).resolve()
         # Orthanc's Python plugin puts the script's folder first in sys.path:
         # example.py in this repository imports this working tree's package
@@ -1324,6 +1327,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--allow-threads", action="store_true",
                         help='run every Orthanc with "Python": {"AllowThreads": true} '
                              '(plugin 4.3+)')
+    parser.add_argument("--only-hits", action="store_true",
+                        help="only hits and 304s (wrk alone and as a browser) and the store "
+                             "density")
     parser.add_argument("--only-mixed", action="store_true",
                         help="measure only hits beside misses (2 small studies, a big study "
                              "of --big instances): for comparing settings such as AllowThreads")
@@ -1361,6 +1367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan.idle_timeout = args.idle_timeout
     if args.only_mixed:
         plan.spec_studies, plan.ingest_rounds = 2, 0
+    if args.only_hits:
+        plan.ingest_rounds = 0
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="orthanc-bench-"))
@@ -1378,6 +1386,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         watch = CpuWatch(*(server.pid for server in bench.servers.values()))
         bench.throughput()
         bench.density()
+        if args.only_hits:
+            bench.results.environment["foreign_cpu"] = watch.foreign()
+            bench.results.environment["idle_wait_s"] = round(bench.wrk.idle_waited)
+            bench.results.environment["seconds"] = round(time.monotonic() - began)
+            (out / "results.json").write_text(json.dumps(bench.results.__dict__, indent=2))
+            (out / "results.md").write_text(markdown(bench.results))
+            print(markdown(bench.results))
+            return 0
         bench.spec_and_scale()
         bench.mixed()
         if args.profile:

@@ -49,6 +49,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Dict, Optional, Tuple
 
 #: Compression level: zlib's default, and the one Orthanc and nginx use.
@@ -111,9 +112,13 @@ def parse_accept_encoding(value: str) -> Dict[str, int]:
     return weights
 
 
+@lru_cache(maxsize=256)
 def choose_coding(accept_encoding: Optional[str], gzip_offered: bool = True) -> Choice:
     """The coding to send for a request whose ``Accept-Encoding`` is ``accept_encoding``
-    (None: no field), when gzip can be offered (a compressible answer) or not."""
+    (None: no field), when gzip can be offered (a compressible answer) or not.
+
+    Remembered for the last 256 fields: clients send few distinct ones (a browser
+    always the same), and parsing one costs a fair part of a 304."""
     if accept_encoding is None:
         return Choice(Coding.IDENTITY, True, "no Accept-Encoding: identity, as Orthanc sends")
     weights = parse_accept_encoding(accept_encoding)
