@@ -56,10 +56,6 @@ class Origin(Protocol):
         (``routes.index_arguments``); None when Orthanc answers it an error."""
 
 
-#: Why an answer Orthanc takes from its index alone is never stored.
-INDEX_ANSWER = "an answer of Orthanc's index, validated by its content"
-
-
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -119,7 +115,7 @@ class CacheController:
             if index_arguments(request.route, request.arguments) is None:
                 # Orthanc answers from its index: nothing to save by storing it, and
                 # IsStable and labels move no version (docs/freshness.md).
-                version = replace(version, settled=False, held=INDEX_ANSWER)
+                version = replace(version, settled=False, held=policy.INDEX_ANSWER)
             else:
                 digest = self.origin.index_digest(request)
                 if digest is None:

@@ -236,6 +236,10 @@ class Miss:
 #: its own, as plain Orthanc gives it).
 ORTHANC_ERROR = "Orthanc answered an error"
 
+#: Why an answer read from Orthanc's index alone is never stored (a list of children
+#: without requestedTags: cheaper to compute than to version, see freshness.md).
+INDEX_ANSWER = "an answer of Orthanc's index, validated by its content"
+
 #: Where the walk of a settled version's GET stands: answered, or what to read next.
 Step = Union[Decision, ReadStore, Miss]
 
@@ -252,6 +256,8 @@ def on_unsettled(precondition: Evaluation, answer: Fetched, settle: timedelta,
     found = not_modified(precondition, Proof.SAME_CONTENT)
     if found is not None:
         return found
+    if held == INDEX_ANSWER:  # by design, not a failure: computed by Orthanc
+        return Decision(200, Outcome.MISS, "never stored: " + held, answer)
     if held:
         return Decision(200, Outcome.BYPASS, "not served from the store: " + held, answer)
     return Decision(200, Outcome.MISS,

@@ -210,6 +210,9 @@ def test_fetched(stored, precondition, storage, written, available, expected):
     (MATCH, "", revalidated("If-None-Match matches (same content)")),
     (OTHER, "nodes unheard", (200, Outcome.BYPASS, "not served from the store: nodes unheard")),
     (MATCH, "nodes unheard", revalidated("If-None-Match matches (same content)")),
+    # An index answer (a list of children) is never stored by design: no failure.
+    (PLAIN, policy.INDEX_ANSWER, (200, Outcome.MISS, "never stored: " + policy.INDEX_ANSWER)),
+    (MATCH, policy.INDEX_ANSWER, revalidated("If-None-Match matches (same content)")),
 ])
 def test_on_unsettled(precondition, held, expected):
     step = policy.on_unsettled(precondition, ANSWER, timedelta(seconds=3), held)
