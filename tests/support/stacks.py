@@ -33,6 +33,7 @@ ORTHANC_BINARY = "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 POSTGRESQL_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 HOUSEKEEPER_PLUGIN = "/usr/share/orthanc/plugins/libHousekeeper.so"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 _current = os.environ.get("ORTHANC_STACK", "sid")
 
