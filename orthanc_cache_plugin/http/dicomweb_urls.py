@@ -26,9 +26,10 @@ then the public root: ``PublicRoot`` (from 1.8; defaults to ``Root``), or
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
+from typing import Any, Iterator, Mapping, Optional, Tuple
 
 #: The host the DICOMweb plugin names when a request has no Host header (an internal call).
 FALLBACK_HOST = "localhost:8042"
@@ -127,3 +128,42 @@ def client_base(site: DicomWebSite, headers: Mapping[str, str]) -> Optional[str]
     plugin writes such a base escaped in some answers and raw in others."""
     base = base_url(site, headers)
     return base if _PLAIN_BASE.fullmatch(base) else None
+
+
+#: The DICOM JSON attribute of QIDO's Retrieve URL (0008,1190); metadata's bulk data
+#: are named by ``BulkDataURI`` values.
+RETRIEVE_URL = "00081190"
+
+
+def _urls(node: Any) -> Iterator[str]:
+    """Every ``BulkDataURI`` value and Retrieve URL in a DICOM JSON document."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _urls(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "BulkDataURI" and isinstance(value, str):
+                yield value
+            elif key == RETRIEVE_URL and isinstance(value, dict):
+                yield from (url for url in value.get("Value") or () if isinstance(url, str))
+            else:
+                yield from _urls(value)
+
+
+def rebase(body: bytes, internal: str, client: str) -> Optional[bytes]:
+    """``body``, a DICOMweb JSON answer to an internal call, as the DICOMweb plugin
+    would have written it for a request whose base is ``client``; None when that
+    cannot be told apart: the internal base also appears outside the URLs the
+    plugin wrote (a tag value that happens to hold it), or the body is not JSON.
+
+    Both bases are plain (:func:`client_base`): they read the same escaped or not.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    written = sum(1 for url in _urls(document) if url.startswith(internal))
+    needle = internal.encode("ascii")
+    if body.count(needle) != written:
+        return None
+    return body.replace(needle, client.encode("ascii"))

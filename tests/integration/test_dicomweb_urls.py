@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Tuple
 
 import pytest
 
-from orthanc_cache_plugin.http.dicomweb_urls import DicomWebSite, base_url
+from orthanc_cache_plugin.http.dicomweb_urls import DicomWebSite, base_url, client_base, rebase
 from support.dicom_factory import make_instance, make_uid
 from support.orthanc_server import OrthancServer
 from support.stacks import DICOMWEB_PLUGIN, PYTHON_PLUGIN
@@ -168,10 +168,19 @@ def test_a_python_route_gets_dicomwebs_answer_only_from_a_path_of_its_own(
     server.upload(make_instance("PAT-dw-probe", study_uid=study, series_uid=series))
     metadata = "studies/%s/series/%s/metadata" % (study, series)
 
-    status, body = raw_get(server.port, "/probe/dicom-web/" + metadata, {"Host": "client.example"})
-    assert status == 200
-    assert set(bases(body)) == {DicomWebSite(version).internal_base()}
-    assert body == raw_get(server.port, "/dicom-web/" + metadata, {})[1]
+    site = DicomWebSite(version)
+    internal = site.internal_base()
+    for path in (metadata, "studies/%s/series/%s/instances" % (study, series)):
+        status, body = raw_get(server.port, "/probe/dicom-web/" + path, {"Host": "client.example"})
+        assert status == 200
+        assert set(bases(body)) == {internal}
+        assert body == raw_get(server.port, "/dicom-web/" + path, {})[1]
+        # Rebased for a client, the internal answer is DICOMweb's answer to that client.
+        for headers in HEADER_ROWS[1:]:
+            client = client_base(site, {key.lower(): value for key, value in headers.items()})
+            assert client is not None
+            assert rebase(body, internal, client) == \
+                raw_get(server.port, "/dicom-web/" + path, headers)[1], (path, headers)
 
     status, body = raw_get(server.port, "/dicom-web/studies/%s/series" % study,
                            {"Host": "client.example"})

@@ -3,7 +3,7 @@
 
 import pytest
 
-from orthanc_cache_plugin.http.dicomweb_urls import DicomWebSite, base_url, client_base
+from orthanc_cache_plugin.http.dicomweb_urls import DicomWebSite, base_url, client_base, rebase
 
 V17, V120, V124 = (1, 7), (1, 20), (1, 24)
 NEW = (V120, V124)
@@ -98,3 +98,30 @@ def test_public_root_is_named_from_1_8_on():
 ])
 def test_client_base_refuses_what_json_would_escape(headers, expected):
     assert client_base(site(V124), headers) == expected
+
+
+INTERNAL = "http://localhost:8042/dicom-web/"
+CLIENT = "https://pacs.example/dicom-web/"
+METADATA = (b'[ { "7FE00010" : { "BulkDataURI" : "http://localhost:8042/dicom-web/studies/1/'
+            b'series/2/instances/3/bulk/7FE00010", "vr" : "OW" }, "00100010" : { "Value" : '
+            b'[ { "Alphabetic" : "Doe" } ], "vr" : "PN" } } ]')
+QIDO = (b'[{"00081190":{"vr":"UR","Value":["http://localhost:8042/dicom-web/studies/1/'
+        b'series/2"]},"0020000E":{"vr":"UI","Value":["2"]}}]')
+
+
+@pytest.mark.parametrize("body, expected", [
+    (METADATA, METADATA.replace(INTERNAL.encode(), CLIENT.encode())),
+    (QIDO, QIDO.replace(INTERNAL.encode(), CLIENT.encode())),
+    (b"[]", b"[]"),
+    # The internal base in a tag value: not told apart from the plugin's URLs.
+    (METADATA.replace(b'"Doe"', b'"see http://localhost:8042/dicom-web/"'), None),
+    (QIDO.replace(b'"Value":["2"]', b'"Value":["http://localhost:8042/dicom-web/x"]'), None),
+    # A URL that names another base, with the internal one inside it.
+    (METADATA.replace(b'"BulkDataURI" : "', b'"BulkDataURI" : "http://x/?'), None),
+    # Escaped slashes: the URLs are not found as written, so nothing is served.
+    (QIDO.replace(b"http://localhost:8042/dicom-web/", b"http:\\/\\/localhost:8042\\/dicom-web\\/"),
+     None),
+    (b"not json", None),
+])
+def test_rebase_touches_only_the_urls_dicomweb_wrote(body, expected):
+    assert rebase(body, INTERNAL, CLIENT) == expected
