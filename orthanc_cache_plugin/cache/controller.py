@@ -27,7 +27,7 @@ from ..core.data import (
     Version,
 )
 from ..core.keys import cache_key, claim_name, entity_tag, normalized_query
-from ..core.routes import Answer, index_arguments
+from ..core.routes import Answer, answered_from_index
 from ..core.settings import Settings
 from ..freshness.versions import SETTLE
 from ..http.encoding import Coding, choose_coding, compress, compressible, etag_for
@@ -111,16 +111,15 @@ class CacheController:
         query = normalized_query(request.arguments)
         coding = choose_coding(request.headers.get("accept-encoding"), self.gzip_offered and
                                request.route.answer is Answer.JSON).coding
-        if request.route.file_arguments:
-            if index_arguments(request.route, request.arguments) is None:
-                # Orthanc answers from its index: nothing to save by storing it, and
-                # IsStable and labels move no version (docs/freshness.md).
-                version = replace(version, settled=False, held=policy.INDEX_ANSWER)
-            else:
-                digest = self.origin.index_digest(request)
-                if digest is None:
-                    return self.origin.plain_answer(request, "Orthanc answers an error")
-                version = replace(version, token=version.token + "|" + digest)
+        if answered_from_index(request.route, request.arguments):
+            # Nothing to save by storing it, and what it shows moves no version
+            # (IsStable, labels, a parent's attachments: docs/freshness.md).
+            version = replace(version, settled=False, held=policy.INDEX_ANSWER)
+        elif request.route.file_arguments:
+            digest = self.origin.index_digest(request)
+            if digest is None:
+                return self.origin.plain_answer(request, "Orthanc answers an error")
+            version = replace(version, token=version.token + "|" + digest)
         job = _Job(request, query, representation, version,
                    cache_key(request.uri, query, representation), coding)
         if not version.settled:
@@ -136,7 +135,7 @@ class CacheController:
         # If-Modified-Since cannot tell its contents apart, only the ETag can.
         precondition = evaluate_preconditions(
             request.headers,
-            Validators(validators.etag, None) if request.route.file_arguments else validators,
+            Validators(validators.etag, None) if request.route.index_answers else validators,
             now)
         sent = policy.etag_sent(request.headers, validators.etag)
         step: policy.Step = policy.on_request(precondition, self._stamp(version), sent)

@@ -59,6 +59,11 @@ class Route:
     those arguments it is computed by Orthanc and validated by its content;
     with them, Orthanc's index answer without them is read at each request
     and its digest is part of the version (docs/freshness.md).
+    ``from_index`` marks a route that Orthanc always answers from its index
+    (a patient's, study's or series' attachments): computed by Orthanc and
+    validated by its content, never stored, so that nothing needs to follow
+    what it shows (the DICOMweb plugin rewrites a series' attachment 4301
+    whenever the series becomes stable).
     """
 
     name: str
@@ -69,6 +74,13 @@ class Route:
     warm_variants: Tuple[str, ...] = ()
     other_methods: Tuple[str, ...] = ()
     file_arguments: Tuple[str, ...] = ()
+    from_index: bool = False
+
+    @property
+    def index_answers(self) -> bool:
+        """Whether some answers of the route come from Orthanc's index alone (validated
+        by content: a Last-Modified cannot tell them apart)."""
+        return self.from_index or bool(self.file_arguments)
 
     @property
     def pattern(self) -> str:
@@ -88,7 +100,7 @@ _PARENT_LEVELS = (Level.PATIENT, Level.STUDY, Level.SERIES)
 def _parent_routes(level: Level) -> Tuple[Route, ...]:
     return (
         Route("archive", level, "/archive", Answer.BINARY, other_methods=("POST",)),
-        Route("attachments", level, "/attachments", Answer.JSON, warm_variants=("",)),
+        Route("attachments", level, "/attachments", Answer.JSON, from_index=True),
         Route("instances-tags", level, "/instances-tags", Answer.JSON, warm_variants=_TAG_VARIANTS),
         Route("media", level, "/media", Answer.BINARY, other_methods=("POST",)),
         Route("shared-tags", level, "/shared-tags", Answer.JSON, warm_variants=_TAG_VARIANTS),
@@ -135,6 +147,12 @@ def index_arguments(route: Route, arguments: Mapping[str, str]) -> Optional[Dict
     kept = {name: value for name, value in arguments.items()
             if name.lower() not in route.file_arguments}
     return kept if len(kept) < len(arguments) else None
+
+
+def answered_from_index(route: Route, arguments: Mapping[str, str]) -> bool:
+    """Whether Orthanc answers this request of ``route`` from its index alone."""
+    return route.from_index or (bool(route.file_arguments)
+                                and index_arguments(route, arguments) is None)
 
 
 def routes_of(level: Level) -> Tuple[Route, ...]:

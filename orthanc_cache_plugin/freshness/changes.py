@@ -104,6 +104,11 @@ _ABOVE = {Level.INSTANCE: (Level.SERIES, Level.STUDY, Level.PATIENT),
           Level.SERIES: (Level.STUDY, Level.PATIENT), Level.STUDY: (Level.PATIENT,)}
 
 
+#: Why a patient's, study's or series' attachments touch no stored answer.
+PARENT_ATTACHMENTS = ("attachment of a patient, study or series: only its list of attachments "
+                      "shows it, validated by content")
+
+
 def levels_above(level: Level) -> Tuple[Level, ...]:
     """The levels above ``level``, nearest first."""
     return _ABOVE.get(level, ())
@@ -138,6 +143,8 @@ def on_event(event: Event, level: Optional[Level], resource_id: str,
     DELETED event that no request announced).
     """
     if event is not Event.DELETED:  # metadata or attachment of an existing resource
+        if event is Event.ATTACHMENT and level not in (None, Level.INSTANCE):
+            return Decision(Step.IGNORE, PARENT_ATTACHMENTS)
         if level is None:
             return Decision(Step.ADVANCE_ALL, "%s of a resource of unknown level" % event.value)
         return Decision(Step.ADVANCE, event.value, (Target(level, resource_id),))
@@ -170,7 +177,9 @@ def on_logged(changes: Sequence[Mapping[str, Any]], last: int, seen: int) -> Dec
     node's new instance: remembered LastUpdates are forgotten.
     """
     forget = bool(changes) or last != seen
-    hidden = [change for change in changes if change.get("ChangeType") in LOGGED_HIDDEN_CHANGES]
+    hidden = [change for change in changes if change.get("ChangeType") in LOGGED_HIDDEN_CHANGES
+              and not (change.get("ChangeType") == "UpdatedAttachment"
+                       and change.get("ResourceType") in ("Patient", "Study", "Series"))]
     levels = [LEVEL_NAMES.get(str(change.get("ResourceType", ""))) for change in hidden]
     if any(level is None for level in levels):
         return Decision(Step.ADVANCE_ALL, "a logged change of a resource of unknown level",

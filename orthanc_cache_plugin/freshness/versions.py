@@ -410,7 +410,11 @@ _ID = r"(?P<level>patients|studies|series|instances)/(?P<id>[^/]+)"
 _WRITES: Tuple[Tuple[str, str, Reach, str], ...] = (
     ("DELETE", _ID, Reach.DELETION, "deletion"),
     ("PUT DELETE", _ID + r"/metadata/[^/]+", Reach.RESOURCE, "metadata"),
-    ("PUT DELETE POST", _ID + r"/attachments/[^/]+(/.*)?", Reach.RESOURCE, "attachment"),
+    ("PUT DELETE POST", r"(?P<level>instances)/(?P<id>[^/]+)/attachments/[^/]+(/.*)?",
+     Reach.RESOURCE, "attachment"),
+    ("PUT DELETE POST", r"(patients|studies|series)/[^/]+/attachments/[^/]+(/.*)?", Reach.NOTHING,
+     "attachment of a patient, study or series: only its list of attachments shows it, "
+     "validated by content"),
     ("POST", _ID + r"/reconstruct", Reach.SUBTREE, "reconstruction"),
     ("POST", _ID + r"/(modify|anonymize)", Reach.SUBTREE,
      "modification (with KeepSource false or kept UIDs, it replaces the resource)"),

@@ -39,7 +39,6 @@ ROUTES = (
     "/studies/{study}/shared-tags",
     "/studies/{study}/shared-tags?short",
     "/studies/{study}/instances-tags?simplify",
-    "/studies/{study}/attachments",
     "/series/{series}/instances-tags",
     "/patients/{patient}/shared-tags",
     "/instances/{instance}/tags",
@@ -154,7 +153,7 @@ def test_warmed_answers_never_reach_a_request_without_valid_credentials(
     ids = upload_study(server, "warmed")
     server.wait_for_log(r"warm-up of studies %s: \d+ answers stored" % ids["study"], timeout=30)
     warmed = ["/studies/{study}/shared-tags", "/studies/{study}/instances-tags?short",
-              "/studies/{study}/attachments", "/series/{series}/shared-tags?simplify",
+              "/series/{series}/shared-tags?simplify",
               "/patients/{patient}/instances-tags"]
     for route in warmed:
         path = route.format(**ids)

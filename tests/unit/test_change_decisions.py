@@ -9,6 +9,7 @@ import pytest
 
 from orthanc_cache_plugin.core.routes import Level
 from orthanc_cache_plugin.freshness.changes import (
+    PARENT_ATTACHMENTS,
     Decision,
     Event,
     Marker,
@@ -72,6 +73,13 @@ def _never_asked() -> bool:
      Decision(Step.ADVANCE, "metadata updated", (SERIES,))),
     (Event.ATTACHMENT, Level.INSTANCE, "i1", None, _never_asked,
      Decision(Step.ADVANCE, "attachment updated", (INSTANCE,))),
+    # A parent's attachment (the DICOMweb plugin's 4301 of a series): no stored answer.
+    (Event.ATTACHMENT, Level.SERIES, "r1", None, _never_asked,
+     Decision(Step.IGNORE, PARENT_ATTACHMENTS)),
+    (Event.ATTACHMENT, Level.PATIENT, "p1", None, _never_asked,
+     Decision(Step.IGNORE, PARENT_ATTACHMENTS)),
+    (Event.ATTACHMENT, None, "x", None, _never_asked,
+     Decision(Step.ADVANCE_ALL, "attachment updated of a resource of unknown level")),
     (Event.METADATA, None, "x", None, _never_asked,
      Decision(Step.ADVANCE_ALL, "metadata updated of a resource of unknown level")),
     # A deletion that no request announced, of a resource that exists again: an overwrite.
@@ -126,6 +134,11 @@ def _change(kind: str, level: str, resource: str) -> dict:
     ([_change("UpdatedMetadata", "Series", "r1"), _change("NewInstance", "Instance", "i2"),
       _change("UpdatedAttachment", "Instance", "i1")], 13, 10, Step.ADVANCE,
      (SERIES, INSTANCE), True),
+    # A parent's attachment shows only in its list of attachments (validated by content).
+    ([_change("UpdatedAttachment", "Series", "r1"), _change("UpdatedAttachment", "Study", "s1")],
+     12, 10, Step.IGNORE, (), True),
+    ([_change("UpdatedAttachment", "Series", "r1"), _change("UpdatedMetadata", "Series", "r1")],
+     12, 10, Step.ADVANCE, (SERIES,), True),
     # A level this version does not know: every answer.
     ([_change("UpdatedMetadata", "Other", "x")], 11, 10, Step.ADVANCE_ALL, (), True),
 ])

@@ -11,6 +11,7 @@ from orthanc_cache_plugin.core.routes import (
     Answer,
     Level,
     Negotiation,
+    answered_from_index,
     index_arguments,
     match,
     routes_of,
@@ -200,10 +201,8 @@ def test_other_methods():
 def test_warm_variants():
     for route in ROUTES:
         if route.level is Level.INSTANCE or route.name in ("archive", "media") \
-                or route.file_arguments:
+                or route.index_answers:
             assert route.warm_variants == (), route.name
-        elif route.name == "attachments":
-            assert route.warm_variants == ("",)
         else:
             assert route.name in ("instances-tags", "shared-tags")
             assert route.warm_variants == ("", "short", "simplify")
@@ -226,3 +225,17 @@ def test_version_metadata():
     assert Level.INSTANCE.version_metadata == "ReceptionDate"
     for level in (Level.PATIENT, Level.STUDY, Level.SERIES):
         assert level.version_metadata == "LastUpdate"
+
+
+def test_answers_from_the_index():
+    """A parent's attachments always, child lists without requestedTags (any case)."""
+    attachments = match("/series/x/attachments")[0]
+    assert attachments.from_index and attachments.index_answers
+    assert answered_from_index(attachments, {}) and answered_from_index(attachments, {"full": ""})
+    children = match("/studies/x/series")[0]
+    assert not children.from_index and children.index_answers
+    assert answered_from_index(children, {"expand": ""})
+    assert not answered_from_index(children, {"RequestedTags": "0008,0020"})
+    for uri in ("/studies/x/shared-tags", "/instances/x/tags", "/series/x/archive"):
+        route = match(uri)[0]
+        assert not route.index_answers and not answered_from_index(route, {}), uri

@@ -90,8 +90,11 @@ def test_unparsable_last_update_never_settles() -> None:
     ("DELETE", "/changes", Reach.NOTHING, None),
     ("PUT", "/instances/x/metadata/1024", Reach.RESOURCE, Level.INSTANCE),
     ("DELETE", "/studies/x/metadata/1024", Reach.RESOURCE, Level.STUDY),
-    ("PUT", "/series/x/attachments/1030", Reach.RESOURCE, Level.SERIES),
-    ("DELETE", "/studies/x/attachments/1030", Reach.RESOURCE, Level.STUDY),
+    # A parent's attachments show only in its list of attachments (validated by content).
+    ("PUT", "/series/x/attachments/1030", Reach.NOTHING, None),
+    ("DELETE", "/studies/x/attachments/1030", Reach.NOTHING, None),
+    ("PUT", "/patients/x/attachments/4301", Reach.NOTHING, None),
+    ("PUT", "/instances/x/attachments/1030", Reach.RESOURCE, Level.INSTANCE),
     ("POST", "/instances/x/attachments/dicom/compress", Reach.RESOURCE, Level.INSTANCE),
     ("POST", "/studies/x/reconstruct", Reach.SUBTREE, Level.STUDY),
     ("POST", "/studies/x/modify", Reach.SUBTREE, Level.STUDY),
