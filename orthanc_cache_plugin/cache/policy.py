@@ -237,7 +237,8 @@ class Miss:
 ORTHANC_ERROR = "Orthanc answered an error"
 
 #: Why an answer read from Orthanc's index alone is never stored (a list of children
-#: without requestedTags: cheaper to compute than to version, see freshness.md).
+#: without requestedTags, a parent's attachments: cheaper to compute than to version,
+#: see freshness.md).
 INDEX_ANSWER = "an answer of Orthanc's index, validated by its content"
 
 #: Where the walk of a settled version's GET stands: answered, or what to read next.
