@@ -46,12 +46,16 @@ def test_quick_benchmark_writes_a_table_and_a_chart(repo_root: Path, tmp_path: P
             assert all(row[server]["misses"] > 0 for server in ("plain", "plugin", "floor")), row
     assert [entry["server"] for entry in results["scale"]] == ["plugin", "plugin-100k"]
     assert results["scale"][1]["entries"] > results["scale"][0]["entries"]
-    assert {row["kind"] for row in results["cold"]} == {"new key", "after write"}
+    assert {row["kind"] for row in results["cold"]} == {"new key", "after write",
+                                                        "browser, new key"}
+    assert [len(row["ratios"]) for row in results["codings"]] == [1, 1]  # two routes
     assert set(results["ingest"]) == {"plain", "plugin", "floor"}
     assert set(results["memory"]) == {"plain", "plugin", "floor", "plugin-100k"}
     assert [target["target"].split(" with ")[0] for target in results["targets"]] == [
-        "hits", "304 revalidations", "cold miss: first GET after a change",
-        "cold miss: first GET of a new key (stored)", "ingest", "hits", "memory"]
+        "hits", "a browser's hits", "304 revalidations", "cold miss: first GET after a change",
+        "cold miss: first GET of a new key (stored)",
+        "cold miss: a browser's first GET of a new key (compressed once, stored)", "ingest",
+        "hits", "memory"]
 
     chart = (out / "chart.png").read_bytes()
     assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
