@@ -23,7 +23,8 @@ from support.orthanc_server import OrthancServer
 
 #: Seconds after a change before answers are stored (freshness.SETTLE, 3 s).
 SETTLE = 3.1
-JSON_ROUTES = ("shared-tags", "instances-tags", "attachments")
+#: Stored routes (a study's attachments come from Orthanc's index at each request).
+JSON_ROUTES = ("shared-tags", "instances-tags", "instances-tags?short")
 NO_GZIP = {"Accept-Encoding": "identity"}
 
 
