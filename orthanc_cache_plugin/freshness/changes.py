@@ -27,7 +27,7 @@ from enum import Enum
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from ..core.routes import Level
-from .versions import GRACE, LOGGED_HIDDEN_CHANGES, Reach, write_effect
+from .versions import GRACE, LOGGED_HIDDEN_CHANGES, PARENT_ATTACHMENTS, Reach, write_effect
 
 
 class Event(Enum):
@@ -104,9 +104,9 @@ _ABOVE = {Level.INSTANCE: (Level.SERIES, Level.STUDY, Level.PATIENT),
           Level.SERIES: (Level.STUDY, Level.PATIENT), Level.STUDY: (Level.PATIENT,)}
 
 
-#: Why a patient's, study's or series' attachments touch no stored answer.
-PARENT_ATTACHMENTS = ("attachment of a patient, study or series: only its list of attachments "
-                      "shows it, validated by content")
+def _of_a_parent(level: Optional[Level]) -> bool:
+    """Whether ``level`` is a patient's, study's or series' (PARENT_ATTACHMENTS)."""
+    return level is not None and level is not Level.INSTANCE
 
 
 def levels_above(level: Level) -> Tuple[Level, ...]:
@@ -143,7 +143,7 @@ def on_event(event: Event, level: Optional[Level], resource_id: str,
     DELETED event that no request announced).
     """
     if event is not Event.DELETED:  # metadata or attachment of an existing resource
-        if event is Event.ATTACHMENT and level not in (None, Level.INSTANCE):
+        if event is Event.ATTACHMENT and _of_a_parent(level):
             return Decision(Step.IGNORE, PARENT_ATTACHMENTS)
         if level is None:
             return Decision(Step.ADVANCE_ALL, "%s of a resource of unknown level" % event.value)
@@ -179,7 +179,7 @@ def on_logged(changes: Sequence[Mapping[str, Any]], last: int, seen: int) -> Dec
     forget = bool(changes) or last != seen
     hidden = [change for change in changes if change.get("ChangeType") in LOGGED_HIDDEN_CHANGES
               and not (change.get("ChangeType") == "UpdatedAttachment"
-                       and change.get("ResourceType") in ("Patient", "Study", "Series"))]
+                       and _of_a_parent(LEVEL_NAMES.get(str(change.get("ResourceType", "")))))]
     levels = [LEVEL_NAMES.get(str(change.get("ResourceType", ""))) for change in hidden]
     if any(level is None for level in levels):
         return Decision(Step.ADVANCE_ALL, "a logged change of a resource of unknown level",

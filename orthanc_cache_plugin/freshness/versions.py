@@ -51,6 +51,11 @@ from ..http.validators import parse_orthanc_timestamp
 MARKER_METADATA = 65011
 #: Changes in /changes that LastUpdate does not show.
 LOGGED_HIDDEN_CHANGES = ("UpdatedMetadata", "UpdatedAttachment")
+
+#: Why a patient's, study's or series' attachments touch no stored answer (the one
+#: rule for REST writes, change events and the change log).
+PARENT_ATTACHMENTS = ("attachment of a patient, study or series: only its list of attachments "
+                      "shows it, validated by content")
 #: Seconds after a change during which answers are not trusted by version: the
 #: one-second resolution of LastUpdate, plus time for the write to commit.
 SETTLE = timedelta(seconds=3)
@@ -413,8 +418,7 @@ _WRITES: Tuple[Tuple[str, str, Reach, str], ...] = (
     ("PUT DELETE POST", r"(?P<level>instances)/(?P<id>[^/]+)/attachments/[^/]+(/.*)?",
      Reach.RESOURCE, "attachment"),
     ("PUT DELETE POST", r"(patients|studies|series)/[^/]+/attachments/[^/]+(/.*)?", Reach.NOTHING,
-     "attachment of a patient, study or series: only its list of attachments shows it, "
-     "validated by content"),
+     PARENT_ATTACHMENTS),
     ("POST", _ID + r"/reconstruct", Reach.SUBTREE, "reconstruction"),
     ("POST", _ID + r"/(modify|anonymize)", Reach.SUBTREE,
      "modification (with KeepSource false or kept UIDs, it replaces the resource)"),
