@@ -121,7 +121,7 @@ class CacheController:
                 return self.origin.plain_answer(request, "Orthanc answers an error")
             version = replace(version, token=version.token + "|" + digest)
         job = _Job(request, query, representation, version,
-                   cache_key(request.uri, query, representation), coding)
+                   cache_key(request.uri, query, representation, request.variant), coding)
         if not version.settled:
             return self._serve_unsettled(job, now)
 
@@ -280,7 +280,7 @@ class CacheController:
         if version is None or not version.settled:
             return False
         query = normalized_query(request.arguments)
-        key, stamp = cache_key(request.uri, query, ""), self._stamp(version)
+        key, stamp = cache_key(request.uri, query, "", request.variant), self._stamp(version)
         if policy.whole(self.store.get(key, stamp), stamp) is not None:
             return False
         fetched = self.origin.fetch(request, query, "")

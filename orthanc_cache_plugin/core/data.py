@@ -33,6 +33,11 @@ class Request:
     uri: str
     arguments: Mapping[str, str]
     headers: Mapping[str, str]
+    #: What else than the URI, the query and the representation the answer depends on,
+    #: for its key: empty for Orthanc's routes; for a DICOMweb route (whose ``uri`` is
+    #: then the DICOMweb plugin's path and whose first group the Orthanc study), that
+    #: plugin's version and the base of the URLs it writes for this client.
+    variant: str = ""
 
     @property
     def resource_id(self) -> str:

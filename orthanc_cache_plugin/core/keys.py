@@ -57,9 +57,12 @@ def literal_query(arguments: Mapping[str, str]) -> str:
                     for name, value in sorted(arguments.items()))
 
 
-def cache_key(uri: str, query: str, representation: str) -> str:
-    """Key of one representation of a route (version not included)."""
-    return "%s?%s#%s" % (uri, query, representation)
+def cache_key(uri: str, query: str, representation: str, variant: str = "") -> str:
+    """Key of one representation of a route (version not included); ``variant`` is what
+    else the answer depends on (a DICOMweb answer: the DICOMweb plugin's version and the
+    base of its URLs, see data.Request)."""
+    key = "%s?%s#%s" % (uri, query, representation)
+    return key + "#" + variant if variant else key
 
 
 @lru_cache(maxsize=4096)  # on every request: hashing costs more than the lookup

@@ -40,6 +40,7 @@ class Negotiation(Enum):
     NONE = "none"
     IMAGE = "image"            # Accept: image/png (default), image/jpeg, PAM
     DICOM_FILE = "dicom-file"  # Accept: application/dicom (default) or application/dicom+json
+    DICOMWEB_JSON = "dicomweb-json"  # Accept: DICOM JSON only; other values are DICOMweb's
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Route:
     validated by its content, never stored, so that nothing needs to follow
     what it shows (the DICOMweb plugin rewrites a series' attachment 4301
     whenever the series becomes stable).
+    ``dicomweb`` marks a route of :data:`DICOMWEB_ROUTES`: its groups are DICOM
+    UIDs, not Orthanc ids, and its answer is the DICOMweb plugin's.
     """
 
     name: str
@@ -75,6 +78,7 @@ class Route:
     other_methods: Tuple[str, ...] = ()
     file_arguments: Tuple[str, ...] = ()
     from_index: bool = False
+    dicomweb: bool = False
 
     @property
     def index_answers(self) -> bool:
@@ -139,6 +143,29 @@ ROUTES: Tuple[Route, ...] = tuple(
     Route("simplified-tags", _INSTANCE, "/simplified-tags", Answer.JSON),
     Route("tags", _INSTANCE, "/tags", Answer.JSON),
 )
+
+
+#: The DICOMweb answers cached (docs/dicomweb.md): WADO-RS metadata of a study and of a
+#: series, and the QIDO lists of one study, as OHIF and the Stone Web Viewer read them.
+#: The plugin serves them below :func:`dicomweb_root` (a reverse proxy sends it those
+#: GETs); each is the DICOMweb plugin's answer to the same path below its own ``Root``,
+#: versioned by the study that its StudyInstanceUID names.
+def _dicomweb(name: str, suffix: str) -> Route:
+    return Route(name, Level.STUDY, suffix, Answer.JSON, Negotiation.DICOMWEB_JSON,
+                 dicomweb=True)
+
+
+DICOMWEB_ROUTES: Tuple[Route, ...] = (
+    _dicomweb("dicomweb-study-metadata", "/metadata"),
+    _dicomweb("dicomweb-series", "/series"),
+    _dicomweb("dicomweb-series-metadata", "/series/([^/?]+)/metadata"),
+    _dicomweb("dicomweb-instances", "/series/([^/?]+)/instances"),
+)
+
+
+def dicomweb_root(admin_prefix: str) -> str:
+    """Where the plugin serves :data:`DICOMWEB_ROUTES`: ``{AdminPrefix}/dicom-web/``."""
+    return admin_prefix.rstrip("/") + "/dicom-web/"
 
 
 def index_arguments(route: Route, arguments: Mapping[str, str]) -> Optional[Dict[str, str]]:

@@ -27,7 +27,7 @@ from ..cache.changes import ChangeWatch, Watchers
 from ..cache.controller import CacheController
 from ..cache.warmup import WarmUp, warm_requests
 from ..core.data import Fetched, Figures, Identity, Outcome, Reply, Request, Version
-from ..core.routes import ROUTES, Level, Route, index_arguments
+from ..core.routes import DICOMWEB_ROUTES, ROUTES, Level, Route, dicomweb_root, index_arguments
 from ..core.settings import Backend, Settings, SettingsError, load_settings
 from ..core.statistics import Statistics
 from ..freshness.versions import resource_version
@@ -57,6 +57,7 @@ from .changes import (
     watch_writes,
 )
 from .clean_exit import avoid_plugin_teardown
+from .dicomweb import DicomWebOrigin, Origins
 from .registration import REGISTRATION
 from .thread_states import keep_thread_state
 
@@ -197,12 +198,17 @@ class CachePlugin:
                                  housekeeper=_housekeeper_enabled(configuration))
         self.changes = self.watchers.watch
         self.origin = OrthancOrigin(configuration.get("HttpDescribeErrors", True), self.changes)
+        self.dicomweb = DicomWebOrigin(configuration, dicomweb_root(settings.admin_prefix),
+                                       self.origin.version, self.origin.plain.uri_with)
+        #: Orthanc for its routes, the DICOMweb plugin for the DICOMweb routes.
+        self.origins = Origins(self.origin, self.dicomweb)
         #: How Orthanc decides access (sharing.Access), completed as filters are registered.
         self.access = replace(access_of(configuration), lua_filter=_lua_filter(configuration))
+        self.dicomweb.access_by_path = self.access.by_path()
         # Orthanc compresses answers by default up to 1.12.1.
         self.compression = bool(configuration.get("HttpCompressionEnabled",
                                                   not orthanc.CheckVersionAdvanced(1, 12, 2)))
-        self.controller = CacheController(settings, self.store, self.origin,
+        self.controller = CacheController(settings, self.store, self.origins,
                                           sharing=self._sharing())
         self.controller.gzip_offered, self.gzip_note = _gzip_mode(self.compression)
         self.statistics = Statistics()
@@ -223,6 +229,7 @@ class CachePlugin:
         """What is now known of access, and the headers it implies from now on."""
         self.access = access
         self.controller.sharing = self._sharing()
+        self.dicomweb.access_by_path = access.by_path()
 
     def filter_registered(self) -> None:
         """The startup script registered a request filter after enable_cache_plugin(), before
@@ -270,11 +277,17 @@ class CachePlugin:
         else:
             try:
                 self._ensure_identity()
-                reply = self.controller.serve(request)
+                if route.dicomweb:
+                    self.dicomweb.learn()
+                    resolved = self.dicomweb.resolve(request)
+                    reply = resolved if isinstance(resolved, Reply) \
+                        else self.controller.serve(resolved)
+                else:
+                    reply = self.controller.serve(request)
             except Exception as error:  # the cache must never turn an answer into a 500
                 _warn("%s while serving %s: %s; answered without the cache"
                       % (type(error).__name__, uri, error))
-                reply = self.origin.plain_answer(request, "cache error")
+                reply = self.origins.plain_answer(request, "cache error")
                 reply.outcome = Outcome.BYPASS
         _info("%s %s %s: %s" % (reply.outcome.value, call["method"], uri, reply.reason))
         self.statistics.count(reply.outcome)
@@ -334,6 +347,7 @@ class CachePlugin:
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
             self._ensure_identity()
             self.watchers.start()
+            _warn(self.dicomweb.learn())
         elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
             self.shutdown()
         elif self.warm_up is not None and change_type in _STABLE_LEVELS:
@@ -467,6 +481,10 @@ def enable(overrides: Mapping[str, Any]) -> bool:
     if not archives:
         _warn("archive and media left to Orthanc (not cached, no "
                            "validators): this Orthanc cannot compute them for a plugin")
+    # Below the cache's own root, never on the DICOMweb plugin's routes (host/dicomweb.py).
+    for route in DICOMWEB_ROUTES:
+        _register_rest(plugin.dicomweb.own_root.rstrip("/") + route.pattern,
+                       plugin.handler(route))
     for pattern in plugin.admin.patterns():
         _register_rest(pattern, plugin.on_admin)
     # Without the filter, a deleted resource's LastUpdate must be asked for every time.

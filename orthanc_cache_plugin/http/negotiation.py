@@ -23,6 +23,11 @@ PAM = "image/x-portable-arbitrarymap"
 DICOM = "application/dicom"
 _IMAGE_CANDIDATES = (PNG, JPEG, PAM)
 _DICOMWEB = ("application/dicom+json", "application/dicom+xml")
+#: The Accept values for which the DICOMweb plugin answers its default DICOM JSON, the
+#: same bytes on every version (measured on 1.7, 1.20 and 1.24: docs/dicomweb.md), as
+#: OHIF and Stone send them; any other value is left to the DICOMweb plugin (XML, a
+#: browser's list, which 1.7 refuses and 1.20 answers with JSON...).
+DICOMWEB_JSON_ACCEPT = ("", "*/*", "application/json", "application/dicom+json")
 
 #: 404 when nothing matches, 415 when a q-value is malformed (Orthanc's answers).
 NO_MATCH = 404
@@ -128,6 +133,10 @@ def representation_of(route: Route, headers: Mapping[str, str], api_version: int
         if headers.get("accept", "").lstrip() in _DICOMWEB:
             raise Unsupported("DICOMweb answer of /file cannot be rebuilt by a Python plugin 4.0")
         return DICOM
+    if route.negotiation is Negotiation.DICOMWEB_JSON:
+        if headers.get("accept", "").strip() not in DICOMWEB_JSON_ACCEPT:
+            raise Unsupported("Accept other than DICOM JSON: the DICOMweb plugin's to answer")
+        return ""
     return ""
 
 

@@ -82,6 +82,11 @@ class Access:
     def per_request(self) -> bool:
         return bool(self.reasons())
 
+    def by_path(self) -> Tuple[str, ...]:
+        """The reasons that decide access from the request's path (all but Orthanc's users):
+        they would not know a DICOMweb path below the cache's own root for what it is."""
+        return tuple(reason for reason in self.reasons() if reason != "Orthanc's users")
+
 
 def _strings(value: Any) -> Tuple[str, ...]:
     if not isinstance(value, list):

@@ -19,11 +19,11 @@ import pytest
 import requests
 
 from orthanc_cache_plugin.core.data import Outcome
+from support.deployment_doc import documented_site as support_documented_site
 from support.dicom_factory import make_instance, make_study
 from support.nginx import NginxServer
 from support.orthanc_server import OrthancServer
 
-DEPLOYMENT_DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 STORE = "store-and-revalidate"
 NO_STORE = "no-store"
 
@@ -45,30 +45,9 @@ _ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<uri>\S+) HTTP/[\d.]+" (?P<st
 
 # -- the documented configurations --------------------------------------------
 
-def documented_block(profile: str) -> str:
-    """The nginx block of docs/deployment.md marked as tested for ``profile``."""
-    text = DEPLOYMENT_DOC.read_text(encoding="utf-8")
-    match = re.search(r"<!-- tested by tests/integration/test_proxy\.py: %s -->\n```nginx\n(.*?)```"
-                      % re.escape(profile), text, re.DOTALL)
-    assert match, "docs/deployment.md has no nginx block marked for %s" % profile
-    return match.group(1)
-
-
 def documented_site(profile: str, orthanc: OrthancServer) -> str:
-    """The documented block with this test's addresses and paths (see support.nginx)."""
-    site = documented_block(profile)
-    replacements = {
-        "127.0.0.1:8042": "127.0.0.1:%d" % orthanc.port,
-        "listen 80;": "listen 127.0.0.1:@PORT@;",
-        "/var/cache/nginx/orthanc": "@PREFIX@/cache",
-        "/run/nginx-orthanc-origin.sock": "@PREFIX@/origin.sock",
-        "/var/log/nginx/orthanc-access.log": "@PREFIX@/orthanc-access.log",
-    }
-    for documented, tested in replacements.items():
-        site = site.replace(documented, tested)
-    leftovers = re.findall(r"/var/\S*|/run/\S*|:8042\b|listen 80\b", site)
-    assert not leftovers, "unexpected addresses or paths in the documented block: %s" % leftovers
-    return site
+    """The block of docs/deployment.md marked for ``profile``, with this test's addresses."""
+    return support_documented_site("test_proxy.py", profile, orthanc.port)
 
 
 # -- helpers ------------------------------------------------------------------

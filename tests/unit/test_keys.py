@@ -109,3 +109,11 @@ def test_entity_tag_parts_are_separated():
 def test_entity_tag_always_a_valid_weak_tag(salt, key, version):
     tag = entity_tag(salt, key, version)
     assert ETAG.match(tag)
+
+
+def test_a_variant_makes_another_key_and_none_keeps_the_key():
+    plain = cache_key("/dicom-web/studies/1.2/series", "", "")
+    assert cache_key("/dicom-web/studies/1.2/series", "", "", "") == plain
+    one = cache_key("/dicom-web/studies/1.2/series", "", "", "dicomweb 1.24 http://a/dicom-web/")
+    other = cache_key("/dicom-web/studies/1.2/series", "", "", "dicomweb 1.24 http://b/dicom-web/")
+    assert len({plain, one, other}) == 3

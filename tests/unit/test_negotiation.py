@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from orthanc_cache_plugin.core.routes import match
+from orthanc_cache_plugin.core.routes import DICOMWEB_ROUTES, match
 from orthanc_cache_plugin.http.negotiation import (
     BAD_ACCEPT,
     DICOM,
@@ -348,3 +349,28 @@ def test_representation_follows_the_running_version():
     headers = {"accept": "image/jpeg;q=0.3, image/png;q=0.5;q=0.1"}
     assert representation_of(route, headers) == PNG
     assert representation_of(route, headers, 31) == JPEG
+
+
+# -- DICOMweb routes: only DICOM JSON is served from the copies ----------------------
+
+DICOMWEB_METADATA = "/cache/dicom-web/studies/1.2/series/1.3/metadata"
+
+
+@pytest.mark.parametrize("accept, served", [
+    (None, True), ("", True), ("*/*", True), (" application/dicom+json ", True),
+    ("application/json", True),
+    ('multipart/related; type="application/dicom+xml"', False),
+    ("application/dicom+xml", False),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", False),
+    ("application/dicom+json;q=0.5", False),
+    ("image/png", False),
+])
+def test_dicomweb_routes_serve_dicom_json_only(accept, served):
+    route = next(route for route in DICOMWEB_ROUTES if route.name == "dicomweb-series-metadata")
+    assert re.fullmatch("/cache/dicom-web" + route.pattern, DICOMWEB_METADATA)
+    headers = {} if accept is None else {"accept": accept}
+    if served:
+        assert representation_of(route, headers) == ""
+    else:
+        with pytest.raises(Unsupported):
+            representation_of(route, headers)

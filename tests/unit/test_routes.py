@@ -7,11 +7,13 @@ import re
 import pytest
 
 from orthanc_cache_plugin.core.routes import (
+    DICOMWEB_ROUTES,
     ROUTES,
     Answer,
     Level,
     Negotiation,
     answered_from_index,
+    dicomweb_root,
     index_arguments,
     match,
     routes_of,
@@ -239,3 +241,25 @@ def test_answers_from_the_index():
     for uri in ("/studies/x/shared-tags", "/instances/x/tags", "/series/x/archive"):
         route = match(uri)[0]
         assert not route.index_answers and not answered_from_index(route, {}), uri
+
+
+def test_dicomweb_routes_name_dicomwebs_paths_below_the_caches_root():
+    root = dicomweb_root("/cache/")
+    assert root == "/cache/dicom-web/"
+    paths = {
+        "studies/1.2/metadata": ("dicomweb-study-metadata", ("1.2",)),
+        "studies/1.2/series": ("dicomweb-series", ("1.2",)),
+        "studies/1.2/series/3.4/metadata": ("dicomweb-series-metadata", ("1.2", "3.4")),
+        "studies/1.2/series/3.4/instances": ("dicomweb-instances", ("1.2", "3.4")),
+    }
+    for path, (name, groups) in paths.items():
+        found = [(route.name, re.fullmatch(root.rstrip("/") + route.pattern, root + path))
+                 for route in DICOMWEB_ROUTES]
+        matched = [(route_name, m.groups()) for route_name, m in found if m]
+        assert matched == [(name, groups)], path
+        assert match("/" + path) is None or match("/" + path)[0] not in DICOMWEB_ROUTES
+    for route in DICOMWEB_ROUTES:
+        # Versioned by the study the UID names; JSON only; never among Orthanc's routes.
+        assert route.dicomweb and route.level is Level.STUDY and route.answer is Answer.JSON
+        assert route.negotiation is Negotiation.DICOMWEB_JSON and route.vary == ("Accept",)
+        assert route not in ROUTES and not route.warm_variants and not route.other_methods

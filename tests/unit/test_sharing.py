@@ -125,3 +125,15 @@ def test_reasons_in_words():
 
 def test_sharing_defaults():
     assert Sharing("no-cache") == Sharing("no-cache", (), ())
+
+
+@pytest.mark.parametrize("access, by_path", [
+    (Access(), ()),
+    (USERS, ()),
+    (FILTER, ("a filter of the startup script",)),
+    (replace(USERS, lua_filter=True), ("a Lua IncomingHttpRequestFilter",)),
+    (TOKENS, ("the authorization plugin (token headers token)",)),
+])
+def test_what_decides_access_from_the_path(access, by_path):
+    # Orthanc's users apply to every path alike; the others read the path.
+    assert access.by_path() == by_path
