@@ -67,6 +67,8 @@ class Route:
     whenever the series becomes stable).
     ``dicomweb`` marks a route of :data:`DICOMWEB_ROUTES`: its groups are DICOM
     UIDs, not Orthanc ids, and its answer is the DICOMweb plugin's.
+    ``uid_argument`` names the GET argument that holds the study's UID, for a
+    route whose path has no id (a QIDO search restricted to one study).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Route:
     file_arguments: Tuple[str, ...] = ()
     from_index: bool = False
     dicomweb: bool = False
+    uid_argument: str = ""
 
     @property
     def index_answers(self) -> bool:
@@ -89,6 +92,8 @@ class Route:
     @property
     def pattern(self) -> str:
         """The regular expression registered with Orthanc."""
+        if self.uid_argument:
+            return "/%s%s" % (self.level.value, self.suffix)
         return "/%s/([^/?]+)%s" % (self.level.value, self.suffix)
 
     @property
@@ -111,14 +116,18 @@ def _parent_routes(level: Level) -> Tuple[Route, ...]:
     )
 
 
-#: The lists of children that Orthanc Explorer 2 reads (its ``src/orthancApi.js``):
-#: arguments such as ``expand`` and ``requestedTags`` go to Orthanc as given.
+#: The lists of children that Orthanc Explorer 2 reads (its ``src/orthancApi.js``), and
+#: its study: arguments such as ``expand`` and ``requestedTags`` go to Orthanc as given.
 _REQUESTED_TAGS = ("requestedtags",)
 _CHILD_LISTS = (
     Route("studies", Level.PATIENT, "/studies", Answer.JSON, file_arguments=_REQUESTED_TAGS),
     Route("series", Level.STUDY, "/series", Answer.JSON, file_arguments=_REQUESTED_TAGS),
     Route("instances", Level.STUDY, "/instances", Answer.JSON, file_arguments=_REQUESTED_TAGS),
     Route("instances", Level.SERIES, "/instances", Answer.JSON, file_arguments=_REQUESTED_TAGS),
+    # Its study page (``getStudy``): the study with requestedTags.  Orthanc deletes a study
+    # there too: the plugin forwards the DELETE (host.adapter.OrthancOrigin.forward).
+    Route("study", Level.STUDY, "", Answer.JSON, other_methods=("DELETE",),
+          file_arguments=_REQUESTED_TAGS),
 )
 
 _INSTANCE = Level.INSTANCE
@@ -146,16 +155,18 @@ ROUTES: Tuple[Route, ...] = tuple(
 
 
 #: The DICOMweb answers cached (docs/dicomweb.md): WADO-RS metadata of a study and of a
-#: series, and the QIDO lists of one study, as OHIF and the Stone Web Viewer read them.
+#: series, and the QIDO lists of one study (its own search by StudyInstanceUID included),
+#: as OHIF and the Stone Web Viewer read them.
 #: The plugin serves them below :func:`dicomweb_root` (a reverse proxy sends it those
 #: GETs); each is the DICOMweb plugin's answer to the same path below its own ``Root``,
 #: versioned by the study that its StudyInstanceUID names.
-def _dicomweb(name: str, suffix: str) -> Route:
+def _dicomweb(name: str, suffix: str, uid_argument: str = "") -> Route:
     return Route(name, Level.STUDY, suffix, Answer.JSON, Negotiation.DICOMWEB_JSON,
-                 dicomweb=True)
+                 dicomweb=True, uid_argument=uid_argument)
 
 
 DICOMWEB_ROUTES: Tuple[Route, ...] = (
+    _dicomweb("dicomweb-study-search", "", uid_argument="StudyInstanceUID"),
     _dicomweb("dicomweb-study-metadata", "/metadata"),
     _dicomweb("dicomweb-series", "/series"),
     _dicomweb("dicomweb-series-metadata", "/series/([^/?]+)/metadata"),

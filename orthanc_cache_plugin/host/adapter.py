@@ -32,11 +32,12 @@ from ..core.settings import Backend, Settings, SettingsError, load_settings
 from ..core.statistics import Statistics
 from ..freshness.versions import resource_version
 from ..http.negotiation import JPEG, PAM, jpeg_quality, pam_image
-from ..http.plain_answers import JSON_TYPE, PlainOrthanc
+from ..http.plain_answers import JSON_TYPE, UNKNOWN_RESOURCE, PlainOrthanc, deletion_body
 from ..http.sharing import Access, Sharing, access_of, describe as describe_sharing, sharing
 from ..store.facade import COMPUTED_BY, Store, computed_by
 from ..store.redis_backend import RedisOptions
 from .api import (
+    delete as _delete,
     error as _error,
     get as _get,
     get_json as _get_json,
@@ -142,6 +143,8 @@ class OrthancOrigin:
         if method not in request.route.other_methods:
             allowed = ",".join(("GET",) + request.route.other_methods)
             return Reply(405, Outcome.PASS, method + " not allowed", headers={"Allow": allowed})
+        if method == "DELETE":  # a study's (the only route that takes it)
+            return self._delete_study(request)
         result = _post(request.uri, body)
         if not isinstance(result, bytes):
             return self.plain.error(request, result, method)
@@ -149,6 +152,23 @@ class OrthancOrigin:
             return Reply(200, Outcome.PASS, "forwarded " + method, "application/zip", result,
                          self.plain.extra_headers(request, ""))
         return Reply(200, Outcome.PASS, "forwarded " + method, JSON_TYPE, result)
+
+
+    def _delete_study(self, request: Request) -> Reply:
+        """Delete a study as Orthanc would, and answer as it does: the parent patient
+        when it remains (``RestApiDelete`` tells nothing), 404 without body when unknown."""
+        study = _get("/studies/%s" % request.resource_id)
+        if not isinstance(study, bytes):
+            return Reply(404, Outcome.PASS, "unknown study")
+        patient = str(json.loads(study)["ParentPatient"])
+        result = _delete(request.uri)
+        if result == UNKNOWN_RESOURCE:  # deleted meanwhile
+            return Reply(404, Outcome.PASS, "unknown study")
+        if not isinstance(result, bytes):
+            return self.plain.error(request, result, "DELETE")
+        remains = isinstance(_get("/patients/%s" % patient), bytes)
+        return Reply(200, Outcome.PASS, "forwarded DELETE", JSON_TYPE,
+                     deletion_body("patients", patient if remains else None))
 
 
 def _send_status_with_body(output: Any, status: int, body: bytes) -> None:

@@ -71,6 +71,11 @@ def post(uri: str, body: bytes) -> Union[bytes, int]:
     return _answer_or_code(lambda: orthanc.RestApiPost(uri, body))
 
 
+def delete(uri: str) -> Union[bytes, int]:
+    """Orthanc's built-in DELETE: ``b""`` when done (a plugin gets no body), or the error code."""
+    return _answer_or_code(lambda: orthanc.RestApiDelete(uri) or b"")
+
+
 def get_json(uri: str) -> Any:
     """The JSON of a GET that must succeed (``/system``, ``/changes``); raises
     ``orthanc.OrthancException`` when it fails, for the caller's own recovery."""

@@ -127,9 +127,12 @@ class DicomWebOrigin:
         if self.access_by_path:
             return handed_back("access is decided from the path, by %s"
                                % " and ".join(self.access_by_path))
-        study_uid = request.groups[0]
-        if not all(_UID.fullmatch(uid) for uid in request.groups):
-            return handed_back("not a UID")
+        route = request.route
+        uids = (request.arguments.get(route.uid_argument, ""),) + request.groups \
+            if route.uid_argument else request.groups
+        if not all(_UID.fullmatch(uid) for uid in uids):
+            return handed_back("not a single UID")
+        study_uid = uids[0]
         base = client_base(site, request.headers)
         if base is None:
             return handed_back("the base of its URLs has characters that JSON escapes")
@@ -137,7 +140,7 @@ class DicomWebOrigin:
         if study is None:
             return handed_back("no single study has this StudyInstanceUID")
         path = site.served_root + request.uri[len(self.own_root):]
-        return Request(request.route, (study,) + request.groups[1:], path, request.arguments,
+        return Request(route, (study,) + uids[1:], path, request.arguments,
                        request.headers, "dicomweb %s %s" % (".".join(map(str, site.version)),
                                                             base))
 

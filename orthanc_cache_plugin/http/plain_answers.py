@@ -139,6 +139,21 @@ def error_body(code: int, uri: str, method: str = "GET", details: Optional[str] 
                               for name, value in fields) + "\n}\n"
 
 
+#: The ``Type`` Orthanc names each level with.
+_LEVEL_TYPES = {"patients": "Patient", "studies": "Study", "series": "Series"}
+
+
+def deletion_body(ancestor_level: str, ancestor_id: Optional[str]) -> bytes:
+    """Orthanc's answer to a deletion, byte for byte: the ancestor that remains, if any
+    (seen on 1.10.1 and 1.13.0; a plugin's ``RestApiDelete`` returns nothing)."""
+    if ancestor_id is None:
+        return b'{\n   "RemainingAncestor" : null\n}'
+    return ('{\n   "RemainingAncestor" : \n   {\n      "ID" : %s,\n      "Path" : %s,\n'
+            '      "Type" : %s\n   }\n}' % (
+                _json_string(ancestor_id), _json_string("/%s/%s" % (ancestor_level, ancestor_id)),
+                _json_string(_LEVEL_TYPES[ancestor_level]))).encode("utf-8")
+
+
 def _not_boolean(arguments: Mapping[str, str], name: str) -> Optional[str]:
     """Orthanc's Details when GET argument ``name`` is given and is no Boolean."""
     value = arguments.get(name, "")
@@ -241,6 +256,8 @@ class PlainOrthanc:
             return _status_only(415, "unsupported media type")
         if result != UNKNOWN_RESOURCE:
             return self.error(request, result)
+        if request.route.name == "study":  # a resource route: Orthanc answers nothing
+            return _status_only(404, "unknown study")
         if request.route.name == "pdf" and isinstance(
                 self._get("/instances/%s" % request.resource_id), bytes):
             return _status_only(404, "instance holds no PDF")

@@ -93,8 +93,8 @@ def every_cached_route(ids: Dict[str, str]) -> List[str]:
         if route.name in ("archive", "media") and not stacks.plugin_caches_archives():
             continue  # left to Orthanc from 1.12.8 on (no validators at all)
         resource = ids["pdf"] if route.name == "pdf" else ids[route.level.value]
-        suffix = {"frame-image": "/frames/0/preview",
-                  "frame-data": "/frames/0/raw"}.get(route.name, "/" + route.name)
+        suffix = {"frame-image": "/frames/0/preview", "frame-data": "/frames/0/raw",
+                  "study": ""}.get(route.name, "/" + route.name)
         paths.append("/%s/%s%s" % (route.level.value, resource, suffix))
     return paths
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import pytest
 
 from orthanc_cache_plugin.core.routes import ROUTES, match
 from support import stacks
+from support.dicom_factory import make_study
 from support.oracle import Exchange, attachment_names, exchange, sample_files, upload_samples
 from support.orthanc_server import OrthancServer
 
@@ -180,6 +181,20 @@ def _list_cases() -> Iterator[Case]:
             yield Case(path, method, body=b"" if method != "DELETE" else None)
 
 
+def _study_cases() -> Iterator[Case]:
+    """The study as Orthanc Explorer 2 reads it (``getStudy``), unknown and wrong-level ids,
+    and the methods of that route (a deletion is tested apart: it would remove the data)."""
+    for query in ["", "?full", "?short", "?expand", "?requestedTags=StudyDate&full"] + [
+            "?requestedTags=" + tags for tags in REQUESTED_TAGS]:
+        yield Case("/studies/{study}" + query)
+    for resource in (UNKNOWN, "{series}", "{patient}", "{instance}"):
+        yield Case("/studies/%s" % resource)
+        yield Case("/studies/%s?requestedTags=ModalitiesInStudy;0008,0070" % resource)
+        yield Case("/studies/%s" % resource, "DELETE")
+    for method in ("POST", "PUT"):
+        yield Case("/studies/{study}", method, body=b"")
+
+
 def _instance_cases() -> Iterator[Case]:
     """Instance routes that are not images, on every kind of instance and on bad ids."""
     routes = ("file", "frames", "header", "metadata", "pdf", "simplified-tags", "tags")
@@ -289,8 +304,8 @@ def _method_cases() -> Iterator[Case]:
     yield Case("/studies/{study}/archive", "POST", body=b"not json")
 
 
-CASES = [case for group in (_parent_cases, _list_cases, _instance_cases, _image_cases, _frame_cases,
-                            _edge_cases, _method_cases)
+CASES = [case for group in (_parent_cases, _list_cases, _study_cases, _instance_cases,
+                            _image_cases, _frame_cases, _edge_cases, _method_cases)
          for case in group()]
 
 
@@ -311,3 +326,27 @@ def test_matrix_covers_every_route() -> None:
     found = [match(case.path) for case in CASES]
     covered = {(route.level, route.name) for route, _ in filter(None, found)}
     assert covered == {(route.level, route.name) for route in ROUTES}
+
+
+def test_a_deleted_study_is_answered_as_plain_orthanc_does(
+        orthanc_factory: Callable[..., OrthancServer],
+        cached_orthanc: Callable[..., OrthancServer]) -> None:
+    """DELETE /studies/{id} goes through the plugin's route: its answer names the patient
+    that remains, or null, byte for byte; the study is gone for both afterwards."""
+    plain, cached = orthanc_factory(), cached_orthanc()
+    files = [make_study("PAT-deleted", 1, 2, seed=seed) for seed in ("one", "two")]
+    studies = []
+    for server in (plain, cached):
+        studies = [server.upload(study[0])["ParentStudy"] for study in files]
+        for study in files:
+            server.upload(study[1])
+    for study in studies:
+        cached.get("/studies/%s?requestedTags=SoftwareVersions" % study)  # something stored
+        answers = [server.request("DELETE", "/studies/%s" % study) for server in (plain, cached)]
+        assert answers[0].status_code == answers[1].status_code == 200
+        assert answers[0].content == answers[1].content
+        assert answers[0].headers["Content-Type"] == answers[1].headers["Content-Type"]
+        for server in (plain, cached):
+            assert server.get("/studies/%s?requestedTags=SoftwareVersions"
+                              % study).status_code == 404
+    assert b"null" in answers[1].content

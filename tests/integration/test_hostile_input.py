@@ -671,7 +671,7 @@ def test_latin1_header_bytes_without_the_filter(orthanc_factory, cached_orthanc,
     assert upload_samples(cached, files) == ids
     extra = sample_files("PAT-LATIN1", SEED, series=1, instances=1)[0]
     target, method, body = {
-        "uncached GET": ("/studies/%s" % ids["study"], "GET", b""),
+        "uncached GET": ("/series/%s" % ids["series"], "GET", b""),
         "cached GET": ("/studies/%s/shared-tags" % ids["study"], "GET", b""),
         "upload": ("/instances", "POST", extra),
         "deletion": ("/instances/%s" % ids["instance"], "DELETE", b""),

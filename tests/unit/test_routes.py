@@ -29,10 +29,13 @@ INSTANCE_ROUTES = ("file", "frames", "metadata", "preview", "simplified-tags", "
 #: The lists of children Orthanc Explorer 2 reads: (level, name).
 CHILD_LISTS = (("patients", "studies"), ("studies", "series"), ("studies", "instances"),
                ("series", "instances"))
+#: Orthanc Explorer 2's reads: the child lists and the study (``getStudy``).
+OE2_READS = CHILD_LISTS + (("studies", "study"),)
 
 #: Every URI shape of the specification's list, with the route name and groups expected.
 SAMPLES = (
     [("/%s/abc/%s" % (level, name), name, ("abc",)) for level, name in CHILD_LISTS] +
+    [("/studies/abc", "study", ("abc",))] +
     [("/%s/abc/%s" % (level, name), name, ("abc",))
      for level in PARENT_LEVELS for name in PARENT_ROUTES]
     + [("/instances/abc/%s" % name, name, ("abc",)) for name in INSTANCE_ROUTES]
@@ -59,7 +62,7 @@ NOT_CACHED = [
     "/instances/abc/frames/0/1/raw",
     "/instances/abc/archive",             # parent routes are not instance routes
     "/instances/abc/shared-tags",
-    "/studies/abc",
+    "/studies/abc/",
     "/studies/abc/tags",
     "/studies/abc/file",
     "/studies/abc/archive/",
@@ -90,9 +93,9 @@ def test_spec_routes_are_all_present():
             assert (level, name) in names
     for name in INSTANCE_ROUTES + ("frame-image", "frame-data"):
         assert ("instances", name) in names
-    for list_ in CHILD_LISTS:
-        assert list_ in names
-    assert len(ROUTES) == 3 * 5 + 4 + 10
+    for read in OE2_READS:
+        assert read in names
+    assert len(ROUTES) == 3 * 5 + 5 + 10
 
 
 @pytest.mark.parametrize("uri, name, groups", SAMPLES)
@@ -172,9 +175,9 @@ def test_negotiation_and_vary():
             assert route.vary == ()
 
 
-def test_only_child_lists_have_file_arguments():
+def test_only_oe2_reads_have_file_arguments():
     for route in ROUTES:
-        listed = (route.level.value, route.name) in CHILD_LISTS
+        listed = (route.level.value, route.name) in OE2_READS
         assert route.file_arguments == (("requestedtags",) if listed else ()), route.name
         if listed:
             assert route.answer is Answer.JSON and not route.warm_variants
@@ -196,7 +199,8 @@ def test_index_arguments_drop_only_file_arguments(arguments, expected):
 
 def test_other_methods():
     for route in ROUTES:
-        expected = ("POST",) if route.name in ("archive", "media") else ()
+        expected = ("POST",) if route.name in ("archive", "media") else \
+            ("DELETE",) if route.name == "study" else ()
         assert route.other_methods == expected, route.name
 
 
@@ -219,7 +223,7 @@ def test_routes_of():
         assert all(route.level is level for route in routes)
         assert list(routes) == [route for route in ROUTES if route.level is level]
     assert [route.name for route in routes_of(Level.STUDY)] == list(PARENT_ROUTES) + [
-        "series", "instances"]
+        "series", "instances", "study"]
     assert len(routes_of(Level.INSTANCE)) == 10
 
 
