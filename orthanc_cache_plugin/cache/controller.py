@@ -252,18 +252,25 @@ class CacheController:
         if fetched is None:
             return self.origin.plain_answer(job.request, policy.ORTHANC_ERROR)
         digest = hashlib.blake2b(fetched.body, digest_size=16).hexdigest()
-        etag = entity_tag(self.identity.salt, job.key, job.version.token + "|" + digest)
+        # A client that takes gzip gets it, compressed for this request (as Orthanc does
+        # with HttpCompressionEnabled, which the plugin's deployment turns off): Orthanc
+        # Explorer 2's lists, computed at each request, are as large as they are common.
+        coding = job.coding if not fetched.encoding and compressible(
+            fetched.content_type, len(fetched.body)) else Coding.IDENTITY
+        identity = fetched
+        if coding is Coding.GZIP:
+            fetched = Fetched(fetched.content_type, compress(fetched.body), fetched.headers, GZIP)
+        etag = etag_for(entity_tag(self.identity.salt, job.key,
+                                   job.version.token + "|" + digest), coding)
         modified = None
         if job.version.modified is not None:
             modified = min(job.version.modified, now.replace(microsecond=0)) - timedelta(seconds=1)
         headers = self._headers(job.request, Validators(etag, modified), now)
         # If-Modified-Since cannot tell two contents of the same second apart: ETag only.
         precondition = evaluate_preconditions(job.request.headers, Validators(etag, None), now)
-        # Identity, whatever the client accepts: nothing is stored to compress once, and
-        # the entity-tag covers these very bytes.
-        return self._reply(job._replace(coding=Coding.IDENTITY),
+        return self._reply(job._replace(coding=coding),
                            policy.on_unsettled(precondition, fetched, SETTLE, job.version.held),
-                           headers)
+                           headers, identity)
 
     def warm(self, request: Request, wait: Callable[[float], Any] = time.sleep) -> bool:
         """Compute and store ``request``'s answer unless stored at the current version.

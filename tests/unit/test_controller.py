@@ -1023,12 +1023,29 @@ def test_no_gzip_where_orthanc_would_compress_again(controller, origin):
         assert reply.body.startswith(b"[1, ")
 
 
-def test_unsettled_answers_go_out_as_orthanc_sent_them(controller, origin):
-    origin.answers["/studies/st/shared-tags"] = (JSON, b"[%s]" % b"1, " * 2000)
+def test_unsettled_answers_are_compressed_for_each_request_that_takes_gzip(controller, origin,
+                                                                          store):
+    body = b"[%s]" % b"1, " * 2000
+    origin.answers["/studies/st/shared-tags"] = (JSON, body)
     origin.set("st", "20230220T145959", settled=False)
-    reply = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
-    assert reply.status == 200 and "Content-Encoding" not in reply.headers
-    assert reply.body.startswith(b"[1, ")
+    browser = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
+    assert browser.status == 200 and browser.headers["Content-Encoding"] == "gzip"
+    plain = controller.serve(make_request("/studies/st/shared-tags"))
+    assert plain.status == 200 and "Content-Encoding" not in plain.headers
+    assert plain.body.startswith(body) and store.count() == 0
+    assert gzip.decompress(browser.body) == plain.body
+    # One entity-tag per coding: each validates its own bytes only.
+    assert browser.headers["ETag"] != plain.headers["ETag"]
+    again = controller.serve(make_request("/studies/st/shared-tags", headers=dict(
+        BROWSER, **{"if-none-match": browser.headers["ETag"]})))
+    assert again.status == 304
+    crossed = controller.serve(make_request("/studies/st/shared-tags", headers={
+        "if-none-match": browser.headers["ETag"]}))
+    assert crossed.status == 200 and crossed.body == plain.body
+    # Where Orthanc compresses plugin answers itself (HttpCompressionEnabled): identity.
+    controller.gzip_offered = False
+    orthancs = controller.serve(make_request("/studies/st/shared-tags", headers=BROWSER))
+    assert "Content-Encoding" not in orthancs.headers and orthancs.body == plain.body
 
 
 # --- Routes whose answer Orthanc takes from its index unless asked for file tags -------------
