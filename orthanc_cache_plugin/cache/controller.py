@@ -30,7 +30,14 @@ from ..core.keys import cache_key, claim_name, entity_tag, normalized_query
 from ..core.routes import Answer, answered_from_index
 from ..core.settings import Settings
 from ..freshness.versions import SETTLE
-from ..http.encoding import Coding, choose_coding, compress, compressible, etag_for
+from ..http.encoding import (
+    FAST_LEVEL,
+    Coding,
+    choose_coding,
+    compress,
+    compressible,
+    etag_for,
+)
 from ..http.negotiation import NotAcceptable, Unsupported, representation_of
 from ..http.sharing import Sharing
 from ..http.validators import Validators, caching_headers, evaluate_preconditions
@@ -259,7 +266,8 @@ class CacheController:
             fetched.content_type, len(fetched.body)) else Coding.IDENTITY
         identity = fetched
         if coding is Coding.GZIP:
-            fetched = Fetched(fetched.content_type, compress(fetched.body), fetched.headers, GZIP)
+            fetched = Fetched(fetched.content_type, compress(fetched.body, FAST_LEVEL),
+                              fetched.headers, GZIP)
         etag = etag_for(entity_tag(self.identity.salt, job.key,
                                    job.version.token + "|" + digest), coding)
         modified = None

@@ -54,6 +54,9 @@ from typing import Dict, Optional, Tuple
 
 #: Compression level: zlib's default, and the one Orthanc and nginx use.
 LEVEL = 6
+#: For a body compressed at each request (never stored): about three times faster than
+#: :data:`LEVEL` on Orthanc's JSON, for a body a fifth larger (nginx's default level).
+FAST_LEVEL = 1
 #: Bodies shorter than this are sent as they are.  Measured on Orthanc 1.13.0's
 #: JSON: gzip saves 37-45 % of answers of 400-800 bytes, i.e. 150-370 bytes,
 #: which travel in the same single TCP segment as the headers either way; from
@@ -163,10 +166,10 @@ def compressible(content_type: str, length: int) -> bool:
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
-def compress(body: bytes) -> bytes:
-    """``body`` as one gzip member, always the same bytes for the same body (with a
-    given zlib): no time stamp or name in the header, level :data:`LEVEL`."""
-    deflater = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+def compress(body: bytes, level: int = LEVEL) -> bytes:
+    """``body`` as one gzip member, always the same bytes for the same body and level
+    (with a given zlib): no time stamp or name in the header, level :data:`LEVEL`."""
+    deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
     trailer = struct.pack("<II", zlib.crc32(body) & 0xFFFFFFFF, len(body) & 0xFFFFFFFF)
     return _GZIP_HEADER + deflater.compress(body) + deflater.flush() + trailer
 
