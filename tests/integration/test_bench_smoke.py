@@ -142,3 +142,34 @@ def test_the_cluster_benchmark_measures_both_stores(repo_root: Path, tmp_path: P
     assert all(row["us"] > 0 for row in results["micro"])
     chart = (tmp_path / ("cluster-%s.png" % stack)).read_bytes()
     assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
+
+
+def test_the_viewer_benchmark_opens_the_study_as_each_viewer(repo_root: Path,
+                                                              tmp_path: Path) -> None:
+    """bench/viewer.py --quick: plain Orthanc and the plugin, each with DICOMweb and behind
+    its documented nginx, opened as OHIF and as Orthanc Explorer 2 by three kinds of user
+    while another patient is uploaded; a returning user revalidates everything with the
+    plugin (304s, few bytes), nothing with plain Orthanc; the table and chart are written."""
+    stack = stacks.current()
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "bench" / "viewer.py"), "--quick", "--stack", stack,
+         "--out", str(tmp_path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (tmp_path / ("viewer-%s.md" % stack)).read_text()
+    assert table.strip() in result.stdout
+    results = json.loads((tmp_path / ("viewer-%s.json" % stack)).read_text())
+    assert sorted(results["opens"]) == ["OHIF", "Orthanc Explorer 2"]
+    for scenario, servers in results["opens"].items():
+        for kind in ("first", "another", "same"):
+            assert servers["plain"][kind]["requests"] == servers["plugin"][kind]["requests"]
+        same = servers["plugin"]["same"]
+        assert same["not_modified"] == same["requests"], (scenario, same)
+        assert servers["plain"]["same"]["not_modified"] == 0, scenario
+        assert same["bytes"] < servers["plain"]["same"]["bytes"] / 10, (scenario, servers)
+    assert results["writes"] > 0
+    assert [row["target"] for row in results["targets"]][:3] == [
+        "another user: time <= 0.5 x plain", "same user again: >= 90 % 304s",
+        "same user again: bytes <= 10 % of plain"]
+    chart = (tmp_path / ("viewer-%s.png" % stack)).read_bytes()
+    assert chart.startswith(b"\x89PNG\r\n\x1a\n") and len(chart) > 10_000
