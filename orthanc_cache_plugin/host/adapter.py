@@ -153,7 +153,6 @@ class OrthancOrigin:
                          self.plain.extra_headers(request, ""))
         return Reply(200, Outcome.PASS, "forwarded " + method, JSON_TYPE, result)
 
-
     def _delete_study(self, request: Request) -> Reply:
         """Delete a study as Orthanc would, and answer as it does: the parent patient
         when it remains (``RestApiDelete`` tells nothing), 404 without body when unknown."""
