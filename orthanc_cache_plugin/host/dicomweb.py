@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
@@ -38,6 +39,10 @@ DICOM_JSON_TYPE = "application/dicom+json"
 _UID = re.compile(r"[0-9.]{1,64}")
 #: The version named by a development build of the DICOMweb plugin ("mainline").
 _LATEST = (999, 0)
+#: From this version the DICOMweb plugin keeps each series' metadata in attachment 4301.
+METADATA_CACHE_SINCE = (1, 15)
+#: The routes it answers from that copy.
+_FROM_DICOMWEBS_CACHE = ("dicomweb-study-metadata", "dicomweb-series-metadata")
 
 
 Versions = Callable[[Request, datetime], Optional[Version]]
@@ -140,6 +145,13 @@ class DicomWebOrigin:
         if study is None:
             return handed_back("no single study has this StudyInstanceUID")
         path = site.served_root + request.uri[len(self.own_root):]
+        if route.name in _FROM_DICOMWEBS_CACHE and site.version >= METADATA_CACHE_SINCE:
+            # DICOMweb answers these from its own copy (attachment 4301), which it writes
+            # again when the series becomes stable: after an instance is overwritten it
+            # serves the old metadata until then, and the new one after, with no version
+            # of ours moving in between.  So they are asked of DICOMweb at each request
+            # and validated by their content, never stored (as Orthanc's index answers).
+            route = replace(route, from_index=True)
         return Request(route, (study,) + uids[1:], path, request.arguments,
                        request.headers, "dicomweb %s %s" % (".".join(map(str, site.version)),
                                                             base))
