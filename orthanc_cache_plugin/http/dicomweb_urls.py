@@ -133,6 +133,9 @@ def client_base(site: DicomWebSite, headers: Mapping[str, str]) -> Optional[str]
 #: The DICOM JSON attribute of QIDO's Retrieve URL (0008,1190); metadata's bulk data
 #: are named by ``BulkDataURI`` values.
 RETRIEVE_URL = "00081190"
+#: How the DICOMweb plugin writes the start of a BulkDataURI value (jsoncpp's styled
+#: writer, on every version measured).
+_BULK_DATA_URI = b'"BulkDataURI" : "'
 
 
 def _urls(node: Any) -> Iterator[str]:
@@ -158,12 +161,17 @@ def rebase(body: bytes, internal: str, client: str) -> Optional[bytes]:
 
     Both bases are plain (:func:`client_base`): they read the same escaped or not.
     """
+    needle = internal.encode("ascii")
+    found = body.count(needle)
+    if found and found == body.count(_BULK_DATA_URI + needle):
+        # Every occurrence starts a BulkDataURI value as the plugin writes them (metadata,
+        # the large answers): no need to read the whole document.
+        return body.replace(needle, client.encode("ascii"))
     try:
         document = json.loads(body)
     except ValueError:
         return None
     written = sum(1 for url in _urls(document) if url.startswith(internal))
-    needle = internal.encode("ascii")
-    if body.count(needle) != written:
+    if found != written:
         return None
     return body.replace(needle, client.encode("ascii"))

@@ -125,3 +125,14 @@ QIDO = (b'[{"00081190":{"vr":"UR","Value":["http://localhost:8042/dicom-web/stud
 ])
 def test_rebase_touches_only_the_urls_dicomweb_wrote(body, expected):
     assert rebase(body, INTERNAL, CLIENT) == expected
+
+
+def test_rebase_of_metadata_as_dicomweb_writes_it():
+    internal, client = "http://localhost:8042/dicom-web/", "https://pacs.example/dicom-web/"
+    bulk = b'{\n\t\t"BulkDataURI" : "http://localhost:8042/dicom-web/studies/1/bulk/7fe00010"'
+    body = b"[{\n\t\"7FE00010\" : " + bulk + b"\n\t}\n}]"
+    assert rebase(body, internal, client) == body.replace(internal.encode(), client.encode())
+    # The base also in a tag value: refused, whatever the layout.
+    tagged = body.replace(b"[{\n", b'[{\n\t"00081030" : {"Value" : ["%s"]},\n'
+                          % internal.encode(), 1)
+    assert rebase(tagged, internal, client) is None
