@@ -31,10 +31,11 @@ gzip, deflate, br``, and ``Accept: application/dicom+json`` for DICOMweb.
   reports, then the instances of every series at once.
 
 Three kinds of user open it, on each server in turn: the **first** ever (once,
-after the study became stable and the plugin's warm-up of it ended), **another** user (no validators: ``--rounds``
-opens, each on new connections), and the **same** user again (``If-None-Match``
-with the ETag of each answer of that user's previous open).  For each: the time
-of the whole open (median), the requests answered 304, and the bytes of the
+after the study became stable and the plugin's warm-up of it ended), **another**
+user (no validators: ``--rounds`` opens, each on new connections), and the
+**same** user again (``If-None-Match`` with the ETag of each answer of that
+user's previous open).  For each: the time of the whole open (median), the
+requests answered 304, and the bytes of the
 bodies received (as sent: compressed when the server compressed them).
 
 It writes ``viewer-STACK.md`` (also printed) and ``viewer-STACK.json`` to ``--out``
